@@ -1,0 +1,385 @@
+//! The lifecycle of a channel: create, delete, list, status and the cleanup after unmount,
+//! composed from the spec, the units, the systemd client and the record store.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::record::{Record, Store};
+use crate::spec::{self, ChannelSpec, Limits};
+use crate::systemd::{JobOutcome, Systemd, UnitStatus};
+use crate::unit_name;
+use crate::units::{self, ChannelRequest, ChannelUnits, Owner};
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub spec: String,
+    pub owner: Owner,
+    pub container: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Created {
+    /// The units that would have been started.
+    DryRun(ChannelUnits),
+    Channel(Box<ChannelInfo>),
+}
+
+/// A channel as `list` and `status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub mode: spec::Access,
+    pub size: u64,
+    /// Bytes in use; only known while the channel is mounted.
+    pub used: Option<u64>,
+    pub owner: Option<String>,
+    pub container: Option<String>,
+    pub unit: String,
+    pub cleanup_unit: String,
+    /// systemd's active state of the mount unit, or `gone` when systemd no longer has it (a
+    /// leftover of a crash or reboot).
+    pub state: String,
+    pub sub_state: String,
+    pub created: u64,
+}
+
+/// A channel named on the command line: by host path or by mount unit name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub unit: String,
+    pub shown: String,
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Target> {
+        if text.starts_with('/') {
+            let path = spec::normalize_absolute("host path", text)?;
+            return Ok(Target {
+                unit: unit_name::mount_unit_name(&path),
+                shown: path.display().to_string(),
+            });
+        }
+        if text.ends_with(".mount") && !text.contains('/') {
+            return Ok(Target {
+                unit: text.to_owned(),
+                shown: text.to_owned(),
+            });
+        }
+        Err(Error::invalid(
+            "channel",
+            text,
+            "expected a host path (/run/...) or a .mount unit name",
+        ))
+    }
+}
+
+pub struct Channels {
+    store: Store,
+    hostchan_binary: PathBuf,
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels {
+            store: Store::default(),
+            hostchan_binary: units::current_binary(),
+        }
+    }
+}
+
+impl Channels {
+    pub fn create(&self, options: &CreateOptions) -> Result<Created> {
+        let limits = Limits::of_system()?;
+        let spec = ChannelSpec::parse(&options.spec, &limits)?;
+        let request = ChannelRequest {
+            spec: &spec,
+            owner: &options.owner,
+            container: options.container.as_deref(),
+            hostchan_binary: &self.hostchan_binary,
+        };
+        let units = units::channel_units(&request);
+        if let Some(record) = self.store.load(&units.mount.name)? {
+            return Err(already_a_channel(&record));
+        }
+        spec::check_host_path_free(&spec.host_path)?;
+        if options.dry_run {
+            return Ok(Created::DryRun(units));
+        }
+
+        let systemd = Systemd::connect()?;
+        if let Owner::Unit(owner) = &options.owner {
+            check_owner_active(&systemd, owner)?;
+        }
+        let record = Record::new(
+            spec.host_path.clone(),
+            spec.container_path.clone(),
+            spec.access,
+            spec.size,
+            options.owner.unit().map(str::to_owned),
+            options.container.clone(),
+            units.mount.name.clone(),
+            units.cleanup.name.clone(),
+        );
+        self.store.create(&record)?;
+
+        match systemd.start_transient(&units.mount, &[&units.cleanup]) {
+            Ok(outcome) if outcome.succeeded() => {}
+            Ok(outcome) => {
+                self.roll_back(&systemd, &record);
+                return Err(job_failed("start", &outcome, &options.owner));
+            }
+            Err(Error::AlreadyExists(detail)) => {
+                // Someone else's unit has this name: leave it alone, take back only our record.
+                let _ = self.store.remove(&record.unit);
+                return Err(Error::AlreadyExists(format!(
+                    "cannot create channel {}: {detail}; a unit of that name exists that hostchan did not make",
+                    record.host_path.display()
+                )));
+            }
+            Err(e) => {
+                self.roll_back(&systemd, &record);
+                return Err(e);
+            }
+        }
+        tracing::info!(
+            OBJECT_SYSTEMD_UNIT = %record.unit,
+            "created channel {} -> {} ({}, {} bytes), owner {}",
+            record.host_path.display(),
+            record.container_path.display(),
+            record.mode,
+            record.size,
+            options.owner,
+        );
+        let info = self.info(&record, None);
+        Ok(Created::Channel(Box::new(ChannelInfo {
+            state: "active".into(),
+            sub_state: "mounted".into(),
+            ..info
+        })))
+    }
+
+    /// Undoes a create that failed after its record was written: stops whatever systemd still
+    /// has of it, then removes the directory (only if empty) and the record.
+    fn roll_back(&self, systemd: &Systemd, record: &Record) {
+        for unit in [&record.unit, &record.cleanup_unit] {
+            if let Err(e) = systemd.stop(unit) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: cannot stop {unit}: {e}");
+            }
+        }
+        if let Err(e) = self.cleanup(&record.host_path) {
+            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}");
+        }
+    }
+
+    pub fn delete(&self, target: &Target) -> Result<ChannelInfo> {
+        let record = self.load(target)?;
+        let systemd = Systemd::connect()?;
+        if let Some(outcome) = systemd.stop(&record.unit)? {
+            if !outcome.succeeded() {
+                return Err(job_failed("stop", &outcome, &Owner::Unbound));
+            }
+        }
+        // The cleanup unit stops after the mount in the same transaction; waiting for it means
+        // the directory is gone when delete returns.
+        systemd.stop(&record.cleanup_unit)?;
+        // The cleanup unit may have been gone already (a crash, a reboot): do its work here.
+        if self.store.load(&record.unit)?.is_some() {
+            self.cleanup(&record.host_path)?;
+        }
+        tracing::info!(
+            OBJECT_SYSTEMD_UNIT = %record.unit,
+            "deleted channel {}",
+            record.host_path.display()
+        );
+        Ok(ChannelInfo {
+            state: "deleted".into(),
+            sub_state: String::new(),
+            ..self.info(&record, None)
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<ChannelInfo>> {
+        let records = self.store.all()?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let systemd = Systemd::connect()?;
+        let names: Vec<&str> = records.iter().map(|r| r.unit.as_str()).collect();
+        let states = systemd.unit_states(&names)?;
+        Ok(records
+            .iter()
+            .map(|record| self.info(record, states.get(&record.unit)))
+            .collect())
+    }
+
+    pub fn status(&self, target: &Target) -> Result<ChannelInfo> {
+        let record = self.load(target)?;
+        let systemd = Systemd::connect()?;
+        let states = systemd.unit_states(&[&record.unit])?;
+        Ok(self.info(&record, states.get(&record.unit)))
+    }
+
+    /// The cleanup unit's `ExecStop=`: removes the directory of a channel (only if empty: an
+    /// unmounted channel's directory is, and `rmdir` refuses anything else) and its record.
+    /// Paths hostchan has no record of are never touched.
+    pub fn cleanup(&self, host_path: &Path) -> Result<Cleanup> {
+        let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
+        let unit = unit_name::mount_unit_name(&host_path);
+        if self.store.load(&unit)?.is_none() {
+            return Err(Error::NotFound(format!(
+                "no channel at {}: hostchan has no record of it; nothing was removed",
+                host_path.display()
+            )));
+        }
+        let removed_directory = match std::fs::remove_dir(&host_path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(Error::io(
+                    format!(
+                        "cannot remove channel directory {} (kept it and its record)",
+                        host_path.display()
+                    ),
+                    e,
+                ))
+            }
+        };
+        self.store.remove(&unit)?;
+        tracing::info!(
+            OBJECT_SYSTEMD_UNIT = %unit,
+            "removed channel directory {} and its record",
+            host_path.display()
+        );
+        Ok(Cleanup {
+            host_path,
+            removed_directory,
+        })
+    }
+
+    fn load(&self, target: &Target) -> Result<Record> {
+        self.store.load(&target.unit)?.ok_or_else(|| {
+            Error::NotFound(format!(
+                "no channel at {}: hostchan has no record of {}; nothing was changed",
+                target.shown, target.unit
+            ))
+        })
+    }
+
+    fn info(&self, record: &Record, status: Option<&UnitStatus>) -> ChannelInfo {
+        let (state, sub_state) = match status {
+            Some(s) if s.exists() => (s.active_state.clone(), s.sub_state.clone()),
+            _ => ("gone".to_owned(), String::new()),
+        };
+        let used = if state == "active" {
+            used_bytes(&record.host_path)
+        } else {
+            None
+        };
+        ChannelInfo {
+            host_path: record.host_path.clone(),
+            container_path: record.container_path.clone(),
+            mode: record.mode,
+            size: record.size,
+            used,
+            owner: record.owner.clone(),
+            container: record.container.clone(),
+            unit: record.unit.clone(),
+            cleanup_unit: record.cleanup_unit.clone(),
+            state,
+            sub_state,
+            created: record.created,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cleanup {
+    pub host_path: PathBuf,
+    pub removed_directory: bool,
+}
+
+fn used_bytes(path: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    let blocks = stat.blocks().saturating_sub(stat.blocks_free());
+    Some(blocks * stat.fragment_size())
+}
+
+fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
+    let states = systemd.unit_states(&[owner])?;
+    match states.get(owner) {
+        Some(status) if status.exists() && status.active_state == "active" => Ok(()),
+        Some(status) if status.exists() => Err(Error::Owner(format!(
+            "owner unit {owner} is {} ({}); a channel can only be bound to a running unit",
+            status.active_state, status.sub_state
+        ))),
+        _ => Err(Error::Owner(format!(
+            "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
+        ))),
+    }
+}
+
+fn already_a_channel(record: &Record) -> Error {
+    Error::AlreadyExists(format!(
+        "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
+        record.host_path.display(),
+        record.unit,
+        record.host_path.display()
+    ))
+}
+
+fn job_failed(verb: &str, outcome: &JobOutcome, owner: &Owner) -> Error {
+    let why = match (outcome.result.as_str(), owner) {
+        ("dependency", Owner::Unit(unit)) => {
+            format!(", because its owner {unit} stopped or failed")
+        }
+        ("timeout", _) => ", because it timed out".to_owned(),
+        _ => String::new(),
+    };
+    Error::Systemd(format!(
+        "systemd could not {verb} {} (job result: {}){why}; see: journalctl -u {}",
+        outcome.unit, outcome.result, outcome.unit
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            Target::parse("/run//chan/c1/").unwrap(),
+            Target {
+                unit: "run-chan-c1.mount".into(),
+                shown: "/run/chan/c1".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("run-chan-c1.mount").unwrap().unit,
+            "run-chan-c1.mount"
+        );
+        assert!(Target::parse("run-chan-c1.service").is_err());
+        assert!(Target::parse("relative/x.mount").is_err());
+        assert!(Target::parse("/a/../b").is_err());
+    }
+
+    #[test]
+    fn job_failures_explain_and_point_at_the_journal() {
+        let outcome = JobOutcome {
+            unit: "run-x.mount".into(),
+            result: "dependency".into(),
+        };
+        let message = job_failed("start", &outcome, &Owner::Unit("c.scope".into())).to_string();
+        assert_eq!(
+            message,
+            "systemd could not start run-x.mount (job result: dependency), because its owner c.scope stopped or failed; see: journalctl -u run-x.mount"
+        );
+    }
+}

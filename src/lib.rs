@@ -1,0 +1,16 @@
+//! hostchan: host channels for containers, owned by systemd.
+//!
+//! Data flows one way: a spec string becomes a validated [`spec::ChannelSpec`], that becomes the
+//! transient [`units`] to start, which the [`systemd`] client starts; [`channel`] composes these
+//! into the lifecycle commands and keeps a [`record`] of each channel.
+
+pub mod channel;
+pub mod cli;
+pub mod error;
+pub mod logging;
+pub mod output;
+pub mod record;
+pub mod spec;
+pub mod systemd;
+pub mod unit_name;
+pub mod units;

@@ -1,0 +1,44 @@
+//! Logging: to the journal when it is there (so `journalctl -u <channel unit>` shows hostchan's
+//! lines through OBJECT_SYSTEMD_UNIT), and warnings to stderr; more with -v or RUST_LOG.
+
+use std::path::Path;
+
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+pub fn init(verbosity: u8) {
+    let stderr_level = match verbosity {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    let stderr_filter = EnvFilter::builder()
+        .with_default_directive(stderr_level.into())
+        .from_env_lossy();
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_filter(stderr_filter);
+
+    let journal = Path::new(JOURNAL_SOCKET)
+        .exists()
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|layer| {
+            layer
+                .with_field_prefix(None)
+                .with_syslog_identifier("hostchan".to_owned())
+                .with_filter(LevelFilter::INFO.max(stderr_level))
+        });
+
+    // A second init (tests, or a library user who set up logging) keeps the first.
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(journal)
+        .try_init();
+}

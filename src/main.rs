@@ -1,0 +1,116 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use hostchan::channel::{Channels, CreateOptions, Target};
+use hostchan::cli::{Cli, Command, OutputFormat};
+use hostchan::error::{Error, Result, EXIT_USAGE};
+use hostchan::output::{error_json, Report};
+use hostchan::units::Owner;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    hostchan::logging::init(cli.verbose);
+    let result = run(cli.command);
+    match result {
+        Ok(report) => {
+            match cli.output {
+                OutputFormat::Json => emit(&format!("{}\n", report.json())),
+                OutputFormat::Text => emit(&report.text()),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::debug!("failed: {err:?}");
+            match cli.output {
+                OutputFormat::Json => emit(&format!("{}\n", error_json(&err.to_string()))),
+                OutputFormat::Text => eprintln!("hostchan: {err}"),
+            }
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<Report> {
+    let channels = Channels::default();
+    match command {
+        Command::Create(args) => {
+            let owner = match args.scope {
+                Some(unit) => Owner::Unit(hostchan::units::validate_owner_unit(&unit)?),
+                None => Owner::Unbound,
+            };
+            let container = args
+                .container
+                .map(|id| hostchan::units::validate_container_id(&id))
+                .transpose()?;
+            channels
+                .create(&CreateOptions {
+                    spec: args.spec,
+                    owner,
+                    container,
+                    dry_run: args.dry_run,
+                })
+                .map(Report::Created)
+        }
+        Command::Delete { channel } => channels
+            .delete(&Target::parse(&channel)?)
+            .map(Report::Deleted),
+        Command::List => channels.list().map(Report::List),
+        Command::Status { channel } => channels
+            .status(&Target::parse(&channel)?)
+            .map(Report::Status),
+        Command::Cleanup { host_path } => channels
+            .cleanup(std::path::Path::new(&host_path))
+            .map(Report::Cleanup),
+    }
+}
+
+/// clap's own errors: help and version print as usual; anything else is bad usage (exit 2), as
+/// `{"error": ...}` on stdout when JSON output was asked for.
+fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    if json_requested(std::env::args()) {
+        let message = Error::Usage(first_line(&err.to_string())).to_string();
+        emit(&format!("{}\n", error_json(&message)));
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
+    let _ = err.print();
+    ExitCode::from(EXIT_USAGE as u8)
+}
+
+/// clap's message without its usage block, on one line.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn json_requested(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.windows(2)
+        .any(|pair| pair[0] == "--output" && pair[1] == "json")
+        || args.iter().any(|a| a == "--output=json")
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}

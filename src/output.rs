@@ -1,0 +1,202 @@
+//! How results look: text for people, JSON for engines.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::channel::{ChannelInfo, Cleanup, Created};
+use crate::spec::format_size;
+use crate::units::{ChannelUnits, PropertyValue, TransientUnit};
+
+/// A command's result, ready to print in either format.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Created(Created),
+    Deleted(ChannelInfo),
+    List(Vec<ChannelInfo>),
+    Status(ChannelInfo),
+    Cleanup(Cleanup),
+}
+
+impl Report {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| error_json(&e.to_string()))
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Report::Created(Created::DryRun(units)) => dry_run_text(units),
+            Report::Created(Created::Channel(info)) => format!(
+                "Created channel {} ({}): {} tmpfs, container path {} ({}), {}\n",
+                info.host_path.display(),
+                info.unit,
+                format_size(info.size),
+                info.container_path.display(),
+                info.mode,
+                owner_text(info)
+            ),
+            Report::Deleted(info) => format!(
+                "Deleted channel {} ({})\n",
+                info.host_path.display(),
+                info.unit
+            ),
+            Report::List(channels) => list_text(channels),
+            Report::Status(info) => status_text(info),
+            Report::Cleanup(cleanup) => format!(
+                "Cleaned up channel {}{}\n",
+                cleanup.host_path.display(),
+                if cleanup.removed_directory {
+                    " (directory removed)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+/// The JSON engines get on failure: `{"error": "..."}`.
+pub fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+fn owner_text(info: &ChannelInfo) -> String {
+    match &info.owner {
+        Some(owner) => format!("bound to {owner}"),
+        None => "unbound (lives until hostchan delete)".to_owned(),
+    }
+}
+
+fn dry_run_text(units: &ChannelUnits) -> String {
+    let mut out = String::new();
+    for unit in [&units.mount, &units.cleanup] {
+        unit_text(&mut out, unit);
+    }
+    out
+}
+
+fn unit_text(out: &mut String, unit: &TransientUnit) {
+    let _ = writeln!(out, "# {}", unit.name);
+    for property in &unit.properties {
+        let value = match &property.value {
+            PropertyValue::Str(s) => s.clone(),
+            PropertyValue::Bool(b) => if *b { "yes" } else { "no" }.to_owned(),
+            PropertyValue::StrList(items) => items.join(" "),
+            PropertyValue::Commands(commands) => commands
+                .iter()
+                .map(|c| {
+                    let prefix = if c.ignore_failure { "-" } else { "" };
+                    format!("{prefix}{} {}", c.path, c.argv[1..].join(" "))
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        let _ = writeln!(out, "{}={value}", property.name);
+    }
+    out.push('\n');
+}
+
+fn used_text(info: &ChannelInfo) -> String {
+    info.used.map_or_else(|| "-".to_owned(), format_size)
+}
+
+fn list_text(channels: &[ChannelInfo]) -> String {
+    if channels.is_empty() {
+        return "No channels.\n".to_owned();
+    }
+    let header = [
+        "HOST PATH",
+        "CONTAINER PATH",
+        "MODE",
+        "SIZE",
+        "USED",
+        "OWNER",
+        "STATE",
+    ];
+    let rows: Vec<[String; 7]> = channels
+        .iter()
+        .map(|c| {
+            [
+                c.host_path.display().to_string(),
+                c.container_path.display().to_string(),
+                c.mode.to_string(),
+                format_size(c.size),
+                used_text(c),
+                c.owner.clone().unwrap_or_else(|| "-".to_owned()),
+                state_text(c),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+fn state_text(info: &ChannelInfo) -> String {
+    if info.sub_state.is_empty() {
+        info.state.clone()
+    } else {
+        format!("{} ({})", info.state, info.sub_state)
+    }
+}
+
+fn status_text(info: &ChannelInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{} - host channel", info.host_path.display());
+    let _ = writeln!(out, "      Unit: {}", info.unit);
+    let _ = writeln!(out, "     State: {}", state_text(info));
+    let _ = writeln!(
+        out,
+        " Container: {} ({}){}",
+        info.container_path.display(),
+        info.mode,
+        info.container
+            .as_deref()
+            .map(|id| format!(" in container {id}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "      Size: {} ({} bytes), used {}",
+        format_size(info.size),
+        info.size,
+        used_text(info)
+    );
+    let _ = writeln!(out, "     Owner: {}", owner_text(info));
+    let _ = writeln!(out, "   Cleanup: {}", info.cleanup_unit);
+    let _ = writeln!(
+        out,
+        "   Created: {} (seconds since the epoch)",
+        info.created
+    );
+    if info.state == "gone" {
+        let _ = writeln!(
+            out,
+            "      Note: systemd no longer has this channel (a crash or reboot?); remove the leftovers with: hostchan delete {}",
+            info.host_path.display()
+        );
+    }
+    out
+}

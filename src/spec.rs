@@ -1,0 +1,652 @@
+//! The host-channel spec `<host path>:<container path>[:<mode>[:<size>]]` and its rules.
+//!
+//! Parsing is pure; the only I/O here is reading the system's limits ([`Limits::of_system`]) and
+//! checking that the host path is free ([`check_host_path_free`]).
+
+use std::fmt;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Size of a channel when the spec leaves it out (iSulad's default).
+pub const DEFAULT_SIZE: u64 = 64 * MIB;
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+const TIB: u64 = 1024 * GIB;
+
+/// Longest path the kernel takes (PATH_MAX without its NUL) and longest file name.
+const PATH_MAX: usize = 4095;
+const NAME_MAX: usize = 255;
+
+/// Trees a channel may never be created in, whatever the configuration says: the system's own
+/// files, kernel interfaces, and the state of systemd and hostchan.
+const PROTECTED_TREES: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/efi",
+    "/etc",
+    "/proc",
+    "/run/dbus",
+    "/run/systemd",
+    "/run/udev",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/hostchan",
+    "/var/lib/systemd",
+    "/var/log/journal",
+];
+
+/// What the container may do with the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Rw,
+    Ro,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Rw => "rw",
+            Access::Ro => "ro",
+        }
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A validated channel request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    pub access: Access,
+    /// tmpfs `size=` in bytes.
+    pub size: u64,
+}
+
+/// The bounds a size must fall in, and the size used when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub min_size: u64,
+    pub max_size: u64,
+    pub default_size: u64,
+}
+
+impl Limits {
+    /// One page minimum, half of physical memory maximum, 64 MiB by default.
+    pub fn of_system() -> Result<Limits> {
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(4096);
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .map_err(|e| Error::io("cannot read /proc/meminfo to find the maximum size", e))?;
+        let mem_total = mem_total_bytes(&meminfo).ok_or_else(|| {
+            Error::Runtime("cannot find MemTotal in /proc/meminfo to find the maximum size".into())
+        })?;
+        Ok(Limits {
+            min_size: page_size,
+            max_size: mem_total / 2,
+            default_size: DEFAULT_SIZE,
+        })
+    }
+}
+
+/// `MemTotal` from the text of /proc/meminfo, in bytes.
+pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(KIB),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
+impl ChannelSpec {
+    /// Parses and validates a spec; pure: the host path is not looked at on disk here.
+    pub fn parse(spec: &str, limits: &Limits) -> Result<ChannelSpec> {
+        let fields: Vec<&str> = spec.split(':').collect();
+        if fields.len() < 2 || fields.len() > 4 {
+            return Err(Error::invalid(
+                "spec",
+                spec,
+                format!(
+                    "has {} field(s); expected <host path>:<container path>[:<rw|ro>[:<size>]]",
+                    fields.len()
+                ),
+            ));
+        }
+        let host_path = parse_host_path(fields[0])?;
+        let container_path = parse_container_path(fields[1])?;
+        let access = parse_access(fields.get(2).copied().unwrap_or(""))?;
+        let size = match fields.get(3).copied().unwrap_or("") {
+            "" => limits.default_size,
+            text => parse_size(text)?,
+        };
+        check_size(size, fields.get(3).copied().unwrap_or(""), limits)?;
+        Ok(ChannelSpec {
+            host_path,
+            container_path,
+            access,
+            size,
+        })
+    }
+
+    /// The spec in its canonical four-field form.
+    pub fn canonical(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.host_path.display(),
+            self.container_path.display(),
+            self.access,
+            self.size
+        )
+    }
+}
+
+fn parse_access(text: &str) -> Result<Access> {
+    match text {
+        "" | "rw" => Ok(Access::Rw),
+        "ro" => Ok(Access::Ro),
+        _ => Err(Error::invalid("mode", text, "must be rw or ro")),
+    }
+}
+
+/// Parses a size such as `64M`, `1.5g`, `4096`, `10KiB` into bytes. Units are case-insensitive
+/// powers of 1024; a fraction is allowed and the result is rounded down to whole bytes.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let bad = |reason: &str| Error::invalid("size", text, reason.to_owned());
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(number_end);
+    let multiplier = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => KIB,
+        "m" | "mb" | "mib" => MIB,
+        "g" | "gb" | "gib" => GIB,
+        "t" | "tb" | "tib" => TIB,
+        _ => {
+            return Err(bad(
+                "expected a number with an optional unit b, k, m, g or t (e.g. 64M, 1.5g)",
+            ))
+        }
+    };
+    let (whole, fraction) = match number.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (number, ""),
+    };
+    if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
+        return Err(bad(
+            "expected a decimal number such as 64, 0.5 or 1.5 before the unit",
+        ));
+    }
+    let too_large = || bad("is too large");
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    let mut bytes = whole
+        .checked_mul(u128::from(multiplier))
+        .ok_or_else(too_large)?;
+    if !fraction.is_empty() {
+        // Exact: fraction digits over 10^n, scaled by the unit, rounded down.
+        let digits = fraction.trim_end_matches('0');
+        if digits.len() > 30 {
+            return Err(bad("has more fraction digits than can matter"));
+        }
+        if !digits.is_empty() {
+            let numerator: u128 = digits.parse().map_err(|_| too_large())?;
+            let denominator = 10u128.pow(digits.len() as u32);
+            bytes += numerator * u128::from(multiplier) / denominator;
+        }
+    }
+    u64::try_from(bytes).map_err(|_| too_large())
+}
+
+fn check_size(size: u64, text: &str, limits: &Limits) -> Result<()> {
+    let shown = if text.is_empty() {
+        format!("{size} (the default)")
+    } else {
+        text.to_owned()
+    };
+    if size < limits.min_size {
+        return Err(Error::invalid(
+            "size",
+            shown,
+            format!(
+                "is {size} bytes, below the minimum of one page ({} bytes)",
+                limits.min_size
+            ),
+        ));
+    }
+    if size > limits.max_size {
+        return Err(Error::invalid(
+            "size",
+            shown,
+            format!(
+                "is {size} bytes, above the maximum of half the physical memory ({} bytes)",
+                limits.max_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes an absolute path canonical without touching the disk: `//` and `.` collapse, a trailing
+/// `/` goes; `..` is refused because its meaning depends on symlinks.
+pub fn normalize_absolute(field: &'static str, text: &str) -> Result<PathBuf> {
+    if text.is_empty() {
+        return Err(Error::invalid(
+            field,
+            text,
+            "is empty; give an absolute path",
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(Error::invalid(
+            field,
+            text,
+            format!("contains the control character {c:?}, which systemd cannot carry"),
+        ));
+    }
+    if !text.starts_with('/') {
+        return Err(Error::invalid(field, text, "must be an absolute path"));
+    }
+    let mut normalized = PathBuf::from("/");
+    for component in Path::new(text).components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(name) => {
+                if name.len() > NAME_MAX {
+                    return Err(Error::invalid(
+                        field,
+                        text,
+                        format!("has a component longer than {NAME_MAX} bytes"),
+                    ));
+                }
+                normalized.push(name);
+            }
+            Component::ParentDir => {
+                return Err(Error::invalid(
+                    field,
+                    text,
+                    "must not contain a '..' component",
+                ))
+            }
+            Component::Prefix(_) => unreachable!("no path prefixes on Unix"),
+        }
+    }
+    if normalized.as_os_str().len() > PATH_MAX {
+        return Err(Error::invalid(
+            field,
+            text,
+            format!("is longer than {PATH_MAX} bytes"),
+        ));
+    }
+    Ok(normalized)
+}
+
+fn parse_host_path(text: &str) -> Result<PathBuf> {
+    let path = normalize_absolute("host path", text)?;
+    if path == Path::new("/") {
+        return Err(Error::invalid("host path", text, "must not be /"));
+    }
+    if let Some(tree) = protected_tree(&path) {
+        return Err(Error::invalid(
+            "host path",
+            text,
+            format!("is inside {tree}, which is protected; choose a path under /run or /srv"),
+        ));
+    }
+    Ok(path)
+}
+
+/// The protected tree `path` lies in, if any (`/lib`, `/lib64`, `/libx32`, ... count as `/lib*`).
+pub fn protected_tree(path: &Path) -> Option<String> {
+    if let Some(Component::Normal(first)) = path.components().nth(1) {
+        if first.to_string_lossy().starts_with("lib") {
+            return Some(format!("/{}", first.to_string_lossy()));
+        }
+    }
+    PROTECTED_TREES
+        .iter()
+        .find(|tree| path.starts_with(tree))
+        .map(|tree| (*tree).to_owned())
+}
+
+fn parse_container_path(text: &str) -> Result<PathBuf> {
+    let path = normalize_absolute("container path", text)?;
+    if path == Path::new("/") {
+        return Err(Error::invalid(
+            "container path",
+            text,
+            "must not be / (the container's root)",
+        ));
+    }
+    Ok(path)
+}
+
+/// Checks on disk that the host path is free: nothing exists there (not even a dangling
+/// symlink), no existing ancestor is a symlink, and every existing ancestor is a directory.
+pub fn check_host_path_free(path: &Path) -> Result<()> {
+    let shown = path.display().to_string();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            let kind = if meta.file_type().is_symlink() {
+                "a symlink"
+            } else if meta.is_dir() {
+                "a directory"
+            } else {
+                "a file"
+            };
+            return Err(Error::invalid(
+                "host path",
+                shown,
+                format!("already exists ({kind}); a channel needs a path that does not exist yet"),
+            ));
+        }
+        // ENOTDIR: an ancestor is a file; the walk below names it.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+            ) => {}
+        Err(e) => {
+            return Err(Error::invalid(
+                "host path",
+                shown,
+                format!("cannot be checked: {e}"),
+            ))
+        }
+    }
+    for ancestor in path.ancestors().skip(1) {
+        match std::fs::symlink_metadata(ancestor) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(Error::invalid(
+                    "host path",
+                    shown,
+                    format!(
+                        "has a symlink as ancestor ({}); give the resolved path",
+                        ancestor.display()
+                    ),
+                ))
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::invalid(
+                    "host path",
+                    shown,
+                    format!(
+                        "has an ancestor that is not a directory ({})",
+                        ancestor.display()
+                    ),
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) => {}
+            Err(e) => {
+                return Err(Error::invalid(
+                    "host path",
+                    shown,
+                    format!("cannot check its ancestor {}: {e}", ancestor.display()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A size as a person reads it: the largest binary unit that divides it exactly.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, name) in [(TIB, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{name}", bytes / unit);
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        min_size: 4096,
+        max_size: 8 * GIB,
+        default_size: DEFAULT_SIZE,
+    };
+
+    fn parse(text: &str) -> Result<ChannelSpec> {
+        ChannelSpec::parse(text, &LIMITS)
+    }
+
+    fn rejection(text: &str) -> String {
+        match parse(text) {
+            Ok(spec) => panic!("{text:?} was accepted as {spec:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), 2, "{text:?}: {e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let cases: &[(&str, u64)] = &[
+            ("0", 0),
+            ("4096", 4096),
+            ("4096b", 4096),
+            ("4096B", 4096),
+            ("1k", KIB),
+            ("1K", KIB),
+            ("1kb", KIB),
+            ("1KiB", KIB),
+            ("32M", 32 * MIB),
+            ("32mb", 32 * MIB),
+            ("32MIB", 32 * MIB),
+            ("010m", 10 * MIB),
+            ("1.5g", GIB + GIB / 2),
+            ("1.50G", GIB + GIB / 2),
+            ("0.5k", 512),
+            ("1.0001k", 1024),
+            ("2t", 2 * TIB),
+            ("2TiB", 2 * TIB),
+            ("18446744073709551615", u64::MAX),
+        ];
+        for (text, bytes) in cases {
+            assert_eq!(parse_size(text).ok(), Some(*bytes), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes() {
+        for text in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1e6",
+            "0x10",
+            "1.",
+            ".5",
+            "1..5",
+            "1.2.3",
+            "m",
+            "12q",
+            "1mbb",
+            "1ki",
+            "18446744073709551616",
+            "99999999999t",
+            "1,5g",
+            "１",
+        ] {
+            let err = parse_size(text).expect_err(text);
+            assert!(err.to_string().starts_with("invalid size"), "{err}");
+        }
+    }
+
+    #[test]
+    fn full_spec_defaults() {
+        let spec = parse("/run/chan/c1:/chan").unwrap();
+        assert_eq!(spec.host_path, Path::new("/run/chan/c1"));
+        assert_eq!(spec.container_path, Path::new("/chan"));
+        assert_eq!(spec.access, Access::Rw);
+        assert_eq!(spec.size, 67_108_864);
+        assert_eq!(
+            parse("/a:/b::").unwrap(),
+            spec_of("/a", "/b", Access::Rw, DEFAULT_SIZE)
+        );
+        assert_eq!(parse("/a:/b:ro").unwrap().access, Access::Ro);
+        assert_eq!(parse("/a:/b:ro:").unwrap().size, DEFAULT_SIZE);
+        assert_eq!(parse("/a:/b::1M").unwrap().size, MIB);
+        assert_eq!(
+            parse("//run/./chan//c1/:/x/./y/:rw:32M").unwrap(),
+            spec_of("/run/chan/c1", "/x/y", Access::Rw, 32 * MIB)
+        );
+    }
+
+    fn spec_of(host: &str, container: &str, access: Access, size: u64) -> ChannelSpec {
+        ChannelSpec {
+            host_path: host.into(),
+            container_path: container.into(),
+            access,
+            size,
+        }
+    }
+
+    #[test]
+    fn rejections_name_field_and_value() {
+        let cases: &[(&str, &str)] = &[
+            ("/a", "invalid spec \"/a\": has 1 field(s)"),
+            ("/a:/b:rw:1M:x", "invalid spec \"/a:/b:rw:1M:x\": has 5 field(s)"),
+            ("/a:/b:RW", "invalid mode \"RW\": must be rw or ro"),
+            ("/a:/b:rx", "invalid mode \"rx\""),
+            ("a:/b", "invalid host path \"a\": must be an absolute path"),
+            (":/b", "invalid host path \"\": is empty"),
+            ("/:/b", "invalid host path \"/\": must not be /"),
+            ("//:/b", "invalid host path \"//\": must not be /"),
+            ("/a/../b:/b", "invalid host path \"/a/../b\": must not contain a '..'"),
+            ("/a\nb:/b", "invalid host path \"/a\\nb\": contains the control character"),
+            ("/proc/x:/b", "invalid host path \"/proc/x\": is inside /proc"),
+            ("/sys:/b", "invalid host path \"/sys\": is inside /sys"),
+            ("/etc/x:/b", "is inside /etc"),
+            ("/lib64/x:/b", "is inside /lib64"),
+            ("/libx32/x:/b", "is inside /libx32"),
+            ("/usr/local/x:/b", "is inside /usr"),
+            ("/run/systemd/x:/b", "is inside /run/systemd"),
+            ("/var/lib/hostchan/x:/b", "is inside /var/lib/hostchan"),
+            ("/a:b", "invalid container path \"b\": must be an absolute path"),
+            ("/a:/", "invalid container path \"/\": must not be /"),
+            ("/a:/x/..", "invalid container path \"/x/..\": must not contain"),
+            ("/a:", "invalid container path \"\": is empty"),
+            ("/a:/b:rw:0", "invalid size \"0\": is 0 bytes, below the minimum of one page (4096 bytes)"),
+            ("/a:/b:rw:4095", "below the minimum of one page (4096 bytes)"),
+            ("/a:/b:rw:9g", "invalid size \"9g\": is 9663676416 bytes, above the maximum of half the physical memory (8589934592 bytes)"),
+            ("/a:/b:rw:lots", "invalid size \"lots\""),
+        ];
+        for (text, expected) in cases {
+            let message = rejection(text);
+            assert!(message.contains(expected), "{text:?}: got {message:?}");
+            assert!(
+                !message.contains('\n'),
+                "{text:?}: not one line: {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        assert_eq!(parse("/a:/b:rw:4096").unwrap().size, 4096);
+        assert_eq!(parse("/a:/b:rw:8g").unwrap().size, 8 * GIB);
+    }
+
+    #[test]
+    fn default_size_above_maximum_is_reported_as_default() {
+        let small = Limits {
+            max_size: MIB,
+            ..LIMITS
+        };
+        let err = ChannelSpec::parse("/a:/b", &small).unwrap_err().to_string();
+        assert!(err.contains("(the default)"), "{err}");
+    }
+
+    #[test]
+    fn long_components_are_refused() {
+        let long = format!("/run/{}:/b", "a".repeat(256));
+        assert!(rejection(&long).contains("longer than 255 bytes"));
+        let ok = format!("/run/{}:/b", "a".repeat(255));
+        assert!(parse(&ok).is_ok());
+    }
+
+    #[test]
+    fn meminfo() {
+        assert_eq!(
+            mem_total_bytes("MemTotal:       24684084 kB\nMemFree: 1 kB\n"),
+            Some(24_684_084 * 1024)
+        );
+        assert_eq!(mem_total_bytes("MemFree: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(format_size(64 * MIB), "64M");
+        assert_eq!(format_size(GIB + GIB / 2), "1536M");
+        assert_eq!(format_size(4096), "4K");
+        assert_eq!(format_size(1000), "1000B");
+    }
+
+    #[test]
+    fn host_path_on_disk() {
+        let dir = std::env::temp_dir().join(format!("hostchan-spec-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cleanup = Cleanup(dir.clone());
+        assert!(check_host_path_free(&dir.join("free")).is_ok());
+        assert!(check_host_path_free(&dir.join("free/deeper")).is_ok());
+        let err = check_host_path_free(&dir).unwrap_err().to_string();
+        assert!(err.contains("already exists (a directory)"), "{err}");
+        std::fs::write(dir.join("file"), "").unwrap();
+        let err = check_host_path_free(&dir.join("file"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists (a file)"), "{err}");
+        let err = check_host_path_free(&dir.join("file/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        std::os::unix::fs::symlink("/nonexistent-target", dir.join("dangling")).unwrap();
+        let err = check_host_path_free(&dir.join("dangling"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("already exists (a symlink)"), "{err}");
+        std::os::unix::fs::symlink(&dir, dir.join("link")).unwrap();
+        let err = check_host_path_free(&dir.join("link/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has a symlink as ancestor"), "{err}");
+        drop(cleanup);
+    }
+
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The D-Bus client for systemd's manager: start transient units and wait for their jobs, stop
+//! units, and read unit states. One connection per process, on the system bus.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use zbus::blocking::Connection;
+use zbus::zvariant::{OwnedObjectPath, Type, Value};
+
+use crate::error::{Error, Result};
+use crate::units::{PropertyValue, TransientUnit};
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_async = false,
+    blocking_name = "ManagerProxy"
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitStatus>>;
+
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String);
+}
+
+/// One row of `ListUnitsByNames`: `(ssssssouso)`.
+#[derive(Debug, Clone, Deserialize, Type)]
+pub struct UnitStatus {
+    pub name: String,
+    pub description: String,
+    pub load_state: String,
+    pub active_state: String,
+    pub sub_state: String,
+    pub followed: String,
+    pub path: OwnedObjectPath,
+    pub job_id: u32,
+    pub job_type: String,
+    pub job_path: OwnedObjectPath,
+}
+
+impl UnitStatus {
+    /// Loaded in any form (a unit that is not loaded does not exist for systemd).
+    pub fn exists(&self) -> bool {
+        self.load_state != "not-found" && self.load_state != "stub"
+    }
+}
+
+/// How a job ended, from `JobRemoved`'s result string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobOutcome {
+    pub unit: String,
+    pub result: String,
+}
+
+impl JobOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.result == "done"
+    }
+}
+
+pub struct Systemd {
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    pub fn connect() -> Result<Systemd> {
+        let connection = Connection::system().map_err(|e| {
+            Error::Systemd(format!(
+                "cannot connect to the system bus: {e}; is systemd running with D-Bus?"
+            ))
+        })?;
+        let manager = ManagerProxy::new(&connection).map_err(dbus_error)?;
+        Ok(Systemd { manager })
+    }
+
+    /// States of the named units in one call; units systemd does not know come back with the
+    /// load state `not-found`.
+    pub fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>> {
+        if names.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = self
+            .manager
+            .list_units_by_names(names)
+            .map_err(dbus_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.name.clone(), row))
+            .collect())
+    }
+
+    /// Starts `main` with `aux` loaded beside it (pulled in by `main`'s dependencies), with job
+    /// mode `fail`, and waits for the start job of `main` to finish.
+    pub fn start_transient(
+        &self,
+        main: &TransientUnit,
+        aux: &[&TransientUnit],
+    ) -> Result<JobOutcome> {
+        let main_props = to_dbus(main);
+        let aux_props: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux
+            .iter()
+            .map(|unit| (unit.name.as_str(), to_dbus(unit)))
+            .collect();
+        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_props
+            .iter()
+            .map(|(name, props)| (*name, props.as_slice()))
+            .collect();
+        self.run_job(|manager| {
+            manager.start_transient_unit(&main.name, "fail", &main_props, &aux_refs)
+        })
+    }
+
+    /// Stops a unit and waits for its stop job. `Ok(None)` when systemd does not know the unit.
+    pub fn stop(&self, name: &str) -> Result<Option<JobOutcome>> {
+        match self.run_job(|manager| manager.stop_unit(name, "replace")) {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Subscribes to `JobRemoved` before making the call that creates the job, so the end of a
+    /// fast job cannot be missed, then waits for the job the call returned.
+    fn run_job(
+        &self,
+        call: impl FnOnce(&ManagerProxy<'static>) -> zbus::Result<OwnedObjectPath>,
+    ) -> Result<JobOutcome> {
+        let removed = self.manager.receive_job_removed().map_err(dbus_error)?;
+        let job = call(&self.manager).map_err(dbus_error)?;
+        for signal in removed {
+            let args = signal.args().map_err(dbus_error)?;
+            if *args.job == *job {
+                return Ok(JobOutcome {
+                    unit: args.unit,
+                    result: args.result,
+                });
+            }
+        }
+        Err(Error::Systemd(
+            "the connection to systemd closed while waiting for a job".into(),
+        ))
+    }
+}
+
+fn to_dbus(unit: &TransientUnit) -> Vec<(&str, Value<'_>)> {
+    unit.properties
+        .iter()
+        .map(|p| (p.name, value_of(&p.value)))
+        .collect()
+}
+
+fn value_of(value: &PropertyValue) -> Value<'_> {
+    match value {
+        PropertyValue::Str(s) => Value::from(s.as_str()),
+        PropertyValue::Bool(b) => Value::from(*b),
+        PropertyValue::StrList(items) => {
+            Value::from(items.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        PropertyValue::Commands(commands) => Value::from(
+            commands
+                .iter()
+                .map(|c| {
+                    (
+                        c.path.as_str(),
+                        c.argv.iter().map(String::as_str).collect::<Vec<_>>(),
+                        c.ignore_failure,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// Maps a D-Bus failure to hostchan's error kinds, keeping systemd's own words.
+fn dbus_error(err: zbus::Error) -> Error {
+    if let zbus::Error::MethodError(name, detail, _) = &err {
+        let detail = detail.clone().unwrap_or_default();
+        return match name.as_str() {
+            "org.freedesktop.systemd1.NoSuchUnit" => Error::NotFound(detail),
+            "org.freedesktop.systemd1.UnitExists" => Error::AlreadyExists(detail),
+            "org.freedesktop.DBus.Error.AccessDenied"
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::Systemd(
+                format!("permission denied by systemd ({detail}); run hostchan as root"),
+            ),
+            _ => Error::Systemd(format!("systemd refused: {detail} ({name})")),
+        };
+    }
+    Error::Systemd(format!("D-Bus error talking to systemd: {err}"))
+}

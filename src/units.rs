@@ -1,0 +1,344 @@
+//! What a channel is in systemd's terms: the transient units to start and their properties.
+//! Pure: this is what `create --dry-run` prints and what the systemd client sends.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result as HcResult};
+use crate::spec::{format_size, ChannelSpec};
+use crate::unit_name;
+
+/// Who a channel lives with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "unit")]
+pub enum Owner {
+    /// Bound to a unit (normally the container's `.scope`): it goes when the unit stops.
+    Unit(String),
+    /// Lives until `hostchan delete`.
+    Unbound,
+}
+
+impl Owner {
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Owner::Unit(unit) => Some(unit),
+            Owner::Unbound => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Unit(unit) => f.write_str(unit),
+            Owner::Unbound => f.write_str("unbound"),
+        }
+    }
+}
+
+/// A property value in the D-Bus types systemd expects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    /// `s`
+    Str(String),
+    /// `b`
+    Bool(bool),
+    /// `as`
+    StrList(Vec<String>),
+    /// `a(sasb)`: ExecStart=/ExecStop= style command lines.
+    Commands(Vec<Command>),
+}
+
+/// One command line of an `Exec*=` property.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Command {
+    pub path: String,
+    pub argv: Vec<String>,
+    pub ignore_failure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Property {
+    pub name: &'static str,
+    pub value: PropertyValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransientUnit {
+    pub name: String,
+    /// In the order they are sent; shown in JSON as an object of name and value.
+    #[serde(serialize_with = "properties_as_object")]
+    pub properties: Vec<Property>,
+}
+
+fn properties_as_object<S: serde::Serializer>(
+    properties: &[Property],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(properties.len()))?;
+    for property in properties {
+        map.serialize_entry(property.name, &property.value)?;
+    }
+    map.end()
+}
+
+/// The units of one channel: the tmpfs mount, and the unit that removes its directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelUnits {
+    pub mount: TransientUnit,
+    pub cleanup: TransientUnit,
+}
+
+/// The identity of a channel: what the spec, owner and caller say about it.
+#[derive(Debug, Clone)]
+pub struct ChannelRequest<'a> {
+    pub spec: &'a ChannelSpec,
+    pub owner: &'a Owner,
+    pub container: Option<&'a str>,
+    /// The hostchan binary the cleanup unit runs.
+    pub hostchan_binary: &'a Path,
+}
+
+fn prop(name: &'static str, value: PropertyValue) -> Property {
+    Property { name, value }
+}
+
+fn s(text: impl Into<String>) -> PropertyValue {
+    PropertyValue::Str(text.into())
+}
+
+fn list(items: &[&str]) -> PropertyValue {
+    PropertyValue::StrList(items.iter().map(|i| (*i).to_owned()).collect())
+}
+
+pub const DOCUMENTATION: &str = "man:hostchan(8)";
+
+/// The tmpfs options of a channel's host mount.
+pub fn mount_options(spec: &ChannelSpec) -> String {
+    format!("mode=1777,size={},nosuid,nodev,noexec", spec.size)
+}
+
+/// The one line `systemctl status` shows for a channel.
+pub fn description(request: &ChannelRequest<'_>) -> String {
+    let spec = request.spec;
+    let mut text = format!(
+        "Host channel {} -> {} ({}, {})",
+        spec.host_path.display(),
+        spec.container_path.display(),
+        spec.access,
+        format_size(spec.size)
+    );
+    if let Some(container) = request.container {
+        text.push_str(&format!(" of container {container}"));
+    }
+    match request.owner {
+        Owner::Unit(unit) => text.push_str(&format!(", bound to {unit}")),
+        Owner::Unbound => text.push_str(", unbound"),
+    }
+    text
+}
+
+pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
+    let spec = request.spec;
+    let host_path = spec.host_path.display().to_string();
+    let mount_name = unit_name::mount_unit_name(&spec.host_path);
+    let cleanup_name = unit_name::cleanup_unit_name(&mount_name);
+
+    let mut mount = vec![
+        prop("Description", s(description(request))),
+        prop("Documentation", list(&[DOCUMENTATION])),
+        prop("What", s("tmpfs")),
+        prop("Where", s(&host_path)),
+        prop("Type", s("tmpfs")),
+        prop("Options", s(mount_options(spec))),
+        // A host process still inside the channel must not keep the path alive once the
+        // container is gone; iSulad unmounts lazily for the same reason.
+        prop("LazyUnmount", PropertyValue::Bool(true)),
+        prop("CollectMode", s("inactive-or-failed")),
+        prop("Wants", list(&[&cleanup_name])),
+    ];
+    if let Owner::Unit(owner) = request.owner {
+        mount.push(prop("BindsTo", list(&[owner])));
+        mount.push(prop("After", list(&[owner])));
+    }
+
+    let binary = request.hostchan_binary.display().to_string();
+    let cleanup = vec![
+        prop(
+            "Description",
+            s(format!("Remove host channel directory {host_path}")),
+        ),
+        prop("Documentation", list(&[DOCUMENTATION])),
+        prop("Type", s("oneshot")),
+        prop("RemainAfterExit", PropertyValue::Bool(true)),
+        // Started before the mount and bound to it, so it is stopped after every unmount,
+        // whatever stopped the mount; stopping it removes the directory and the record.
+        prop(
+            "ExecStop",
+            PropertyValue::Commands(vec![Command {
+                path: binary.clone(),
+                argv: vec![binary, "cleanup".into(), host_path],
+                ignore_failure: false,
+            }]),
+        ),
+        prop("BindsTo", list(&[&mount_name])),
+        prop("Before", list(&[&mount_name])),
+        prop("DefaultDependencies", PropertyValue::Bool(false)),
+        prop("CollectMode", s("inactive-or-failed")),
+    ];
+
+    ChannelUnits {
+        mount: TransientUnit {
+            name: mount_name,
+            properties: mount,
+        },
+        cleanup: TransientUnit {
+            name: cleanup_name,
+            properties: cleanup,
+        },
+    }
+}
+
+impl TransientUnit {
+    pub fn property(&self, name: &str) -> Option<&PropertyValue> {
+        self.properties
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.value)
+    }
+}
+
+/// Checks a unit name given as owner: systemd's characters and a type suffix (`x.scope`).
+pub fn validate_owner_unit(name: &str) -> HcResult<String> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
+    let has_type = name
+        .rsplit_once('.')
+        .is_some_and(|(stem, suffix)| !stem.is_empty() && !suffix.is_empty());
+    if name.len() >= 256 || !valid_chars || !has_type {
+        return Err(Error::invalid(
+            "scope",
+            name,
+            "is not a unit name; give the container's unit, e.g. libpod-<id>.scope",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a container id: printable, no spaces, at most 255 bytes.
+pub fn validate_container_id(id: &str) -> HcResult<String> {
+    if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Error::invalid(
+            "container id",
+            id,
+            "must be 1 to 255 printable characters without spaces",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// Where the hostchan binary that creates a channel lives, for the cleanup unit to run later.
+pub fn current_binary() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hostchan"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Access;
+
+    fn spec() -> ChannelSpec {
+        ChannelSpec {
+            host_path: "/run/chan/c-1".into(),
+            container_path: "/chan".into(),
+            access: Access::Ro,
+            size: 32 << 20,
+        }
+    }
+
+    #[test]
+    fn mount_bound_to_scope() {
+        let spec = spec();
+        let owner = Owner::Unit("libpod-abc.scope".into());
+        let units = channel_units(&ChannelRequest {
+            spec: &spec,
+            owner: &owner,
+            container: Some("abc"),
+            hostchan_binary: Path::new("/usr/bin/hostchan"),
+        });
+        let mount = &units.mount;
+        assert_eq!(mount.name, "run-chan-c\\x2d1.mount");
+        assert_eq!(mount.property("Where"), Some(&s("/run/chan/c-1")));
+        assert_eq!(mount.property("What"), Some(&s("tmpfs")));
+        assert_eq!(mount.property("Type"), Some(&s("tmpfs")));
+        assert_eq!(
+            mount.property("Options"),
+            Some(&s("mode=1777,size=33554432,nosuid,nodev,noexec"))
+        );
+        assert_eq!(
+            mount.property("BindsTo"),
+            Some(&list(&["libpod-abc.scope"]))
+        );
+        assert_eq!(mount.property("After"), Some(&list(&["libpod-abc.scope"])));
+        assert_eq!(
+            mount.property("Wants"),
+            Some(&list(&["hostchan-cleanup@run-chan-c\\x2d1.service"]))
+        );
+        assert_eq!(
+            mount.property("Description"),
+            Some(&s(
+                "Host channel /run/chan/c-1 -> /chan (ro, 32M) of container abc, bound to libpod-abc.scope"
+            ))
+        );
+        let cleanup = &units.cleanup;
+        assert_eq!(cleanup.name, "hostchan-cleanup@run-chan-c\\x2d1.service");
+        assert_eq!(cleanup.property("BindsTo"), Some(&list(&[&mount.name])));
+        assert_eq!(cleanup.property("Before"), Some(&list(&[&mount.name])));
+        assert_eq!(
+            cleanup.property("ExecStop"),
+            Some(&PropertyValue::Commands(vec![Command {
+                path: "/usr/bin/hostchan".into(),
+                argv: vec![
+                    "/usr/bin/hostchan".into(),
+                    "cleanup".into(),
+                    "/run/chan/c-1".into()
+                ],
+                ignore_failure: false
+            }]))
+        );
+    }
+
+    #[test]
+    fn owner_and_container_checks() {
+        assert!(validate_owner_unit("libpod-4f2a.scope").is_ok());
+        assert!(validate_owner_unit("runc-c\\x2d1.scope").is_ok());
+        for bad in ["", "ctr1", ".scope", "a b.scope", "a/b.scope", "x.scope\n"] {
+            let err = validate_owner_unit(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+        assert!(validate_container_id("4f2a-my_ctr.1").is_ok());
+        assert!(validate_container_id("a b").is_err());
+        assert!(validate_container_id("").is_err());
+    }
+
+    #[test]
+    fn unbound_has_no_owner_dependency() {
+        let spec = spec();
+        let units = channel_units(&ChannelRequest {
+            spec: &spec,
+            owner: &Owner::Unbound,
+            container: None,
+            hostchan_binary: Path::new("/usr/bin/hostchan"),
+        });
+        assert_eq!(units.mount.property("BindsTo"), None);
+        assert_eq!(units.mount.property("After"), None);
+        assert!(units
+            .mount
+            .property("Description")
+            .is_some_and(|d| *d == s("Host channel /run/chan/c-1 -> /chan (ro, 32M), unbound")));
+    }
+}

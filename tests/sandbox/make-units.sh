@@ -1,0 +1,20 @@
+#!/bin/bash
+# Writes the minimal unit directory a sandboxed systemd boots from: stub targets, our own
+# default target, and D-Bus plus journald from the system's own units.
+set -euo pipefail
+dir=${1:?usage: make-units.sh UNIT_DIR}
+mkdir -p "$dir"
+for target in sysinit sockets basic shutdown local-fs local-fs-pre umount paths timers slices \
+              network network-online remote-fs; do
+    printf '[Unit]\nDescription=%s (sandbox stub)\n' "$target" >"$dir/$target.target"
+done
+cat >"$dir/hostchan-sandbox.target" <<'UNIT'
+[Unit]
+Description=hostchan test sandbox
+Wants=dbus.socket systemd-journald.socket systemd-journald-dev-log.socket dbus.service systemd-journald.service
+After=dbus.socket systemd-journald.socket systemd-journald-dev-log.socket
+UNIT
+for unit in dbus.socket dbus.service systemd-journald.socket systemd-journald.service \
+            systemd-journald-dev-log.socket; do
+    ln -sfn "/lib/systemd/system/$unit" "$dir/$unit"
+done

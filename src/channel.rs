@@ -108,7 +108,7 @@ impl Channels {
         if let Some(record) = self.store.load(&units.mount.name)? {
             return Err(already_a_channel(&record));
         }
-        spec::check_host_path_free(&spec.host_path)?;
+        let new_dirs_from = spec::check_host_path_free(&spec.host_path)?;
         if options.dry_run {
             return Ok(Created::DryRun(units));
         }
@@ -126,6 +126,7 @@ impl Channels {
             options.container.clone(),
             units.mount.name.clone(),
             units.cleanup.name.clone(),
+            new_dirs_from,
         );
         self.store.create(&record)?;
 
@@ -226,22 +227,26 @@ impl Channels {
         Ok(self.info(&record, states.get(&record.unit)))
     }
 
-    /// The cleanup unit's `ExecStop=`: removes the directory of a channel (only if empty: an
-    /// unmounted channel's directory is, and `rmdir` refuses anything else) and its record.
-    /// Paths hostchan has no record of are never touched.
+    /// The cleanup unit's `ExecStop=`: removes the directory of a channel, and the parents that
+    /// were made for it, only while empty (an unmounted channel's directory is; `rmdir` refuses
+    /// anything else, mount points included), then its record. Paths hostchan has no record of
+    /// are never touched.
     pub fn cleanup(&self, host_path: &Path) -> Result<Cleanup> {
         let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
         let unit = unit_name::mount_unit_name(&host_path);
-        if self.store.load(&unit)?.is_none() {
+        let Some(record) = self.store.load(&unit)? else {
             return Err(Error::NotFound(format!(
                 "no channel at {}: hostchan has no record of it; nothing was removed",
                 host_path.display()
             )));
-        }
-        let removed_directory = match std::fs::remove_dir(&host_path) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-            Err(e) => {
+        };
+        // Looked up first: rmdir reports EROFS rather than ENOENT on a read-only file system.
+        let exists = std::fs::symlink_metadata(&host_path).is_ok();
+        let removed_directory = match exists.then(|| std::fs::remove_dir(&host_path)) {
+            None => false,
+            Some(Ok(())) => true,
+            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => false,
+            Some(Err(e)) => {
                 return Err(Error::io(
                     format!(
                         "cannot remove channel directory {} (kept it and its record)",
@@ -251,6 +256,7 @@ impl Channels {
                 ))
             }
         };
+        remove_new_parents(&host_path, &record.new_dirs_from);
         self.store.remove(&unit)?;
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %unit,
@@ -303,6 +309,19 @@ impl Channels {
 pub struct Cleanup {
     pub host_path: PathBuf,
     pub removed_directory: bool,
+}
+
+/// Removes the parents of `host_path` up to `new_dirs_from` while they are empty; a parent
+/// that another channel or anyone else uses stays.
+fn remove_new_parents(host_path: &Path, new_dirs_from: &Path) {
+    if !host_path.starts_with(new_dirs_from) {
+        return;
+    }
+    for parent in host_path.ancestors().skip(1) {
+        if !parent.starts_with(new_dirs_from) || std::fs::remove_dir(parent).is_err() {
+            break;
+        }
+    }
 }
 
 fn used_bytes(path: &Path) -> Option<u64> {

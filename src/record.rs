@@ -31,6 +31,9 @@ pub struct Record {
     pub container: Option<String>,
     pub unit: String,
     pub cleanup_unit: String,
+    /// The highest directory that did not exist before the channel (systemd creates missing
+    /// parents of a mount point); cleanup removes empty directories up to it.
+    pub new_dirs_from: PathBuf,
     /// Seconds since the epoch.
     pub created: u64,
 }
@@ -46,6 +49,7 @@ impl Record {
         container: Option<String>,
         unit: String,
         cleanup_unit: String,
+        new_dirs_from: PathBuf,
     ) -> Record {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -60,6 +64,7 @@ impl Record {
             container,
             unit,
             cleanup_unit,
+            new_dirs_from,
             created,
         }
     }
@@ -210,6 +215,7 @@ mod tests {
             None,
             unit.into(),
             format!("hostchan-cleanup@{unit}.service"),
+            "/run/chan".into(),
         )
     }
 

@@ -341,7 +341,9 @@ fn parse_container_path(text: &str) -> Result<PathBuf> {
 
 /// Checks on disk that the host path is free: nothing exists there (not even a dangling
 /// symlink), no existing ancestor is a symlink, and every existing ancestor is a directory.
-pub fn check_host_path_free(path: &Path) -> Result<()> {
+/// Returns the highest directory that mounting will create (the path itself when its parent
+/// exists): cleanup removes the empty directories up to it and no further.
+pub fn check_host_path_free(path: &Path) -> Result<PathBuf> {
     let shown = path.display().to_string();
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
@@ -372,6 +374,7 @@ pub fn check_host_path_free(path: &Path) -> Result<()> {
             ))
         }
     }
+    let mut highest_new = path.to_path_buf();
     for ancestor in path.ancestors().skip(1) {
         match std::fs::symlink_metadata(ancestor) {
             Ok(meta) if meta.file_type().is_symlink() => {
@@ -395,11 +398,8 @@ pub fn check_host_path_free(path: &Path) -> Result<()> {
                 ))
             }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => highest_new = ancestor.to_path_buf(),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
             Err(e) => {
                 return Err(Error::invalid(
                     "host path",
@@ -409,7 +409,7 @@ pub fn check_host_path_free(path: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(highest_new)
 }
 
 /// A size as a person reads it: the largest binary unit that divides it exactly.
@@ -617,8 +617,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hostchan-spec-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cleanup = Cleanup(dir.clone());
-        assert!(check_host_path_free(&dir.join("free")).is_ok());
-        assert!(check_host_path_free(&dir.join("free/deeper")).is_ok());
+        assert_eq!(
+            check_host_path_free(&dir.join("free")).unwrap(),
+            dir.join("free")
+        );
+        assert_eq!(
+            check_host_path_free(&dir.join("free/deeper/still")).unwrap(),
+            dir.join("free")
+        );
         let err = check_host_path_free(&dir).unwrap_err().to_string();
         assert!(err.contains("already exists (a directory)"), "{err}");
         std::fs::write(dir.join("file"), "").unwrap();

@@ -1,0 +1,318 @@
+//! The test harness: a private systemd booted as PID 1 of new PID and mount namespaces, with
+//! tmpfs over every path it would write on the real machine (tests/sandbox/boot.sh). Each test
+//! gets its own; dropping it kills the namespace, and with it every process and mount inside.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub const HOSTCHAN: &str = env!("CARGO_BIN_EXE_hostchan");
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The unit directory every sandbox boots from, written once per test process. It lives under
+/// target/, outside the paths the sandbox covers with tmpfs, so systemd can read it.
+fn unit_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("sandbox-units-{}", std::process::id()));
+        let status = Command::new(repo().join("tests/sandbox/make-units.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run tests/sandbox/make-units.sh");
+        assert!(status.success(), "tests/sandbox/make-units.sh failed");
+        dir
+    })
+}
+
+/// Refuses to go on where a sandbox cannot work, loudly: a test that cannot run must not pass.
+fn preflight() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!(
+            "the integration tests boot a private systemd and need root (run: sudo ./tests/run); \
+             they fail rather than pass without testing anything"
+        );
+    }
+    if !Path::new("/lib/systemd/systemd").exists() {
+        panic!("/lib/systemd/systemd is missing: install systemd (apt-get install systemd dbus)");
+    }
+}
+
+pub struct Sandbox {
+    unshare: Child,
+    /// systemd's pid as seen from outside the namespace.
+    pid: i32,
+    log: PathBuf,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed: {self:#?}");
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+impl Sandbox {
+    pub fn boot() -> Sandbox {
+        preflight();
+        let units = unit_dir();
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "sandbox-{}-{:?}.log",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let log_file = fs::File::create(&log).expect("create sandbox log");
+        let mut command = Command::new("unshare");
+        command
+            .args(["--pid", "--fork", "--mount", "--kill-child=SIGKILL"])
+            .arg(repo().join("tests/sandbox/boot.sh"))
+            .arg(units)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("dup log"))
+            .stderr(log_file);
+        // If the test thread dies without dropping the sandbox, the kernel kills unshare, and
+        // unshare's --kill-child kills systemd and so the namespace.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let unshare = command.spawn().expect("spawn unshare");
+        let mut sandbox = Sandbox {
+            pid: 0,
+            unshare,
+            log,
+        };
+        sandbox.wait_until_running();
+        sandbox
+    }
+
+    fn wait_until_running(&mut self) {
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let children = format!("/proc/{0}/task/{0}/children", self.unshare.id());
+        loop {
+            if let Ok(Some(status)) = self.unshare.try_wait() {
+                panic!(
+                    "the sandbox exited at boot ({status}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            if self.pid == 0 {
+                self.pid = fs::read_to_string(&children)
+                    .ok()
+                    .and_then(|text| text.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0);
+            }
+            if self.pid != 0 && self.is_systemd() {
+                let state = self.run(&["systemctl", "is-system-running"]);
+                if matches!(state.stdout.trim(), "running" | "degraded") {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the sandboxed systemd did not come up within {BOOT_TIMEOUT:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn is_systemd(&self) -> bool {
+        fs::read_to_string(format!("/proc/{}/comm", self.pid)).is_ok_and(|c| c.trim() == "systemd")
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A command inside the sandbox (its mount and PID namespaces).
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .args(["-t", &self.pid.to_string(), "-m", "-p", "--"])
+            .args(argv)
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, argv: &[&str]) -> Run {
+        Run::from(self.command(argv).output().expect("run nsenter"))
+    }
+
+    pub fn sh(&self, script: &str) -> Run {
+        self.run(&["sh", "-c", script])
+    }
+
+    pub fn hostchan(&self, args: &[&str]) -> Run {
+        let mut argv = vec![HOSTCHAN];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+
+    /// A path inside the sandbox, reachable from the test process through /proc/PID/root.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inside}", self.pid))
+    }
+
+    /// Starts `sleep infinity` in a scope named `name` (like a container's scope) and returns
+    /// the sleep's pid inside the sandbox.
+    pub fn start_scope(&self, name: &str) -> u32 {
+        let script = format!(
+            "systemd-run --quiet --scope --unit={name} sleep infinity </dev/null >/dev/null 2>&1 & echo $!"
+        );
+        let pid: u32 = self
+            .sh(&script)
+            .ok()
+            .stdout
+            .trim()
+            .parse()
+            .expect("scope pid");
+        self.wait_for(
+            || self.unit_state(name) == "active",
+            &format!("{name} to become active"),
+        );
+        pid
+    }
+
+    /// `ActiveState` of a unit, `gone` when systemd does not have it loaded.
+    pub fn unit_state(&self, unit: &str) -> String {
+        let out = self.run(&["systemctl", "show", "-P", "LoadState,ActiveState", unit]);
+        let mut lines = out.stdout.lines();
+        match (lines.next(), lines.next()) {
+            (Some("loaded"), Some(state)) => state.to_owned(),
+            _ => "gone".to_owned(),
+        }
+    }
+
+    pub fn property(&self, unit: &str, property: &str) -> String {
+        self.run(&["systemctl", "show", "-P", property, unit])
+            .stdout
+            .trim()
+            .to_owned()
+    }
+
+    /// Units whose names match a glob, loaded in any state.
+    pub fn units_matching(&self, pattern: &str) -> Vec<String> {
+        self.run(&[
+            "systemctl",
+            "list-units",
+            "--all",
+            "--plain",
+            "--no-legend",
+            pattern,
+        ])
+        .stdout
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+    }
+
+    /// Mount options of the mount at `path`, or None when nothing is mounted there.
+    pub fn mount_options(&self, path: &str) -> Option<String> {
+        let out = self.run(&[
+            "findmnt",
+            "-rn",
+            "-o",
+            "FSTYPE,OPTIONS",
+            "--mountpoint",
+            path,
+        ]);
+        (out.code == 0).then(|| out.stdout.trim().to_owned())
+    }
+
+    #[track_caller]
+    pub fn wait_for(&self, condition: impl Fn() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn record_files(&self) -> Vec<String> {
+        match fs::read_dir(self.path("/var/lib/hostchan/channels")) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Channel units systemd has loaded, in any state, found by hostchan's descriptions.
+    pub fn channel_units(&self) -> Vec<String> {
+        self.run(&["systemctl", "list-units", "--all", "--plain", "--no-legend"])
+            .stdout
+            .lines()
+            .filter(|line| {
+                line.contains("Host channel ") || line.contains("Remove host channel directory ")
+            })
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    /// Asserts that nothing of a channel is left: no directory, mount, unit or record.
+    #[track_caller]
+    pub fn assert_no_trace(&self, host_path: &str) {
+        assert!(!self.path(host_path).exists(), "{host_path} still exists");
+        assert_eq!(
+            self.mount_options(host_path),
+            None,
+            "{host_path} still mounted"
+        );
+        assert_eq!(
+            self.channel_units(),
+            Vec::<String>::new(),
+            "channel units left"
+        );
+        assert_eq!(self.record_files(), Vec::<String>::new(), "records left");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // SIGKILL to PID 1 of the namespace ends every process in it; its mounts go with the
+        // mount namespace. SIGTERM would not do: systemd re-executes itself on it.
+        if self.pid != 0 {
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}

@@ -486,11 +486,7 @@ fn channels_survive_daemon_reload_and_reexec() {
 fn a_300_character_path_gets_a_hashed_unit_name() {
     let sb = Sandbox::boot();
     sb.start_scope("ctr1.scope");
-    let path = format!(
-        "/run/long/{}/{}",
-        "a".repeat(150),
-        format!("{}b", "b-".repeat(69))
-    );
+    let path = format!("/run/long/{}/{}b", "a".repeat(150), "b-".repeat(69));
     assert_eq!(path.len(), 300);
     let out = sb
         .hostchan(&[

@@ -26,8 +26,7 @@ fn repo() -> &'static Path {
 fn unit_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("sandbox-units-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sandbox-units");
         let status = Command::new(repo().join("tests/sandbox/make-units.sh"))
             .arg(&dir)
             .status()
@@ -314,5 +313,8 @@ impl Drop for Sandbox {
         }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        if !std::thread::panicking() {
+            let _ = fs::remove_file(&self.log);
+        }
     }
 }

@@ -1,0 +1,42 @@
+# Shell helpers to boot and stop the sandboxed systemd (sourced by ./demo and the benchmarks).
+# The Rust tests have the same in tests/common/mod.rs.
+
+sandbox_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# sandbox_boot UNIT_DIR: boots systemd as PID 1 of new PID+mount namespaces; sets SANDBOX_PID
+# (systemd's pid outside) and SANDBOX_UNSHARE_PID.
+sandbox_boot() {
+    local unit_dir=$1
+    "$sandbox_repo/tests/sandbox/make-units.sh" "$unit_dir"
+    unshare --pid --fork --mount --kill-child=SIGKILL \
+        "$sandbox_repo/tests/sandbox/boot.sh" "$unit_dir" </dev/null &
+    SANDBOX_UNSHARE_PID=$!
+    SANDBOX_PID=
+    local i
+    for i in $(seq 1 300); do
+        [ -n "$SANDBOX_PID" ] || SANDBOX_PID=$(cat "/proc/$SANDBOX_UNSHARE_PID/task/$SANDBOX_UNSHARE_PID/children" 2>/dev/null | awk '{print $1}')
+        if [ -n "$SANDBOX_PID" ] && [ "$(cat "/proc/$SANDBOX_PID/comm" 2>/dev/null)" = systemd ] &&
+            [ "$(sandbox_run systemctl is-system-running 2>/dev/null)" = running ]; then
+            return 0
+        fi
+        kill -0 "$SANDBOX_UNSHARE_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "the sandboxed systemd did not come up" >&2
+    sandbox_stop
+    return 1
+}
+
+# sandbox_run CMD...: runs CMD inside the sandbox.
+sandbox_run() {
+    nsenter -t "$SANDBOX_PID" -m -p -- "$@"
+}
+
+# sandbox_stop: SIGKILL to the namespace's PID 1 ends everything in it, mounts included.
+sandbox_stop() {
+    [ -n "${SANDBOX_PID:-}" ] && kill -KILL "$SANDBOX_PID" 2>/dev/null
+    [ -n "${SANDBOX_UNSHARE_PID:-}" ] && { kill -KILL "$SANDBOX_UNSHARE_PID" 2>/dev/null; wait "$SANDBOX_UNSHARE_PID" 2>/dev/null; }
+    SANDBOX_PID=
+    SANDBOX_UNSHARE_PID=
+    return 0
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::inject::{self, AttachPoint};
 use crate::record::{Record, Store};
 use crate::spec::{self, ChannelSpec, Limits};
 use crate::systemd::{JobOutcome, Systemd, UnitStatus};
@@ -20,6 +21,27 @@ pub struct CreateOptions {
     pub owner: Owner,
     pub container: Option<String>,
     pub dry_run: bool,
+    /// Also attach the channel inside this container.
+    pub attach: Option<AttachTo>,
+    /// Raise the owner's memory limit by the channel's size.
+    pub grow_memory_limit: bool,
+}
+
+/// The container a channel is attached in.
+#[derive(Debug, Clone)]
+pub struct AttachTo {
+    pub pid: i32,
+    /// The container's future root, inside its mount namespace, before it pivots into it.
+    pub rootfs: Option<PathBuf>,
+}
+
+/// A memory limit hostchan raised so that the container's writes into the channel fit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryChange {
+    pub unit: String,
+    pub property: &'static str,
+    pub from: u64,
+    pub to: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,6 +70,9 @@ pub struct ChannelInfo {
     pub state: String,
     pub sub_state: String,
     pub created: u64,
+    /// Set by `create --grow-memory-limit` when it changed a limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<MemoryChange>,
 }
 
 /// A channel named on the command line: by host path or by mount unit name.
@@ -58,6 +83,13 @@ pub struct Target {
 }
 
 impl Target {
+    pub fn of_unit(unit: &str) -> Target {
+        Target {
+            unit: unit.to_owned(),
+            shown: unit.to_owned(),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Target> {
         if text.starts_with('/') {
             let path = spec::normalize_absolute("host path", text)?;
@@ -109,10 +141,20 @@ impl Channels {
             return Err(already_a_channel(&record));
         }
         let new_dirs_from = spec::check_host_path_free(&spec.host_path)?;
+        let new_dirs_from = self.shared_new_dirs(&spec.host_path, new_dirs_from)?;
         if options.dry_run {
             return Ok(Created::DryRun(units));
         }
 
+        if let Some(attach) = &options.attach {
+            let ns = format!("/proc/{}/ns/mnt", attach.pid);
+            if std::fs::symlink_metadata(&ns).is_err() {
+                return Err(Error::Owner(format!(
+                    "pid {} does not exist (no {ns}); give the pid of the container's init",
+                    attach.pid
+                )));
+            }
+        }
         let systemd = Systemd::connect()?;
         if let Owner::Unit(owner) = &options.owner {
             check_owner_active(&systemd, owner)?;
@@ -149,6 +191,13 @@ impl Channels {
                 return Err(e);
             }
         }
+        let memory_limit = match self.complete(&systemd, &spec, options) {
+            Ok(change) => change,
+            Err(e) => {
+                self.roll_back(&systemd, &record);
+                return Err(e);
+            }
+        };
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit,
             "created channel {} -> {} ({}, {} bytes), owner {}",
@@ -162,8 +211,69 @@ impl Channels {
         Ok(Created::Channel(Box::new(ChannelInfo {
             state: "active".into(),
             sub_state: "mounted".into(),
+            memory_limit,
             ..info
         })))
+    }
+
+    /// Refuses a host path inside another channel, and extends `new_dirs_from` to the parents
+    /// other channels' creation made, so that the last channel to go removes them.
+    fn shared_new_dirs(&self, host_path: &Path, new_dirs_from: PathBuf) -> Result<PathBuf> {
+        let mut highest = new_dirs_from;
+        for record in self.store.all()? {
+            if host_path.starts_with(&record.host_path) {
+                return Err(Error::invalid(
+                    "host path",
+                    host_path.display().to_string(),
+                    format!(
+                        "is inside the channel {}; choose a path outside it",
+                        record.host_path.display()
+                    ),
+                ));
+            }
+            let made = &record.new_dirs_from;
+            if made != &record.host_path
+                && host_path.starts_with(made)
+                && made.components().count() < highest.components().count()
+            {
+                highest = made.clone();
+            }
+        }
+        Ok(highest)
+    }
+
+    /// The steps after the host side is up; a failure here rolls the host side back.
+    fn complete(
+        &self,
+        systemd: &Systemd,
+        spec: &ChannelSpec,
+        options: &CreateOptions,
+    ) -> Result<Option<MemoryChange>> {
+        if let Some(attach) = &options.attach {
+            inject::attach(
+                &spec.host_path,
+                &AttachPoint {
+                    pid: attach.pid,
+                    rootfs: attach.rootfs.as_deref(),
+                    container_path: &spec.container_path,
+                    access: spec.access,
+                },
+            )?;
+            tracing::info!(
+                OBJECT_SYSTEMD_UNIT = %unit_name::mount_unit_name(&spec.host_path),
+                "attached channel {} at {} ({}) in the container of pid {}",
+                spec.host_path.display(),
+                spec.container_path.display(),
+                spec.access,
+                attach.pid
+            );
+        }
+        match &options.owner {
+            Owner::Unit(owner) => {
+                memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)
+            }
+            Owner::Unbound => Ok(None),
+        }
     }
 
     /// Undoes a create that failed after its record was written: stops whatever systemd still
@@ -204,6 +314,22 @@ impl Channels {
             sub_state: String::new(),
             ..self.info(&record, None)
         })
+    }
+
+    /// Deletes every channel labelled with this container id; none is not an error.
+    pub fn delete_container(&self, container: &str) -> Result<Vec<ChannelInfo>> {
+        let mut deleted = Vec::new();
+        for record in self.store.all()? {
+            if record.container.as_deref() == Some(container) {
+                match self.delete(&Target::of_unit(&record.unit)) {
+                    Ok(info) => deleted.push(info),
+                    // Gone meanwhile: its owner stopped and systemd cleaned it up.
+                    Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
@@ -301,6 +427,7 @@ impl Channels {
             state,
             sub_state,
             created: record.created,
+            memory_limit: None,
         }
     }
 }
@@ -328,6 +455,54 @@ fn used_bytes(path: &Path) -> Option<u64> {
     let stat = nix::sys::statvfs::statvfs(path).ok()?;
     let blocks = stat.blocks().saturating_sub(stat.blocks_free());
     Some(blocks * stat.fragment_size())
+}
+
+/// The container's own writes into the channel count against its memory limit (tmpfs pages
+/// are charged to the writer): raise the limit by the channel's size when asked, and warn when
+/// the limit leaves no room for a full channel.
+fn memory_headroom(
+    systemd: &Systemd,
+    owner: &str,
+    size: u64,
+    grow: bool,
+) -> Result<Option<MemoryChange>> {
+    let memory = match systemd.memory(owner) {
+        Ok(memory) => memory,
+        Err(e) if grow => return Err(e),
+        Err(_) => return Ok(None),
+    };
+    let (property, limit) = match (memory.max, memory.limit) {
+        (max, _) if max != u64::MAX => ("MemoryMax", max),
+        (_, limit) if limit != u64::MAX => ("MemoryLimit", limit),
+        _ => return Ok(None),
+    };
+    if grow {
+        let raised = limit.saturating_add(size);
+        systemd.set_memory_limit(owner, property, raised)?;
+        tracing::info!("raised {property} of {owner} from {limit} to {raised} bytes");
+        return Ok(Some(MemoryChange {
+            unit: owner.to_owned(),
+            property,
+            from: limit,
+            to: raised,
+        }));
+    }
+    let current = if memory.current == u64::MAX {
+        0
+    } else {
+        memory.current
+    };
+    if limit < current.saturating_add(size) {
+        tracing::warn!(
+            "{owner} can be OOM-killed by writing into this channel: its {property} is {limit} bytes, below its usage ({current}) plus the channel's size ({size}); use --grow-memory-limit or raise it"
+        );
+    }
+    Ok(None)
+}
+
+/// The scope a container's process lives in, for `create --pid`.
+pub fn owner_of_pid(pid: i32) -> Result<Option<String>> {
+    inject::scope_of_pid(pid)
 }
 
 fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {

@@ -10,9 +10,13 @@ Examples:
   # See what would be started, without touching systemd
   hostchan create --dry-run --unbound /run/chan/c2:/data:ro
 
+  # The same, attached inside the container at /chan, bound to the scope of pid 4242
+  hostchan create --pid 4242 --container 4f2a /run/chan/c1:/chan:rw:32M
+
   hostchan list
   hostchan status /run/chan/c1
   hostchan delete /run/chan/c1
+  hostchan delete --container 4f2a
 
 Spec: <host path>:<container path>[:<rw|ro>[:<size>]]
   size is a number with an optional unit b, k, m, g, t (powers of 1024; 1.5g is allowed);
@@ -50,10 +54,14 @@ pub enum OutputFormat {
 pub enum Command {
     /// Create a channel: a tmpfs at the host path, bound to its owner's lifetime.
     Create(CreateArgs),
-    /// Delete a channel: unmount it and remove its directory.
+    /// Delete a channel (or all of one container's): unmount it and remove its directory.
+    #[command(group(ArgGroup::new("which").required(true).args(["channel", "container"])))]
     Delete {
         /// The channel's host path or its .mount unit name.
-        channel: String,
+        channel: Option<String>,
+        /// Delete every channel of this container instead.
+        #[arg(long, value_name = "ID")]
+        container: Option<String>,
     },
     /// List every channel with its state and usage.
     List,
@@ -61,6 +69,14 @@ pub enum Command {
     Status {
         /// The channel's host path or its .mount unit name.
         channel: String,
+    },
+    /// Run as an OCI hook: read the container state on stdin, create the channels named in its
+    /// io.hostchan.channel[.NAME] annotations (createRuntime, prestart) or remove them (poststop).
+    OciHook {
+        /// The hook stage; by default taken from the state's status (creating: createRuntime,
+        /// stopped: poststop).
+        #[arg(long, value_enum)]
+        stage: Option<crate::oci::Stage>,
     },
     /// Remove an unmounted channel's directory and record (run by the channel's cleanup unit).
     #[command(hide = true)]
@@ -71,7 +87,8 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("owner").required(true).args(["scope", "unbound"])))]
+#[command(group(ArgGroup::new("owner").args(["scope", "unbound"])))]
+#[command(group(ArgGroup::new("bound").required(true).multiple(true).args(["scope", "unbound", "pid"])))]
 pub struct CreateArgs {
     /// Bind the channel to this unit (normally the container's .scope): when it stops, the
     /// channel is unmounted and its directory removed.
@@ -82,9 +99,19 @@ pub struct CreateArgs {
     #[arg(long)]
     pub unbound: bool,
 
-    /// The container's id, shown in list and status.
+    /// Also attach the channel inside the container this process belongs to, and bind it to
+    /// that process's scope (unless --scope or --unbound says otherwise).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<i32>,
+
+    /// The container's id, shown in list and status, and used by delete --container.
     #[arg(long, value_name = "ID")]
     pub container: Option<String>,
+
+    /// Raise the owner's memory limit (MemoryMax) by the channel's size, so that the
+    /// container's own writes into the channel cannot get it OOM-killed.
+    #[arg(long)]
+    pub grow_memory_limit: bool,
 
     /// Validate and print the units that would be started, without contacting systemd.
     #[arg(long)]
@@ -118,6 +145,12 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["hostchan", "create", "--unbound", "/a:/b"]).is_ok());
+        assert!(Cli::try_parse_from(["hostchan", "create", "--pid", "1", "/a:/b"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["hostchan", "create", "--pid", "1", "--unbound", "/a:/b"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["hostchan", "delete"]).is_err());
+        assert!(Cli::try_parse_from(["hostchan", "delete", "--container", "c1"]).is_ok());
         let cli = Cli::try_parse_from([
             "hostchan", "create", "/a:/b", "--scope", "x.scope", "--output", "json",
         ])

@@ -7,7 +7,9 @@
 pub mod channel;
 pub mod cli;
 pub mod error;
+pub mod inject;
 pub mod logging;
+pub mod oci;
 pub mod output;
 pub mod record;
 pub mod spec;

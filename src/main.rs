@@ -2,9 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use hostchan::channel::{Channels, CreateOptions, Target};
+use std::io::Read;
+
+use hostchan::channel::{owner_of_pid, AttachTo, Channels, CreateOptions, Target};
 use hostchan::cli::{Cli, Command, OutputFormat};
 use hostchan::error::{Error, Result, EXIT_USAGE};
+use hostchan::oci;
 use hostchan::output::{error_json, Report};
 use hostchan::units::Owner;
 
@@ -38,9 +41,18 @@ fn run(command: Command) -> Result<Report> {
     let channels = Channels::default();
     match command {
         Command::Create(args) => {
-            let owner = match args.scope {
-                Some(unit) => Owner::Unit(hostchan::units::validate_owner_unit(&unit)?),
-                None => Owner::Unbound,
+            let owner = match (&args.scope, args.unbound, args.pid) {
+                (Some(unit), _, _) => Owner::Unit(hostchan::units::validate_owner_unit(unit)?),
+                (None, true, _) => Owner::Unbound,
+                (None, false, Some(pid)) => match owner_of_pid(pid)? {
+                    Some(scope) => Owner::Unit(scope),
+                    None => {
+                        return Err(Error::Owner(format!(
+                            "pid {pid} is not in a systemd scope; pass --unbound for a channel that lives until hostchan delete"
+                        )))
+                    }
+                },
+                (None, false, None) => unreachable!("clap requires --scope, --unbound or --pid"),
             };
             let container = args
                 .container
@@ -52,16 +64,35 @@ fn run(command: Command) -> Result<Report> {
                     owner,
                     container,
                     dry_run: args.dry_run,
+                    attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
+                    grow_memory_limit: args.grow_memory_limit,
                 })
                 .map(Report::Created)
         }
-        Command::Delete { channel } => channels
+        Command::Delete {
+            channel: Some(channel),
+            ..
+        } => channels
             .delete(&Target::parse(&channel)?)
             .map(Report::Deleted),
+        Command::Delete {
+            container: Some(id),
+            ..
+        } => channels.delete_container(&id).map(Report::List),
+        Command::Delete { .. } => unreachable!("clap requires a channel or --container"),
         Command::List => channels.list().map(Report::List),
         Command::Status { channel } => channels
             .status(&Target::parse(&channel)?)
             .map(Report::Status),
+        Command::OciHook { stage } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .map_err(|e| Error::io("cannot read the OCI state on stdin", e))?;
+            let state = oci::State::parse(&input)?;
+            let stage = state.stage(stage)?;
+            oci::run_hook(&channels, &state, stage).map(Report::Hook)
+        }
         Command::Cleanup { host_path } => channels
             .cleanup(std::path::Path::new(&host_path))
             .map(Report::Cleanup),

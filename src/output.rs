@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::channel::{ChannelInfo, Cleanup, Created};
+use crate::oci::HookOutcome;
 use crate::spec::format_size;
 use crate::units::{ChannelUnits, PropertyValue, TransientUnit};
 
@@ -17,6 +18,7 @@ pub enum Report {
     List(Vec<ChannelInfo>),
     Status(ChannelInfo),
     Cleanup(Cleanup),
+    Hook(HookOutcome),
 }
 
 impl Report {
@@ -27,15 +29,25 @@ impl Report {
     pub fn text(&self) -> String {
         match self {
             Report::Created(Created::DryRun(units)) => dry_run_text(units),
-            Report::Created(Created::Channel(info)) => format!(
-                "Created channel {} ({}): {} tmpfs, container path {} ({}), {}\n",
-                info.host_path.display(),
-                info.unit,
-                format_size(info.size),
-                info.container_path.display(),
-                info.mode,
-                owner_text(info)
-            ),
+            Report::Created(Created::Channel(info)) => {
+                let mut text = format!(
+                    "Created channel {} ({}): {} tmpfs, container path {} ({}), {}\n",
+                    info.host_path.display(),
+                    info.unit,
+                    format_size(info.size),
+                    info.container_path.display(),
+                    info.mode,
+                    owner_text(info)
+                );
+                if let Some(change) = &info.memory_limit {
+                    let _ = writeln!(
+                        text,
+                        "Raised {} of {} from {} to {} bytes",
+                        change.property, change.unit, change.from, change.to
+                    );
+                }
+                text
+            }
             Report::Deleted(info) => format!(
                 "Deleted channel {} ({})\n",
                 info.host_path.display(),
@@ -43,6 +55,24 @@ impl Report {
             ),
             Report::List(channels) => list_text(channels),
             Report::Status(info) => status_text(info),
+            Report::Hook(hook) => {
+                let mut text = String::new();
+                for channel in &hook.channels {
+                    let verb = if hook.stage == "poststop" {
+                        "Deleted"
+                    } else {
+                        "Created"
+                    };
+                    let _ = writeln!(
+                        text,
+                        "{verb} channel {} -> {} for container {}",
+                        channel.host_path.display(),
+                        channel.container_path.display(),
+                        hook.container
+                    );
+                }
+                text
+            }
             Report::Cleanup(cleanup) => format!(
                 "Cleaned up channel {}{}\n",
                 cleanup.host_path.display(),

@@ -30,6 +30,15 @@ trait Manager {
 
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitStatus>>;
 
+    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
+    fn set_unit_properties(
+        &self,
+        name: &str,
+        runtime: bool,
+        properties: &[(&str, Value<'_>)],
+    ) -> zbus::Result<()>;
+
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String);
 }
@@ -54,6 +63,16 @@ impl UnitStatus {
     pub fn exists(&self) -> bool {
         self.load_state != "not-found" && self.load_state != "stub"
     }
+}
+
+/// Memory figures of a unit's cgroup, in bytes; `u64::MAX` means none or unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// `MemoryMax=` (cgroup v2 semantics; systemd also applies it on v1).
+    pub max: u64,
+    /// `MemoryLimit=`, the cgroup v1 setting some runtimes still use.
+    pub limit: u64,
+    pub current: u64,
 }
 
 /// How a job ended, from `JobRemoved`'s result string.
@@ -98,6 +117,49 @@ impl Systemd {
             .into_iter()
             .map(|row| (row.name.clone(), row))
             .collect())
+    }
+
+    /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
+    pub fn memory(&self, unit: &str) -> Result<Memory> {
+        let interface = match unit.rsplit_once('.').map(|(_, suffix)| suffix) {
+            Some("scope") => "org.freedesktop.systemd1.Scope",
+            Some("service") => "org.freedesktop.systemd1.Service",
+            Some("slice") => "org.freedesktop.systemd1.Slice",
+            _ => {
+                return Err(Error::Usage(format!(
+                "{unit} has no memory limit to change: only scopes, services and slices have one"
+            )))
+            }
+        };
+        let path = self.manager.get_unit(unit).map_err(dbus_error)?;
+        let properties =
+            zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
+                .destination("org.freedesktop.systemd1")
+                .and_then(|b| b.path(path))
+                .and_then(|b| b.build())
+                .map_err(dbus_error)?;
+        let interface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
+        let all = properties
+            .get_all(interface)
+            .map_err(|e| dbus_error(e.into()))?;
+        let read = |name: &str| -> u64 {
+            all.get(name)
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(u64::MAX)
+        };
+        Ok(Memory {
+            max: read("MemoryMax"),
+            limit: read("MemoryLimit"),
+            current: read("MemoryCurrent"),
+        })
+    }
+
+    /// Sets a unit's memory limit at runtime (a drop-in under /run/systemd/transient or
+    /// /run/systemd/system.control, gone at reboot like the channel).
+    pub fn set_memory_limit(&self, unit: &str, property: &'static str, bytes: u64) -> Result<()> {
+        self.manager
+            .set_unit_properties(unit, true, &[(property, Value::from(bytes))])
+            .map_err(dbus_error)
     }
 
     /// Starts `main` with `aux` loaded beside it (pulled in by `main`'s dependencies), with job

@@ -1,0 +1,240 @@
+//! Attaching a channel inside a container's mount namespace, with the new mount API: clone the
+//! host mount, make the clone read-only for `ro`, enter the container's mount namespace from a
+//! thread of its own, resolve the container path inside the container's root (never outside it,
+//! whatever symlinks the rootfs holds), create what is missing, and move the clone there.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::sched::{setns, unshare, CloneFlags};
+use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags, CWD};
+use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
+
+use crate::error::{Error, Result};
+use crate::spec::Access;
+
+/// Where in which container a channel goes.
+#[derive(Debug, Clone)]
+pub struct AttachPoint<'a> {
+    /// A process of the container (its init), as seen from hostchan.
+    pub pid: i32,
+    /// The container's root as a path inside the container's mount namespace, when the
+    /// container has not pivoted into it yet (an OCI createRuntime hook); `None` for a running
+    /// container, whose root is already `/proc/<pid>/root`.
+    pub rootfs: Option<&'a Path>,
+    pub container_path: &'a Path,
+    pub access: Access,
+}
+
+pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
+    let shown = point.container_path.display();
+    let fail = |what: &str, e: io::Error| {
+        Error::Runtime(format!(
+            "cannot attach channel {} at {shown} in the container of pid {}: {what}: {e}",
+            host_path.display(),
+            point.pid
+        ))
+    };
+    let tree = open_tree(
+        CWD,
+        host_path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| fail("cloning the host mount", e.into()))?;
+    if point.access == Access::Ro {
+        set_read_only(&tree).map_err(|e| fail("making the clone read-only", e))?;
+    }
+    // Both are opened before entering the namespace: afterwards /proc is the container's view.
+    let proc_root =
+        File::open(format!("/proc/{}/root", point.pid)).map_err(|e| fail("opening its root", e))?;
+    let mount_ns = File::open(format!("/proc/{}/ns/mnt", point.pid))
+        .map_err(|e| fail("opening its mount namespace", e))?;
+
+    let rootfs = point.rootfs.map(relative_to_root);
+    let container_path = relative_to_root(point.container_path);
+    let outcome = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> std::result::Result<(), (&'static str, io::Error)> {
+                // setns(CLONE_NEWNS) refuses a thread that shares its fs_struct; this thread
+                // stops sharing it, and ends with the namespace it entered.
+                unshare(CloneFlags::CLONE_FS).map_err(|e| ("leaving the shared fs", e.into()))?;
+                setns(mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| ("entering its mount namespace", e.into()))?;
+                let root = match &rootfs {
+                    Some(rootfs) => open_in_root(proc_root.as_fd(), rootfs)
+                        .map_err(|e| ("opening the container's rootfs", e))?,
+                    None => open_in_root(proc_root.as_fd(), Path::new(""))
+                        .map_err(|e| ("opening the container's root", e))?,
+                };
+                let target = open_or_create_dirs(&root, &container_path)
+                    .map_err(|e| ("resolving the container path", e))?;
+                move_mount(
+                    tree.as_fd(),
+                    "",
+                    target.as_fd(),
+                    "",
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                )
+                .map_err(|e| ("mounting", e.into()))
+            })
+            .join()
+    });
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((what, e))) => Err(fail(what, e)),
+        Err(_) => Err(fail(
+            "the attaching thread panicked",
+            io::Error::other("panic"),
+        )),
+    }
+}
+
+/// `/a/b` -> `a/b`: paths are resolved relative to a root directory file descriptor.
+fn relative_to_root(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+/// Opens a directory below `root` as if `root` were `/`: absolute symlinks and `..` stay inside
+/// it (RESOLVE_IN_ROOT), and /proc magic links are refused.
+fn open_in_root(root: impl AsFd, path: &Path) -> io::Result<OwnedFd> {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    Ok(openat2(
+        root,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+/// Opens `path` below `root`, creating missing directories (mode 0755) one component at a time,
+/// each resolved inside `root` before the next is made.
+fn open_or_create_dirs(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
+    let mut parent = PathBuf::new();
+    for component in path.components() {
+        let current = parent.join(component);
+        match open_in_root(root, &current) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent_fd = open_in_root(root, &parent)?;
+                match mkdirat(
+                    &parent_fd,
+                    component.as_os_str(),
+                    Mode::from_raw_mode(0o755),
+                ) {
+                    Ok(()) => {}
+                    // A racing mkdir, or a dangling symlink (reported by the open below).
+                    Err(e) if e == rustix::io::Errno::EXIST => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        parent = current;
+    }
+    open_in_root(root, &parent)
+}
+
+/// mount_setattr(2) with MOUNT_ATTR_RDONLY on a detached mount: neither nix nor rustix has it.
+fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is a valid NUL-terminated string, `attr` lives across the call and its
+    // size is passed, as mount_setattr(2) requires; the kernel only reads them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The systemd scope a process lives in, from /proc/<pid>/cgroup: the `name=systemd` line on
+/// cgroup v1 and hybrid hosts, the `0::` line on v2; the innermost `.scope` on the path.
+pub fn scope_of_pid(pid: i32) -> Result<Option<String>> {
+    let path = format!("/proc/{pid}/cgroup");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::Owner(format!(
+            "cannot read {path} to find the scope of pid {pid}: {e}"
+        ))
+    })?;
+    Ok(scope_in_cgroup_file(&text))
+}
+
+pub fn scope_in_cgroup_file(text: &str) -> Option<String> {
+    let cgroup_path = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .map(str::to_owned)
+    };
+    let path = text
+        .lines()
+        .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p.to_owned()))
+        .or_else(|| cgroup_path("0::"))?;
+    path.rsplit('/')
+        .find(|component| component.ends_with(".scope"))
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_from_cgroup_files() {
+        let hybrid = "12:memory:/system.slice/runc-ctr1.scope\n1:name=systemd:/system.slice/runc-ctr1.scope\n0::/system.slice/runc-ctr1.scope\n";
+        assert_eq!(
+            scope_in_cgroup_file(hybrid).as_deref(),
+            Some("runc-ctr1.scope")
+        );
+        let v2 = "0::/machine.slice/libpod-4f2a.scope/container\n";
+        assert_eq!(
+            scope_in_cgroup_file(v2).as_deref(),
+            Some("libpod-4f2a.scope")
+        );
+        let service = "0::/system.slice/sshd.service\n";
+        assert_eq!(scope_in_cgroup_file(service), None);
+        let v1_named_first = "1:name=systemd:/user.slice/user-0.slice/session-3.scope\n0::/\n";
+        assert_eq!(
+            scope_in_cgroup_file(v1_named_first).as_deref(),
+            Some("session-3.scope")
+        );
+        assert_eq!(scope_in_cgroup_file(""), None);
+    }
+
+    #[test]
+    fn paths_relative_to_root() {
+        assert_eq!(relative_to_root(Path::new("/a/b")), PathBuf::from("a/b"));
+        assert_eq!(relative_to_root(Path::new("/")), PathBuf::new());
+    }
+}

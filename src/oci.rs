@@ -1,0 +1,224 @@
+//! The OCI hook: the runtime's state on stdin, channels from the container's annotations.
+//! `createRuntime`/`prestart` create them all (or none), `poststop` removes what is left.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
+use crate::error::{Error, Result};
+use crate::units::Owner;
+
+/// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
+pub const ANNOTATION: &str = "io.hostchan.channel";
+
+/// The state a runtime passes to hooks (runtime-spec, config.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub pid: Option<i32>,
+    pub bundle: PathBuf,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "camelCase")]
+pub enum Stage {
+    Prestart,
+    CreateRuntime,
+    Poststop,
+}
+
+impl State {
+    pub fn parse(text: &str) -> Result<State> {
+        serde_json::from_str(text)
+            .map_err(|e| Error::Usage(format!("the OCI state on stdin is not valid: {e}")))
+    }
+
+    /// The stage a hook runs in, from the container's status when the caller did not say.
+    pub fn stage(&self, given: Option<Stage>) -> Result<Stage> {
+        match (given, self.status.as_str()) {
+            (Some(stage), _) => Ok(stage),
+            (None, "creating" | "created") => Ok(Stage::CreateRuntime),
+            (None, "stopped") => Ok(Stage::Poststop),
+            (None, status) => Err(Error::Usage(format!(
+                "cannot tell the hook stage from container status {status:?}; pass --stage"
+            ))),
+        }
+    }
+
+    /// The channel specs in the annotations, by annotation name.
+    pub fn channel_specs(&self) -> Vec<(&str, &str)> {
+        self.annotations
+            .iter()
+            .filter(|(key, _)| {
+                key.as_str() == ANNOTATION
+                    || key
+                        .strip_prefix(ANNOTATION)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .is_some_and(|name| !name.is_empty())
+            })
+            .map(|(key, spec)| (key.as_str(), spec.as_str()))
+            .collect()
+    }
+}
+
+/// The container's root before pivot_root: `root.path` of the bundle's config.json, relative to
+/// the bundle unless absolute.
+pub fn rootfs_of_bundle(bundle: &Path) -> Result<PathBuf> {
+    #[derive(Deserialize)]
+    struct Config {
+        root: Root,
+    }
+    #[derive(Deserialize)]
+    struct Root {
+        path: PathBuf,
+    }
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let config: Config = serde_json::from_str(&text)
+        .map_err(|e| Error::Runtime(format!("{} has no usable root.path: {e}", path.display())))?;
+    Ok(if config.root.path.is_absolute() {
+        config.root.path
+    } else {
+        bundle.join(config.root.path)
+    })
+}
+
+/// What the hook did.
+#[derive(Debug, serde::Serialize)]
+pub struct HookOutcome {
+    pub stage: &'static str,
+    pub container: String,
+    pub channels: Vec<ChannelInfo>,
+}
+
+pub fn run_hook(channels: &Channels, state: &State, stage: Stage) -> Result<HookOutcome> {
+    match stage {
+        Stage::Prestart | Stage::CreateRuntime => create_all(channels, state),
+        Stage::Poststop => Ok(HookOutcome {
+            stage: "poststop",
+            container: state.id.clone(),
+            channels: channels.delete_container(&state.id)?,
+        }),
+    }
+}
+
+/// Creates every channel of the container, or none: on the first failure the ones made are
+/// removed again and the failure is reported, naming the annotation.
+fn create_all(channels: &Channels, state: &State) -> Result<HookOutcome> {
+    let pid = state.pid.ok_or_else(|| {
+        Error::Usage(format!(
+            "the OCI state of container {} has no pid; run the hook at createRuntime or prestart",
+            state.id
+        ))
+    })?;
+    let specs = state.channel_specs();
+    let mut made: Vec<ChannelInfo> = Vec::new();
+    if specs.is_empty() {
+        return Ok(outcome(state, made));
+    }
+    let rootfs = rootfs_of_bundle(&state.bundle)?;
+    // Engines on the cgroupfs driver have no scope: their channels live until poststop.
+    let owner = match crate::channel::owner_of_pid(pid)? {
+        Some(scope) => Owner::Unit(scope),
+        None => Owner::Unbound,
+    };
+    for (annotation, spec) in specs {
+        let created = channels.create(&CreateOptions {
+            spec: spec.to_owned(),
+            owner: owner.clone(),
+            container: Some(state.id.clone()),
+            dry_run: false,
+            attach: Some(AttachTo {
+                pid,
+                rootfs: Some(rootfs.clone()),
+            }),
+            grow_memory_limit: false,
+        });
+        match created {
+            Ok(Created::Channel(info)) => made.push(*info),
+            Ok(Created::DryRun(_)) => {}
+            Err(e) => {
+                for info in &made {
+                    if let Err(undo) = channels.delete(&Target::of_unit(&info.unit)) {
+                        tracing::warn!(
+                            "cannot remove channel {}: {undo}",
+                            info.host_path.display()
+                        );
+                    }
+                }
+                return Err(prefix_error(e, &format!("{annotation}={spec}: ")));
+            }
+        }
+    }
+    Ok(outcome(state, made))
+}
+
+fn outcome(state: &State, channels: Vec<ChannelInfo>) -> HookOutcome {
+    HookOutcome {
+        stage: "createRuntime",
+        container: state.id.clone(),
+        channels,
+    }
+}
+
+fn prefix_error(err: Error, prefix: &str) -> Error {
+    match err {
+        Error::Invalid {
+            field,
+            value,
+            reason,
+        } => Error::invalid(
+            field,
+            value.0,
+            format!("{reason} (in {})", prefix.trim_end_matches(": ")),
+        ),
+        Error::Usage(m) => Error::Usage(format!("{prefix}{m}")),
+        Error::Owner(m) => Error::Owner(format!("{prefix}{m}")),
+        Error::AlreadyExists(m) => Error::AlreadyExists(format!("{prefix}{m}")),
+        Error::NotFound(m) => Error::NotFound(format!("{prefix}{m}")),
+        Error::Systemd(m) => Error::Systemd(format!("{prefix}{m}")),
+        Error::Runtime(m) => Error::Runtime(format!("{prefix}{m}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = r#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,
+        "bundle":"/b","annotations":{"io.hostchan.channel":"/run/a:/a",
+        "io.hostchan.channel.logs":"/run/b:/b:ro","io.hostchan.channelx":"no",
+        "io.hostchan.channel.":"no","other":"x"}}"#;
+
+    #[test]
+    fn specs_from_annotations() {
+        let state = State::parse(STATE).unwrap();
+        assert_eq!(
+            state.channel_specs(),
+            vec![
+                ("io.hostchan.channel", "/run/a:/a"),
+                ("io.hostchan.channel.logs", "/run/b:/b:ro")
+            ]
+        );
+        assert_eq!(state.pid, Some(42));
+    }
+
+    #[test]
+    fn stages() {
+        let mut state = State::parse(STATE).unwrap();
+        assert_eq!(state.stage(None).unwrap(), Stage::CreateRuntime);
+        state.status = "stopped".into();
+        assert_eq!(state.stage(None).unwrap(), Stage::Poststop);
+        assert_eq!(state.stage(Some(Stage::Prestart)).unwrap(), Stage::Prestart);
+        state.status = "running".into();
+        assert!(state.stage(None).is_err());
+        assert!(State::parse("{}").is_err());
+    }
+}

@@ -284,8 +284,10 @@ impl Channels {
                 tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: cannot stop {unit}: {e}");
             }
         }
-        if let Err(e) = self.cleanup(&record.host_path) {
-            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}");
+        match self.cleanup(&record.host_path) {
+            // The cleanup unit's stop already did it.
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            Err(e) => tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}"),
         }
     }
 
@@ -502,7 +504,8 @@ fn memory_headroom(
 
 /// The scope a container's process lives in, for `create --pid`.
 pub fn owner_of_pid(pid: i32) -> Result<Option<String>> {
-    inject::scope_of_pid(pid)
+    // PID 1's own scope is no container's.
+    Ok(inject::scope_of_pid(pid)?.filter(|scope| scope != "init.scope"))
 }
 
 fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {

@@ -132,8 +132,16 @@ fn open_or_create_dirs(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
                     Mode::from_raw_mode(0o755),
                 ) {
                     Ok(()) => {}
-                    // A racing mkdir, or a dangling symlink (reported by the open below).
-                    Err(e) if e == rustix::io::Errno::EXIST => {}
+                    // A racing mkdir is fine; a symlink that leads nowhere inside the root is
+                    // neither followed out of it nor created through.
+                    Err(e) if e == rustix::io::Errno::EXIST => {
+                        if open_in_root(root, &current).is_err() {
+                            return Err(io::Error::other(format!(
+                                "{} is a symlink whose target does not exist inside the container",
+                                Path::new("/").join(&current).display()
+                            )));
+                        }
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -1,6 +1,7 @@
 //! Logging: to the journal when it is there (so `journalctl -u <channel unit>` shows hostchan's
 //! lines through OBJECT_SYSTEMD_UNIT), and warnings to stderr; more with -v or RUST_LOG.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use tracing::level_filters::LevelFilter;
@@ -21,6 +22,7 @@ pub fn init(verbosity: u8) {
         .from_env_lossy();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .with_filter(stderr_filter);

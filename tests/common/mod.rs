@@ -51,6 +51,8 @@ fn preflight() {
 
 pub struct Sandbox {
     unshare: Child,
+    /// The name of the sandbox's cgroup in every hierarchy.
+    id: String,
     /// systemd's pid as seen from outside the namespace.
     pid: i32,
     log: PathBuf,
@@ -95,11 +97,18 @@ impl Sandbox {
             std::thread::current().id()
         ));
         let log_file = fs::File::create(&log).expect("create sandbox log");
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "hostchan-sandbox-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let mut command = Command::new("unshare");
         command
             .args(["--pid", "--fork", "--mount", "--kill-child=SIGKILL"])
             .arg(repo().join("tests/sandbox/boot.sh"))
             .arg(units)
+            .arg(&id)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
@@ -114,6 +123,7 @@ impl Sandbox {
         let mut sandbox = Sandbox {
             pid: 0,
             unshare,
+            id,
             log,
         };
         sandbox.wait_until_running();
@@ -313,8 +323,132 @@ impl Drop for Sandbox {
         }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        remove_cgroups(&self.id);
         if !std::thread::panicking() {
             let _ = fs::remove_file(&self.log);
         }
+    }
+}
+
+/// Removes a dead sandbox's cgroups, deepest first; the kernel frees a cgroup only once its
+/// last process is gone, which can take a moment after SIGKILL.
+fn remove_cgroups(id: &str) {
+    fn remove_tree(dir: &Path) -> bool {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove_tree(&entry.path());
+                }
+            }
+        }
+        fs::remove_dir(dir).is_ok() || !dir.exists()
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let roots: Vec<PathBuf> = hierarchies.flatten().map(|h| h.path().join(id)).collect();
+    while !roots.iter().all(|root| remove_tree(root)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A directory under target/tmp (outside the sandbox's tmpfs, so systemd and runtimes inside
+/// see it), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create test directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.0.join(relative)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal container root: busybox (from busybox-static) and the directories runc needs.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is missing: install busybox-static (tests/run does)");
+    fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "cat", "ls", "echo", "sleep", "dd", "df", "mount", "grep", "test", "touch",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+    }
+    rootfs
+}
+
+/// A runc bundle in `dir` running `sleep 1000` in the scope runc-<name>.scope; `edit` may
+/// change the config before it is written.
+pub fn runc_bundle(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let bundle = dir.join("bundle");
+    fs::create_dir_all(&bundle).unwrap();
+    let rootfs = busybox_rootfs(dir);
+    let status = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .expect("runc is missing: install runc (tests/run does)");
+    assert!(status.success());
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    config["root"]["path"] = rootfs.display().to_string().into();
+    config["root"]["readonly"] = false.into();
+    config["linux"]["cgroupsPath"] = format!("system.slice:runc:{name}").into();
+    edit(&mut config);
+    fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    bundle
+}
+
+impl Sandbox {
+    pub fn runc(&self, args: &[&str]) -> Run {
+        let mut argv = vec!["runc", "--systemd-cgroup"];
+        argv.extend_from_slice(args);
+        self.run(&argv)
+    }
+
+    /// `runc run -d` of a bundle; returns the container's init pid.
+    ///
+    /// The detached container inherits runc's stdio, so runc's output goes to a file: a pipe
+    /// would stay open as long as the container runs.
+    pub fn runc_start(&self, bundle: &Path, name: &str) -> Run {
+        let script = format!(
+            "runc --systemd-cgroup run -d --bundle '{}' '{name}' </dev/null >/dev/null 2>/run/runc-{name}.err; rc=$?; cat /run/runc-{name}.err >&2; exit $rc",
+            bundle.display()
+        );
+        self.sh(&script)
+    }
+
+    pub fn runc_pid(&self, name: &str) -> String {
+        let state = self.runc(&["state", name]).ok().json();
+        state["pid"]
+            .as_i64()
+            .expect("a running container has a pid")
+            .to_string()
+    }
+
+    pub fn runc_exec(&self, name: &str, script: &str) -> Run {
+        self.runc(&["exec", name, "sh", "-c", script])
     }
 }

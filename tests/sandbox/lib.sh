@@ -7,9 +7,10 @@ sandbox_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # (systemd's pid outside) and SANDBOX_UNSHARE_PID.
 sandbox_boot() {
     local unit_dir=$1
+    SANDBOX_ID=hostchan-sandbox-$$-$RANDOM
     "$sandbox_repo/tests/sandbox/make-units.sh" "$unit_dir"
     unshare --pid --fork --mount --kill-child=SIGKILL \
-        "$sandbox_repo/tests/sandbox/boot.sh" "$unit_dir" </dev/null &
+        "$sandbox_repo/tests/sandbox/boot.sh" "$unit_dir" "$SANDBOX_ID" </dev/null &
     SANDBOX_UNSHARE_PID=$!
     SANDBOX_PID=
     local i
@@ -32,11 +33,21 @@ sandbox_run() {
     nsenter -t "$SANDBOX_PID" -m -p -- "$@"
 }
 
-# sandbox_stop: SIGKILL to the namespace's PID 1 ends everything in it, mounts included.
+# sandbox_stop: SIGKILL to the namespace's PID 1 ends everything in it, mounts included; then
+# the sandbox's cgroups go.
 sandbox_stop() {
     [ -n "${SANDBOX_PID:-}" ] && kill -KILL "$SANDBOX_PID" 2>/dev/null
     [ -n "${SANDBOX_UNSHARE_PID:-}" ] && { kill -KILL "$SANDBOX_UNSHARE_PID" 2>/dev/null; wait "$SANDBOX_UNSHARE_PID" 2>/dev/null; }
+    if [ -n "${SANDBOX_ID:-}" ]; then
+        local _
+        for _ in $(seq 50); do
+            find /sys/fs/cgroup/*/"$SANDBOX_ID" -depth -type d -exec rmdir {} + 2>/dev/null
+            ls -d /sys/fs/cgroup/*/"$SANDBOX_ID" >/dev/null 2>&1 || break
+            sleep 0.02
+        done
+    fi
     SANDBOX_PID=
     SANDBOX_UNSHARE_PID=
+    SANDBOX_ID=
     return 0
 }

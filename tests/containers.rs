@@ -1,0 +1,339 @@
+//! Channels inside real containers: runc and podman in the sandboxed systemd.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{runc_bundle, Sandbox, TempDir, HOSTCHAN};
+
+#[test]
+fn runc_create_pid_shares_files_both_ways_and_goes_with_the_container() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-pid");
+    let bundle = runc_bundle(&dir.0, "ctr1", |_| {});
+    sb.runc_start(&bundle, "ctr1").ok();
+    let pid = sb.runc_pid("ctr1");
+
+    let rw = sb
+        .hostchan(&[
+            "create",
+            "--output",
+            "json",
+            "--pid",
+            &pid,
+            "--container",
+            "ctr1",
+            "/run/chan/rw:/chan:rw:1M",
+        ])
+        .ok()
+        .json();
+    assert_eq!(rw["owner"], "runc-ctr1.scope");
+    sb.hostchan(&["create", "--pid", &pid, "/run/chan/ro:/deep/ro:ro:1M"])
+        .ok();
+
+    // Both directions.
+    sb.runc_exec("ctr1", "echo from-container > /chan/c").ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/chan/rw/c")).unwrap(),
+        "from-container\n"
+    );
+    fs::write(sb.path("/run/chan/rw/h"), "from-host").unwrap();
+    assert_eq!(sb.runc_exec("ctr1", "cat /chan/h").ok().stdout, "from-host");
+    fs::write(sb.path("/run/chan/ro/h"), "read-only for you").unwrap();
+    assert_eq!(
+        sb.runc_exec("ctr1", "cat /deep/ro/h").ok().stdout,
+        "read-only for you"
+    );
+
+    // ro is read-only inside, and the host side stays writable.
+    let out = sb.runc_exec("ctr1", "echo x > /deep/ro/x");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+    let mounts = sb.runc_exec("ctr1", "cat /proc/mounts").ok().stdout;
+    let line = |target: &str| {
+        mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("{target} not mounted in the container:\n{mounts}"))
+            .to_owned()
+    };
+    assert!(
+        line("/chan").contains("tmpfs rw,nosuid,nodev,noexec"),
+        "{mounts}"
+    );
+    assert!(line("/chan").contains("size=1024k"), "{mounts}");
+    assert!(
+        line("/deep/ro").contains("tmpfs ro,nosuid,nodev,noexec"),
+        "{mounts}"
+    );
+
+    // size= holds inside.
+    let out = sb.runc_exec("ctr1", "dd if=/dev/zero of=/chan/big bs=64k count=32");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("No space left on device"), "{out:#?}");
+
+    // SIGKILL of the container's init: the scope stops, and systemd takes the channels away.
+    sb.runc(&["kill", "ctr1", "KILL"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.wait_for(
+        || !sb.path("/run/chan").exists(),
+        "the channel directories to go",
+    );
+    sb.assert_no_trace("/run/chan/rw");
+    sb.assert_no_trace("/run/chan/ro");
+    sb.runc(&["delete", "ctr1"]).ok();
+}
+
+#[test]
+fn runc_delete_removes_the_channel() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-delete");
+    let bundle = runc_bundle(&dir.0, "ctr2", |_| {});
+    sb.runc_start(&bundle, "ctr2").ok();
+    let pid = sb.runc_pid("ctr2");
+    sb.hostchan(&["create", "--pid", &pid, "/run/c2:/chan"])
+        .ok();
+    sb.runc(&["delete", "--force", "ctr2"]).ok();
+    sb.wait_for(
+        || !sb.path("/run/c2").exists(),
+        "the channel directory to go",
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/c2");
+}
+
+fn with_hooks(config: &mut serde_json::Value, annotations: &[(&str, &str)]) {
+    let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
+    config["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+    let map: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+        .collect();
+    config["annotations"] = map.into();
+}
+
+#[test]
+fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-hook");
+    let bundle = runc_bundle(&dir.0, "hk1", |c| {
+        with_hooks(
+            c,
+            &[
+                ("io.hostchan.channel", "/run/hk/a:/a:rw:1M"),
+                ("io.hostchan.channel.logs", "/run/hk/b:/var/b:ro:2M"),
+            ],
+        )
+    });
+    sb.runc_start(&bundle, "hk1").ok();
+    let list = sb.hostchan(&["list", "--output", "json"]).ok().json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for channel in list {
+        assert_eq!(channel["container"], "hk1");
+        assert_eq!(channel["owner"], "runc-hk1.scope");
+    }
+    sb.runc_exec("hk1", "echo in > /a/x").ok();
+    assert_eq!(fs::read_to_string(sb.path("/run/hk/a/x")).unwrap(), "in\n");
+    fs::write(sb.path("/run/hk/b/y"), "out").unwrap();
+    assert_eq!(sb.runc_exec("hk1", "cat /var/b/y").ok().stdout, "out");
+    let out = sb.runc_exec("hk1", "touch /var/b/z");
+    assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+    let out = sb.runc_exec("hk1", "dd if=/dev/zero of=/a/big bs=64k count=32");
+    assert!(out.stderr.contains("No space left on device"), "{out:#?}");
+    // Mounted inside the container's root, not at the runtime's /a.
+    assert!(!sb.path("/a").exists() && !sb.path("/var/b").exists());
+
+    sb.runc(&["kill", "hk1", "KILL"]).ok();
+    sb.wait_for(
+        || sb.runc(&["state", "hk1"]).stdout.contains("stopped"),
+        "hk1 to stop",
+    );
+    sb.runc(&["delete", "hk1"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/hk/a");
+    sb.assert_no_trace("/run/hk/b");
+    assert!(!sb.path("/run/hk").exists());
+}
+
+#[test]
+fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-hook-bad");
+    let bundle = runc_bundle(&dir.0, "bad1", |c| {
+        with_hooks(
+            c,
+            &[
+                ("io.hostchan.channel.a", "/run/bad/a:/a:rw:1M"),
+                ("io.hostchan.channel.b", "/run/bad/b:/b:rw:lots"),
+            ],
+        )
+    });
+    let out = sb.runc_start(&bundle, "bad1");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("invalid size \\\"lots\\\"")
+            || out.stderr.contains("invalid size \"lots\""),
+        "{out:#?}"
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/bad/a");
+    assert!(!sb.path("/run/bad").exists());
+    let _ = sb.runc(&["delete", "--force", "bad1"]);
+}
+
+#[test]
+fn symlinks_in_the_rootfs_never_reach_the_host() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-symlink");
+    let bundle = runc_bundle(&dir.0, "sym1", |c| {
+        with_hooks(
+            c,
+            &[("io.hostchan.channel", "/run/sym/hook:/hook-escape/x:rw:1M")],
+        )
+    });
+    let rootfs = dir.path("rootfs");
+    // Host directories with markers; the rootfs has directories of the same names, reached
+    // through symlinks that would lead to the host's if followed outside the container's root.
+    for host_dir in ["/run/hostdir", "/run/inner"] {
+        fs::create_dir_all(sb.path(host_dir)).unwrap();
+        fs::write(sb.path(&format!("{host_dir}/marker")), "host").unwrap();
+        fs::create_dir_all(rootfs.join(&host_dir[1..])).unwrap();
+    }
+    std::os::unix::fs::symlink("/run/hostdir", rootfs.join("chan")).unwrap();
+    std::os::unix::fs::symlink(
+        "../../../../../../../../run/inner",
+        rootfs.join("hook-escape"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/run/nowhere", rootfs.join("dangling")).unwrap();
+
+    // The hook runs before pivot_root, where the container's root is only a directory.
+    sb.runc_start(&bundle, "sym1").ok();
+    let pid = sb.runc_pid("sym1");
+    sb.hostchan(&["create", "--pid", &pid, "/run/sym/pid:/chan/x"])
+        .ok();
+    let out = sb.hostchan(&["create", "--pid", &pid, "/run/sym/dangling:/dangling/x"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("/dangling is a symlink whose target does not exist inside the container"),
+        "{out:#?}"
+    );
+
+    // Both channels are inside the container, made below its root...
+    sb.runc_exec("sym1", "echo 1 > /chan/x/f && echo 2 > /hook-escape/x/f")
+        .ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/sym/pid/f")).unwrap(),
+        "1\n"
+    );
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/sym/hook/f")).unwrap(),
+        "2\n"
+    );
+    assert!(rootfs.join("run/hostdir/x").is_dir());
+    assert!(rootfs.join("run/inner/x").is_dir());
+    // ...and nothing on the host was touched.
+    for host_dir in ["/run/hostdir", "/run/inner"] {
+        let entries: Vec<_> = fs::read_dir(sb.path(host_dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            entries,
+            vec![std::ffi::OsString::from("marker")],
+            "{host_dir}"
+        );
+        assert!(sb.mount_options(host_dir).is_none());
+    }
+    assert!(!sb.path("/run/nowhere").exists() && !rootfs.join("run/nowhere").exists());
+    assert!(!sb.path("/run/sym/dangling").exists());
+    sb.runc(&["delete", "--force", "sym1"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+}
+
+#[test]
+fn grow_memory_limit_lets_the_container_fill_its_channel() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-memory");
+    let limit = 16u64 << 20;
+    let bundle = runc_bundle(&dir.0, "mem1", |c| {
+        c["linux"]["resources"]["memory"] = serde_json::json!({ "limit": limit });
+    });
+    sb.runc_start(&bundle, "mem1").ok();
+    let pid = sb.runc_pid("mem1");
+
+    // Without the flag: a warning, and filling the channel gets the writer OOM-killed.
+    let out = sb
+        .hostchan(&["create", "--pid", &pid, "/run/m/small:/small:rw:32M"])
+        .ok();
+    assert!(out.stderr.contains("can be OOM-killed"), "{out:#?}");
+    let out = sb.runc_exec("mem1", "dd if=/dev/zero of=/small/f bs=1M count=24");
+    assert_eq!(out.code, 137, "expected an OOM kill: {out:#?}");
+    fs::remove_file(sb.path("/run/m/small/f")).unwrap();
+
+    let out = sb
+        .hostchan(&[
+            "create",
+            "--output",
+            "json",
+            "--grow-memory-limit",
+            "--pid",
+            &pid,
+            "/run/m/big:/big:rw:32M",
+        ])
+        .ok()
+        .json();
+    let change = &out["memory_limit"];
+    assert_eq!(change["unit"], "runc-mem1.scope");
+    assert_eq!(change["from"], limit);
+    assert_eq!(change["to"], limit + (32 << 20));
+    let property = change["property"].as_str().unwrap();
+    assert_eq!(
+        sb.property("runc-mem1.scope", property),
+        (limit + (32 << 20)).to_string()
+    );
+    sb.runc_exec("mem1", "dd if=/dev/zero of=/big/f bs=1M count=24")
+        .ok();
+    assert_eq!(
+        fs::metadata(sb.path("/run/m/big/f")).unwrap().len(),
+        24 << 20
+    );
+    sb.runc(&["delete", "--force", "mem1"]).ok();
+}
+
+#[test]
+fn create_pid_refuses_what_it_cannot_do_and_leaves_nothing() {
+    let sb = Sandbox::boot();
+    // A process outside any scope (a service's).
+    let out = sb.hostchan(&["create", "--pid", "1", "/run/np:/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("pid 1 is not in a systemd scope"),
+        "{out:#?}"
+    );
+    let out = sb.hostchan(&["create", "--pid", "999999", "--unbound", "/run/np:/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("pid 999999 does not exist"), "{out:#?}");
+    // Attaching fails after the host side is up (the container path is a file): rolled back.
+    let dir = TempDir::new("runc-rollback");
+    let bundle = runc_bundle(&dir.0, "rb1", |_| {});
+    fs::write(dir.path("rootfs/file"), "").unwrap();
+    sb.runc_start(&bundle, "rb1").ok();
+    let pid = sb.runc_pid("rb1");
+    let out = sb.hostchan(&["create", "--pid", &pid, "/run/np/x:/file/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("cannot attach channel /run/np/x at /file/chan"),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/np/x");
+    assert!(!sb.path("/run/np").exists());
+    assert!(Path::new(&dir.path("rootfs/file")).is_file());
+    sb.runc(&["delete", "--force", "rb1"]).ok();
+}

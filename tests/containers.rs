@@ -337,3 +337,111 @@ fn create_pid_refuses_what_it_cannot_do_and_leaves_nothing() {
     assert!(Path::new(&dir.path("rootfs/file")).is_file());
     sb.runc(&["delete", "--force", "rb1"]).ok();
 }
+
+#[test]
+fn podman_with_the_shipped_hook_file() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("podman");
+    let rootfs = common::busybox_rootfs(&dir.0);
+    // The shipped hooks.d file, pointed at the binary under test.
+    let shipped = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/oci-hooks.d/hostchan.json"),
+    )
+    .unwrap();
+    assert!(shipped.contains("\"/usr/bin/hostchan\""));
+    fs::create_dir_all(dir.path("hooks")).unwrap();
+    fs::write(
+        dir.path("hooks/hostchan.json"),
+        shipped.replace("/usr/bin/hostchan", HOSTCHAN),
+    )
+    .unwrap();
+    let storage = dir.path("storage").display().to_string();
+    let hooks = dir.path("hooks").display().to_string();
+    let rootfs = rootfs.display().to_string();
+    let podman = |args: &[&str]| {
+        let mut argv = vec![
+            "podman",
+            "--root",
+            &storage,
+            "--runroot",
+            "/run/podman",
+            "--cgroup-manager",
+            "systemd",
+            "--hooks-dir",
+            &hooks,
+            "--log-level",
+            "error",
+        ];
+        argv.extend_from_slice(args);
+        sb.run(&argv)
+    };
+
+    let id = podman(&[
+        "run",
+        "-d",
+        "--name",
+        "pc",
+        "--network",
+        "none",
+        "--annotation",
+        "io.hostchan.channel=/run/pchan/a:/a:rw:1M",
+        "--annotation",
+        "io.hostchan.channel.two=/run/pchan/b:/b:ro:1M",
+        "--rootfs",
+        &rootfs,
+        "sleep",
+        "1000",
+    ])
+    .ok()
+    .stdout
+    .trim()
+    .to_owned();
+    let list = sb.hostchan(&["list", "--output", "json"]).ok().json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    for channel in list {
+        assert_eq!(channel["owner"], format!("libpod-{id}.scope"));
+        assert_eq!(channel["container"], id);
+    }
+    podman(&["exec", "pc", "sh", "-c", "echo from-podman > /a/x"]).ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/pchan/a/x")).unwrap(),
+        "from-podman\n"
+    );
+    fs::write(sb.path("/run/pchan/b/y"), "from-host").unwrap();
+    assert_eq!(
+        podman(&["exec", "pc", "cat", "/b/y"]).ok().stdout,
+        "from-host"
+    );
+    let out = podman(&["exec", "pc", "touch", "/b/z"]);
+    assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+
+    podman(&["rm", "-f", "-t", "0", "pc"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/pchan/a");
+    sb.assert_no_trace("/run/pchan/b");
+    assert!(!sb.path("/run/pchan").exists());
+
+    // A bad spec: podman run fails with hostchan's message, and nothing is left.
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--annotation",
+        "io.hostchan.channel.ok=/run/pbad/ok:/ok:rw:1M",
+        "--annotation",
+        "io.hostchan.channel.zbad=/run/pbad/x:/x:rw:lots",
+        "--rootfs",
+        &rootfs,
+        "true",
+    ]);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("hostchan: invalid size \"lots\""),
+        "{out:#?}"
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.assert_no_trace("/run/pbad/ok");
+    assert!(!sb.path("/run/pbad").exists());
+}

@@ -515,3 +515,53 @@ fn a_300_character_path_gets_a_hashed_unit_name() {
     sb.assert_no_trace(&path);
     assert!(!sb.path("/run/long").exists());
 }
+
+#[test]
+fn poststop_hook_and_delete_container_remove_a_containers_channels() {
+    let sb = Sandbox::boot();
+    for (path, container) in [
+        ("/run/p/a", "c9"),
+        ("/run/p/b", "c9"),
+        ("/run/p/c", "other"),
+    ] {
+        sb.hostchan(&[
+            "create",
+            "--unbound",
+            "--container",
+            container,
+            &format!("{path}:/x"),
+        ])
+        .ok();
+    }
+    // An engine without systemd scopes: poststop removes the container's channels.
+    let state = r#"{"ociVersion":"1.0.2","id":"c9","status":"stopped","bundle":"/nonexistent"}"#;
+    let out = sb
+        .sh(&format!(
+            "echo '{state}' | {} oci-hook --output json",
+            common::HOSTCHAN
+        ))
+        .ok()
+        .json();
+    assert_eq!(out["stage"], "poststop");
+    assert_eq!(out["channels"].as_array().unwrap().len(), 2, "{out}");
+    assert!(!sb.path("/run/p/a").exists() && !sb.path("/run/p/b").exists());
+    assert!(
+        sb.mount_options("/run/p/c").is_some(),
+        "another container's channel was touched"
+    );
+    // Nothing left to remove is a success too.
+    sb.sh(&format!("echo '{state}' | {} oci-hook", common::HOSTCHAN))
+        .ok();
+
+    let out = sb
+        .hostchan(&["delete", "--container", "other", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(out.as_array().unwrap().len(), 1);
+    sb.assert_no_trace("/run/p/c");
+    assert!(!sb.path("/run/p").exists());
+    assert_eq!(
+        sb.hostchan(&["delete", "--container", "other"]).ok().stdout,
+        "No channels.\n"
+    );
+}

@@ -138,7 +138,7 @@ impl Channels {
         };
         let units = units::channel_units(&request);
         if let Some(record) = self.store.load(&units.mount.name)? {
-            return Err(already_a_channel(&record));
+            return Err(record.already_a_channel());
         }
         let new_dirs_from = spec::check_host_path_free(&spec.host_path)?;
         let new_dirs_from = self.shared_new_dirs(&spec.host_path, new_dirs_from)?;
@@ -520,15 +520,6 @@ fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
             "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
         ))),
     }
-}
-
-fn already_a_channel(record: &Record) -> Error {
-    Error::AlreadyExists(format!(
-        "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
-        record.host_path.display(),
-        record.unit,
-        record.host_path.display()
-    ))
 }
 
 fn job_failed(verb: &str, outcome: &JobOutcome, owner: &Owner) -> Error {

@@ -70,6 +70,18 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The error for a create at a path that already has a channel.
+    pub fn already_a_channel(&self) -> Error {
+        Error::AlreadyExists(format!(
+            "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
+            self.host_path.display(),
+            self.unit,
+            self.host_path.display()
+        ))
+    }
+}
+
 /// The directory of channel records, one TOML file per channel named after its mount unit.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -111,14 +123,7 @@ impl Store {
         let _ = fs::remove_file(&temp);
         match written {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::AlreadyExists(
-                format!(
-                    "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
-                    record.host_path.display(),
-                    record.unit,
-                    record.host_path.display()
-                ),
-            )),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
             Err(e) => Err(Error::io(context(), e)),
         }
     }

@@ -99,10 +99,6 @@ impl Store {
         Store { dir }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// A mount unit name is at most 255 bytes; with `.mount` replaced by `.toml` it stays a
     /// valid file name.
     pub fn path_of(&self, unit: &str) -> PathBuf {

@@ -146,17 +146,6 @@ impl ChannelSpec {
             size,
         })
     }
-
-    /// The spec in its canonical four-field form.
-    pub fn canonical(&self) -> String {
-        format!(
-            "{}:{}:{}:{}",
-            self.host_path.display(),
-            self.container_path.display(),
-            self.access,
-            self.size
-        )
-    }
 }
 
 fn parse_access(text: &str) -> Result<Access> {

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::inject::{self, AttachPoint};
 use crate::record::{Record, Store};
-use crate::spec::{self, ChannelSpec, Limits};
+use crate::spec::{self, ChannelSpec};
 use crate::systemd::{JobOutcome, Systemd, UnitStatus};
 use crate::unit_name;
 use crate::units::{self, ChannelRequest, ChannelUnits, Owner};
@@ -127,13 +128,20 @@ impl Default for Channels {
 }
 
 impl Channels {
-    pub fn create(&self, options: &CreateOptions) -> Result<Created> {
-        let limits = Limits::of_system()?;
-        let spec = ChannelSpec::parse(&options.spec, &limits)?;
+    pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
+        let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
+        config.check_host_path(&spec.host_path)?;
+        if options.owner == Owner::Unbound && !config.owner.allow_unbound {
+            return Err(Error::Usage(format!(
+                "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
+                config.origin()
+            )));
+        }
         let request = ChannelRequest {
             spec: &spec,
             owner: &options.owner,
             container: options.container.as_deref(),
+            tmpfs: &config.tmpfs,
             hostchan_binary: &self.hostchan_binary,
         };
         let units = units::channel_units(&request);
@@ -159,6 +167,9 @@ impl Channels {
         if let Owner::Unit(owner) = &options.owner {
             check_owner_active(&systemd, owner)?;
         }
+        // Held until the channel is up, so that a concurrent `gc` does not take it for a
+        // leftover.
+        let _creating = self.store.lock(false)?;
         let record = Record::new(
             spec.host_path.clone(),
             spec.container_path.clone(),
@@ -397,6 +408,41 @@ impl Channels {
         })
     }
 
+    /// Removes what crashes and reboots left behind: for every record whose host path is not
+    /// mounted (so its unit is gone), the directory hostchan made (only while empty) and the
+    /// record. A path something is mounted on is never touched.
+    pub fn gc(&self, dry_run: bool) -> Result<Vec<Leftover>> {
+        let _exclusive = self.store.lock(true)?;
+        let mut leftovers = Vec::new();
+        for record in self.store.all()? {
+            if is_mount_point(&record.host_path)? {
+                continue;
+            }
+            let outcome = if dry_run {
+                LeftoverOutcome::WouldRemove
+            } else {
+                match self.cleanup(&record.host_path) {
+                    Ok(done) => LeftoverOutcome::Removed {
+                        directory: done.removed_directory,
+                    },
+                    Err(e) => {
+                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "gc kept {}: {e}", record.host_path.display());
+                        LeftoverOutcome::Kept {
+                            reason: e.to_string(),
+                        }
+                    }
+                }
+            };
+            leftovers.push(Leftover {
+                host_path: record.host_path,
+                unit: record.unit,
+                container: record.container,
+                outcome,
+            });
+        }
+        Ok(leftovers)
+    }
+
     fn load(&self, target: &Target) -> Result<Record> {
         self.store.load(&target.unit)?.ok_or_else(|| {
             Error::NotFound(format!(
@@ -438,6 +484,60 @@ impl Channels {
 pub struct Cleanup {
     pub host_path: PathBuf,
     pub removed_directory: bool,
+}
+
+/// A channel `gc` found without its mount.
+#[derive(Debug, Serialize)]
+pub struct Leftover {
+    pub host_path: PathBuf,
+    pub unit: String,
+    pub container: Option<String>,
+    #[serde(flatten)]
+    pub outcome: LeftoverOutcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum LeftoverOutcome {
+    /// `--dry-run`: the record would go, and the directory if it is empty.
+    WouldRemove,
+    /// The record is gone; `directory` says whether there was a directory to remove.
+    Removed { directory: bool },
+    /// Left as it was (the directory is not empty, say); the reason says what to do.
+    Kept { reason: String },
+}
+
+/// Whether `path` is the root of a mount; a missing path is not.
+fn is_mount_point(path: &Path) -> Result<bool> {
+    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    match statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(stat)
+            if stat
+                .stx_attributes_mask
+                .contains(StatxAttributes::MOUNT_ROOT) =>
+        {
+            Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
+        }
+        // Kernels before 5.8 do not say; a different device than the parent's is a mount.
+        Ok(stat) => {
+            use std::os::unix::fs::MetadataExt;
+            let parent = path.parent().unwrap_or(Path::new("/"));
+            let parent_dev = std::fs::symlink_metadata(parent)
+                .map_err(|e| Error::io(format!("cannot look at {}", parent.display()), e))?
+                .dev();
+            Ok(
+                nix::sys::stat::makedev(stat.stx_dev_major.into(), stat.stx_dev_minor.into())
+                    != parent_dev,
+            )
+        }
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(false),
+        Err(e) => Err(Error::io(format!("cannot look at {}", path.display()), e)),
+    }
 }
 
 /// Removes the parents of `host_path` up to `new_dirs_from` while they are empty; a parent

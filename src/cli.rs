@@ -22,6 +22,26 @@ Spec: <host path>:<container path>[:<rw|ro>[:<size>]]
   size is a number with an optional unit b, k, m, g, t (powers of 1024; 1.5g is allowed);
   default 64M, at least one page, at most half of the physical memory.";
 
+const CONFIG_FILE: &str = "\
+The configuration file, /etc/hostchan/config.toml (TOML; every key optional):
+
+[channels]
+  default_size = \"64M\"     size of a channel whose spec gives none
+  max_size = \"50%\"         largest channel: bytes, \"8G\", or a percentage of physical memory;
+                           never above half of it (bytes are capped, more than 50% is an error)
+  allowed_roots = []       host paths must lie under one of these; empty: anywhere outside
+                           the protected system trees, which stay refused in any case
+[tmpfs]
+  noexec = true            mount channels noexec (nosuid and nodev are always set)
+  nr_inodes = 65536        cap the files in a channel; absent: the kernel's default
+[owner]
+  default = \"require\"      without --scope, --pid or --unbound: \"require\" refuses,
+                           \"unbound\" makes an unbound channel
+  allow_unbound = true     whether channels bound to no unit may be made at all
+
+A wrong key, type or value is reported with the file, line and key, and create does nothing
+(exit 2). delete, gc and the cleanup units never read the file.";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hostchan",
@@ -39,6 +59,10 @@ pub struct Cli {
     /// Log more on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// The configuration file [default: /etc/hostchan/config.toml, if it exists].
+    #[arg(long, global = true, value_name = "PATH", env = "HOSTCHAN_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -78,6 +102,16 @@ pub enum Command {
         #[arg(long, value_enum)]
         stage: Option<crate::oci::Stage>,
     },
+    /// Remove what crashes and reboots left: the directory and record of every channel whose
+    /// host path is no longer mounted (a directory only while empty; a mount point never).
+    Gc {
+        /// Show what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check or show the configuration (/etc/hostchan/config.toml, or --config).
+    #[command(subcommand, after_long_help = CONFIG_FILE)]
+    Config(ConfigCommand),
     /// Remove an unmounted channel's directory and record (run by the channel's cleanup unit).
     #[command(hide = true)]
     Cleanup {
@@ -86,16 +120,24 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration file; exit 2 naming the file, line and key if it is wrong.
+    Check,
+    /// Print the effective configuration (the file merged over the built-in defaults).
+    Show,
+}
+
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("owner").args(["scope", "unbound"])))]
-#[command(group(ArgGroup::new("bound").required(true).multiple(true).args(["scope", "unbound", "pid"])))]
 pub struct CreateArgs {
     /// Bind the channel to this unit (normally the container's .scope): when it stops, the
     /// channel is unmounted and its directory removed.
     #[arg(long, value_name = "UNIT")]
     pub scope: Option<String>,
 
-    /// Keep the channel until `hostchan delete` (for engines without a systemd scope).
+    /// Keep the channel until `hostchan delete` (for engines without a systemd scope). Without
+    /// --scope, --pid or --unbound, owner.default in the configuration decides.
     #[arg(long)]
     pub unbound: bool,
 
@@ -134,7 +176,8 @@ mod tests {
 
     #[test]
     fn create_needs_exactly_one_owner() {
-        assert!(Cli::try_parse_from(["hostchan", "create", "/a:/b"]).is_err());
+        // No owner is the configuration's call (owner.default), not clap's.
+        assert!(Cli::try_parse_from(["hostchan", "create", "/a:/b"]).is_ok());
         assert!(Cli::try_parse_from([
             "hostchan",
             "create",

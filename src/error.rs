@@ -19,6 +19,9 @@ pub enum Error {
     /// The request as a whole cannot be carried out as given (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// The configuration file is wrong; the message names the file, line and key (exit 2).
+    #[error("{0}")]
+    Config(String),
     /// The owner unit a channel should be bound to is missing or not running.
     #[error("{0}")]
     Owner(String),
@@ -47,7 +50,7 @@ impl Error {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Invalid { .. } | Error::Usage(_) => EXIT_USAGE,
+            Error::Invalid { .. } | Error::Usage(_) | Error::Config(_) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod channel;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod inject;
 pub mod logging;

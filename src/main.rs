@@ -1,3 +1,4 @@
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -5,7 +6,8 @@ use clap::Parser;
 use std::io::Read;
 
 use hostchan::channel::{owner_of_pid, AttachTo, Channels, CreateOptions, Target};
-use hostchan::cli::{Cli, Command, OutputFormat};
+use hostchan::cli::{Cli, Command, ConfigCommand, OutputFormat};
+use hostchan::config::{self, Config, DefaultOwner};
 use hostchan::error::{Error, Result, EXIT_USAGE};
 use hostchan::oci;
 use hostchan::output::{error_json, Report};
@@ -17,7 +19,14 @@ fn main() -> ExitCode {
         Err(err) => return usage_error(err),
     };
     hostchan::logging::init(cli.verbose);
-    let result = run(cli.command);
+    let config = ConfigSource {
+        path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)),
+        named: cli.config.is_some(),
+    };
+    let result = run(cli.command, &config);
     match result {
         Ok(report) => {
             match cli.output {
@@ -37,10 +46,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<Report> {
+/// Where the configuration comes from; read only by the commands that use it, so that a broken
+/// file never stops `delete`, `gc` or a cleanup unit.
+struct ConfigSource {
+    path: PathBuf,
+    named: bool,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config> {
+        Config::load(&self.path, self.named)
+    }
+}
+
+fn run(command: Command, config: &ConfigSource) -> Result<Report> {
     let channels = Channels::default();
     match command {
         Command::Create(args) => {
+            let config = config.load()?;
             let owner = match (&args.scope, args.unbound, args.pid) {
                 (Some(unit), _, _) => Owner::Unit(hostchan::units::validate_owner_unit(unit)?),
                 (None, true, _) => Owner::Unbound,
@@ -52,21 +75,31 @@ fn run(command: Command) -> Result<Report> {
                         )))
                     }
                 },
-                (None, false, None) => unreachable!("clap requires --scope, --unbound or --pid"),
+                (None, false, None) => match config.owner.default {
+                    DefaultOwner::Unbound => Owner::Unbound,
+                    DefaultOwner::Require => {
+                        return Err(Error::Usage(
+                            "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)".into(),
+                        ))
+                    }
+                },
             };
             let container = args
                 .container
                 .map(|id| hostchan::units::validate_container_id(&id))
                 .transpose()?;
             channels
-                .create(&CreateOptions {
-                    spec: args.spec,
-                    owner,
-                    container,
-                    dry_run: args.dry_run,
-                    attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
-                    grow_memory_limit: args.grow_memory_limit,
-                })
+                .create(
+                    &config,
+                    &CreateOptions {
+                        spec: args.spec,
+                        owner,
+                        container,
+                        dry_run: args.dry_run,
+                        attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
+                        grow_memory_limit: args.grow_memory_limit,
+                    },
+                )
                 .map(Report::Created)
         }
         Command::Delete {
@@ -78,7 +111,12 @@ fn run(command: Command) -> Result<Report> {
         Command::Delete {
             container: Some(id),
             ..
-        } => channels.delete_container(&id).map(Report::List),
+        } => channels
+            .delete_container(&id)
+            .map(|deleted| Report::DeletedContainer {
+                container: id,
+                deleted,
+            }),
         Command::Delete { .. } => unreachable!("clap requires a channel or --container"),
         Command::List => channels.list().map(Report::List),
         Command::Status { channel } => channels
@@ -91,8 +129,19 @@ fn run(command: Command) -> Result<Report> {
                 .map_err(|e| Error::io("cannot read the OCI state on stdin", e))?;
             let state = oci::State::parse(&input)?;
             let stage = state.stage(stage)?;
-            oci::run_hook(&channels, &state, stage).map(Report::Hook)
+            oci::run_hook(&channels, &|| config.load(), &state, stage).map(Report::Hook)
         }
+        Command::Gc { dry_run } => channels
+            .gc(dry_run)
+            .map(|leftovers| Report::Gc { dry_run, leftovers }),
+        Command::Config(ConfigCommand::Check) => {
+            let loaded = config.load()?;
+            Ok(Report::ConfigChecked {
+                config: loaded.source,
+                valid: true,
+            })
+        }
+        Command::Config(ConfigCommand::Show) => config.load().map(Report::Config),
         Command::Cleanup { host_path } => channels
             .cleanup(std::path::Path::new(&host_path))
             .map(Report::Cleanup),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::units::Owner;
 
@@ -98,9 +99,16 @@ pub struct HookOutcome {
     pub channels: Vec<ChannelInfo>,
 }
 
-pub fn run_hook(channels: &Channels, state: &State, stage: Stage) -> Result<HookOutcome> {
+/// `load_config` is only called for the stages that create channels: a broken configuration
+/// must not keep `poststop` from removing them.
+pub fn run_hook(
+    channels: &Channels,
+    load_config: &dyn Fn() -> Result<Config>,
+    state: &State,
+    stage: Stage,
+) -> Result<HookOutcome> {
     match stage {
-        Stage::Prestart | Stage::CreateRuntime => create_all(channels, state),
+        Stage::Prestart | Stage::CreateRuntime => create_all(channels, &load_config()?, state),
         Stage::Poststop => Ok(HookOutcome {
             stage: "poststop",
             container: state.id.clone(),
@@ -111,7 +119,7 @@ pub fn run_hook(channels: &Channels, state: &State, stage: Stage) -> Result<Hook
 
 /// Creates every channel of the container, or none: on the first failure the ones made are
 /// removed again and the failure is reported, naming the annotation.
-fn create_all(channels: &Channels, state: &State) -> Result<HookOutcome> {
+fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<HookOutcome> {
     let pid = state.pid.ok_or_else(|| {
         Error::Usage(format!(
             "the OCI state of container {} has no pid; run the hook at createRuntime or prestart",
@@ -130,17 +138,20 @@ fn create_all(channels: &Channels, state: &State) -> Result<HookOutcome> {
         None => Owner::Unbound,
     };
     for (annotation, spec) in specs {
-        let created = channels.create(&CreateOptions {
-            spec: spec.to_owned(),
-            owner: owner.clone(),
-            container: Some(state.id.clone()),
-            dry_run: false,
-            attach: Some(AttachTo {
-                pid,
-                rootfs: Some(rootfs.clone()),
-            }),
-            grow_memory_limit: false,
-        });
+        let created = channels.create(
+            config,
+            &CreateOptions {
+                spec: spec.to_owned(),
+                owner: owner.clone(),
+                container: Some(state.id.clone()),
+                dry_run: false,
+                attach: Some(AttachTo {
+                    pid,
+                    rootfs: Some(rootfs.clone()),
+                }),
+                grow_memory_limit: false,
+            },
+        );
         match created {
             Ok(Created::Channel(info)) => made.push(*info),
             Ok(Created::DryRun(_)) => {}
@@ -185,6 +196,8 @@ fn prefix_error(err: Error, prefix: &str) -> Error {
         Error::NotFound(m) => Error::NotFound(format!("{prefix}{m}")),
         Error::Systemd(m) => Error::Systemd(format!("{prefix}{m}")),
         Error::Runtime(m) => Error::Runtime(format!("{prefix}{m}")),
+        // A broken configuration is not about this annotation.
+        Error::Config(m) => Error::Config(m),
     }
 }
 

@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::channel::{ChannelInfo, Cleanup, Created};
+use crate::channel::{ChannelInfo, Cleanup, Created, Leftover, LeftoverOutcome};
+use crate::config::Config;
 use crate::oci::HookOutcome;
 use crate::spec::format_size;
 use crate::units::{ChannelUnits, PropertyValue, TransientUnit};
@@ -19,6 +20,20 @@ pub enum Report {
     Status(ChannelInfo),
     Cleanup(Cleanup),
     Hook(HookOutcome),
+    DeletedContainer {
+        container: String,
+        deleted: Vec<ChannelInfo>,
+    },
+    Gc {
+        dry_run: bool,
+        leftovers: Vec<Leftover>,
+    },
+    ConfigChecked {
+        /// `None`: there is no file and the built-in defaults apply.
+        config: Option<std::path::PathBuf>,
+        valid: bool,
+    },
+    Config(Config),
 }
 
 impl Report {
@@ -73,6 +88,32 @@ impl Report {
                 }
                 text
             }
+            Report::DeletedContainer { container, deleted } => {
+                if deleted.is_empty() {
+                    return format!(
+                        "Container {container} has no channels; nothing was deleted.\n"
+                    );
+                }
+                let mut text = String::new();
+                for info in deleted {
+                    let _ = writeln!(
+                        text,
+                        "Deleted channel {} ({}) of container {container}",
+                        info.host_path.display(),
+                        info.unit
+                    );
+                }
+                text
+            }
+            Report::Gc { dry_run, leftovers } => gc_text(*dry_run, leftovers),
+            Report::ConfigChecked { config, .. } => match config {
+                Some(path) => format!("{}: valid\n", path.display()),
+                None => format!(
+                    "No configuration file at {}; the built-in defaults apply.\n",
+                    crate::config::DEFAULT_PATH
+                ),
+            },
+            Report::Config(config) => config.to_toml(),
             Report::Cleanup(cleanup) => format!(
                 "Cleaned up channel {}{}\n",
                 cleanup.host_path.display(),
@@ -125,6 +166,38 @@ fn unit_text(out: &mut String, unit: &TransientUnit) {
         let _ = writeln!(out, "{}={value}", property.name);
     }
     out.push('\n');
+}
+
+fn gc_text(dry_run: bool, leftovers: &[Leftover]) -> String {
+    if leftovers.is_empty() {
+        return "No leftovers: every channel hostchan has a record of is mounted.\n".to_owned();
+    }
+    let mut text = String::new();
+    for leftover in leftovers {
+        let path = leftover.host_path.display();
+        let _ = match &leftover.outcome {
+            LeftoverOutcome::WouldRemove => writeln!(
+                text,
+                "Would remove leftover channel {path} ({}): its directory if empty, and its record",
+                leftover.unit
+            ),
+            LeftoverOutcome::Removed { directory: true } => {
+                writeln!(
+                    text,
+                    "Removed leftover channel {path}: directory and record"
+                )
+            }
+            LeftoverOutcome::Removed { directory: false } => writeln!(
+                text,
+                "Removed leftover channel {path}: record (the directory was already gone)"
+            ),
+            LeftoverOutcome::Kept { reason } => writeln!(text, "Kept {path}: {reason}"),
+        };
+    }
+    if dry_run {
+        text.push_str("Nothing was removed (--dry-run).\n");
+    }
+    text
 }
 
 fn used_text(info: &ChannelInfo) -> String {

@@ -83,6 +83,9 @@ impl Record {
 }
 
 /// The directory of channel records, one TOML file per channel named after its mount unit.
+/// Released when dropped.
+pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -122,6 +125,28 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
             Err(e) => Err(Error::io(context(), e)),
         }
+    }
+
+    /// Creates hold this shared from writing a record until their units are up; `gc` holds it
+    /// exclusively, so that it never mistakes a channel being created for a leftover.
+    pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let context = || format!("cannot lock the channel records in {}", self.dir.display());
+        fs::create_dir_all(&self.dir).map_err(|e| Error::io(context(), e))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))
+            .map_err(|e| Error::io(context(), e))?;
+        let mode = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        Flock::lock(file, mode)
+            .map(StoreLock)
+            .map_err(|(_, errno)| Error::io(context(), errno))
     }
 
     fn temp_path(&self) -> PathBuf {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::config::Tmpfs;
 use crate::error::{Error, Result as HcResult};
 use crate::spec::{format_size, ChannelSpec};
 use crate::unit_name;
@@ -98,6 +99,7 @@ pub struct ChannelRequest<'a> {
     pub spec: &'a ChannelSpec,
     pub owner: &'a Owner,
     pub container: Option<&'a str>,
+    pub tmpfs: &'a Tmpfs,
     /// The hostchan binary the cleanup unit runs.
     pub hostchan_binary: &'a Path,
 }
@@ -117,8 +119,15 @@ fn list(items: &[&str]) -> PropertyValue {
 pub const DOCUMENTATION: &str = "man:hostchan(8)";
 
 /// The tmpfs options of a channel's host mount.
-pub fn mount_options(spec: &ChannelSpec) -> String {
-    format!("mode=1777,size={},nosuid,nodev,noexec", spec.size)
+pub fn mount_options(spec: &ChannelSpec, tmpfs: &Tmpfs) -> String {
+    let mut options = format!("mode=1777,size={},nosuid,nodev", spec.size);
+    if tmpfs.noexec {
+        options.push_str(",noexec");
+    }
+    if let Some(inodes) = tmpfs.nr_inodes {
+        options.push_str(&format!(",nr_inodes={inodes}"));
+    }
+    options
 }
 
 /// The one line `systemctl status` shows for a channel.
@@ -153,7 +162,7 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         prop("What", s("tmpfs")),
         prop("Where", s(&host_path)),
         prop("Type", s("tmpfs")),
-        prop("Options", s(mount_options(spec))),
+        prop("Options", s(mount_options(spec, request.tmpfs))),
         // A host process still inside the channel must not keep the path alive once the
         // container is gone; iSulad unmounts lazily for the same reason.
         prop("LazyUnmount", PropertyValue::Bool(true)),
@@ -251,6 +260,28 @@ mod tests {
     use super::*;
     use crate::spec::Access;
 
+    const BUILTIN_TMPFS: Tmpfs = Tmpfs {
+        noexec: true,
+        nr_inodes: None,
+    };
+
+    #[test]
+    fn tmpfs_options_follow_the_configuration() {
+        let spec = spec();
+        assert_eq!(
+            mount_options(&spec, &BUILTIN_TMPFS),
+            "mode=1777,size=33554432,nosuid,nodev,noexec"
+        );
+        let tuned = Tmpfs {
+            noexec: false,
+            nr_inodes: Some(4096),
+        };
+        assert_eq!(
+            mount_options(&spec, &tuned),
+            "mode=1777,size=33554432,nosuid,nodev,nr_inodes=4096"
+        );
+    }
+
     fn spec() -> ChannelSpec {
         ChannelSpec {
             host_path: "/run/chan/c-1".into(),
@@ -268,6 +299,7 @@ mod tests {
             spec: &spec,
             owner: &owner,
             container: Some("abc"),
+            tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
         });
         let mount = &units.mount;
@@ -332,6 +364,7 @@ mod tests {
             spec: &spec,
             owner: &Owner::Unbound,
             container: None,
+            tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
         });
         assert_eq!(units.mount.property("BindsTo"), None);

@@ -1,0 +1,767 @@
+//! /etc/hostchan/config.toml: an operator's defaults and bounds. Optional; without it the
+//! built-in rules apply (64 MiB default, half of the physical memory at most, any host path
+//! outside the protected trees, `noexec`, an owner required).
+//!
+//! Parsing is pure ([`Config::parse`] takes the text and the machine's memory); a mistake is
+//! reported with the file, line and key, and hostchan then does nothing at all.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+use crate::spec::{self, format_size, Limits, DEFAULT_SIZE};
+
+pub const DEFAULT_PATH: &str = "/etc/hostchan/config.toml";
+
+/// The upper bound on any channel, whatever the file says.
+const MAX_PERCENT_OF_MEMORY: u64 = 50;
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Config {
+    /// The file it came from; `None` when built-in defaults apply.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+    /// The smallest channel: one page of this machine.
+    #[serde(skip)]
+    pub page_size: u64,
+    pub channels: Channels,
+    pub tmpfs: Tmpfs,
+    pub owner: OwnerPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Channels {
+    /// Bytes.
+    pub default_size: u64,
+    /// As written (`"50%"` or bytes), and what it comes to on this machine.
+    pub max_size: MaxSize,
+    /// Bytes on this machine: `max_size`, capped at half of the physical memory.
+    pub effective_max_size: u64,
+    /// Host paths must lie under one of these; empty means anywhere outside the protected trees.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxSize {
+    Bytes(u64),
+    PercentOfMemory(u64),
+}
+
+impl fmt::Display for MaxSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxSize::Bytes(bytes) => write!(f, "{bytes}"),
+            MaxSize::PercentOfMemory(percent) => write!(f, "{percent}%"),
+        }
+    }
+}
+
+impl Serialize for MaxSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxSize::Bytes(bytes) => serializer.serialize_u64(*bytes),
+            MaxSize::PercentOfMemory(_) => serializer.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tmpfs {
+    pub noexec: bool,
+    /// `nr_inodes=`: caps the files a channel can hold, so that a container cannot use up
+    /// kernel memory with empty files (which `size=` does not count). `None`: the kernel's
+    /// default (half of the pages of RAM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nr_inodes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerPolicy {
+    /// What `create` does when neither --scope, --pid nor --unbound is given.
+    pub default: DefaultOwner,
+    /// Whether channels that outlive every unit (`--unbound`, and the OCI hook for containers
+    /// without a systemd scope) may be made at all.
+    pub allow_unbound: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultOwner {
+    /// Refuse: the caller must say who owns the channel.
+    Require,
+    /// Make an unbound channel.
+    Unbound,
+}
+
+/// What the machine contributes to the effective configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    pub mem_total: u64,
+    pub page_size: u64,
+}
+
+impl Machine {
+    pub fn current() -> Result<Machine> {
+        let limits = Limits::of_system()?;
+        Ok(Machine {
+            mem_total: limits.max_size * 2,
+            page_size: limits.min_size,
+        })
+    }
+}
+
+impl Config {
+    /// The built-in rules.
+    pub fn builtin(machine: &Machine) -> Config {
+        let half = machine.mem_total / 2;
+        Config {
+            source: None,
+            page_size: machine.page_size,
+            channels: Channels {
+                default_size: DEFAULT_SIZE,
+                max_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
+                effective_max_size: half,
+                allowed_roots: Vec::new(),
+            },
+            tmpfs: Tmpfs {
+                noexec: true,
+                nr_inodes: None,
+            },
+            owner: OwnerPolicy {
+                default: DefaultOwner::Require,
+                allow_unbound: true,
+            },
+        }
+    }
+
+    /// Reads `path`; a missing file means the built-in rules, unless the caller named the file.
+    pub fn load(path: &Path, named_by_caller: bool) -> Result<Config> {
+        let machine = Machine::current()?;
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path, &machine),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named_by_caller => {
+                Ok(Config::builtin(&machine))
+            }
+            Err(e) => Err(Error::Config(format!(
+                "cannot read configuration file {}: {e}; give an existing file to --config",
+                path.display()
+            ))),
+        }
+    }
+
+    pub fn parse(text: &str, origin: &Path, machine: &Machine) -> Result<Config> {
+        let file: File = toml::from_str(text).map_err(|e| syntax_error(&e, text, origin))?;
+        let at = |span: std::ops::Range<usize>, key: &str| Location {
+            origin,
+            line: line_of(text, span.start),
+            key: key.to_owned(),
+        };
+        let mut config = Config::builtin(machine);
+        config.source = Some(origin.to_owned());
+        let half = machine.mem_total / 2;
+
+        if let Some(max) = &file.channels.max_size {
+            let location = at(max.span(), "channels.max_size");
+            let max_size = match max.get_ref() {
+                SizeValue::Text(text) if text.trim_end().ends_with('%') => {
+                    let number = text.trim_end().trim_end_matches('%').trim();
+                    let percent: u64 = number.parse().map_err(|_| {
+                        location.error(text, "is not a whole percentage such as \"25%\"")
+                    })?;
+                    if percent == 0 || percent > MAX_PERCENT_OF_MEMORY {
+                        return Err(location.error(
+                            text,
+                            "must be between 1% and 50%: a channel is never allowed above half of the physical memory",
+                        ));
+                    }
+                    MaxSize::PercentOfMemory(percent)
+                }
+                value => MaxSize::Bytes(value.bytes(&location)?),
+            };
+            config.channels.effective_max_size = match max_size {
+                MaxSize::Bytes(bytes) => bytes.min(half),
+                MaxSize::PercentOfMemory(percent) => {
+                    (u128::from(machine.mem_total) * u128::from(percent) / 100) as u64
+                }
+            };
+            if config.channels.effective_max_size < machine.page_size {
+                return Err(location.error(
+                    &max_size.to_string(),
+                    format!("is below one page ({} bytes)", machine.page_size),
+                ));
+            }
+            config.channels.max_size = max_size;
+        }
+
+        if let Some(default) = &file.channels.default_size {
+            let location = at(default.span(), "channels.default_size");
+            let bytes = default.get_ref().bytes(&location)?;
+            let shown = default.get_ref().to_string();
+            if bytes < machine.page_size {
+                return Err(location.error(
+                    &shown,
+                    format!("is below one page ({} bytes)", machine.page_size),
+                ));
+            }
+            if bytes > config.channels.effective_max_size {
+                return Err(location.error(
+                    &shown,
+                    format!(
+                        "is above the maximum size on this machine ({}); lower it or raise channels.max_size",
+                        format_size(config.channels.effective_max_size)
+                    ),
+                ));
+            }
+            config.channels.default_size = bytes;
+        } else if config.channels.default_size > config.channels.effective_max_size {
+            config.channels.default_size = config.channels.effective_max_size;
+        }
+
+        if let Some(roots) = &file.channels.allowed_roots {
+            let location = at(roots.span(), "channels.allowed_roots");
+            let mut parsed = Vec::new();
+            for root in roots.get_ref() {
+                let path = spec::normalize_absolute("allowed root", root)
+                    .map_err(|e| location.error(root, strip_invalid_prefix(&e)))?;
+                if let Some(tree) = spec::protected_tree(&path) {
+                    return Err(location.error(
+                        root,
+                        format!("is inside {tree}, which stays protected whatever the configuration says"),
+                    ));
+                }
+                if path == Path::new("/") {
+                    return Err(location.error(
+                        root,
+                        "would allow everything; leave allowed_roots out (or empty) for that",
+                    ));
+                }
+                parsed.push(path);
+            }
+            config.channels.allowed_roots = parsed;
+        }
+
+        if let Some(noexec) = file.tmpfs.noexec {
+            config.tmpfs.noexec = noexec;
+        }
+        if let Some(inodes) = &file.tmpfs.nr_inodes {
+            let location = at(inodes.span(), "tmpfs.nr_inodes");
+            let value = *inodes.get_ref();
+            // 0 means unlimited to the kernel, which is the opposite of what anyone setting
+            // the key wants; a channel needs at least a few files to be useful.
+            if value < 2 {
+                return Err(location.error(
+                    &value.to_string(),
+                    "must be at least 2 (the kernel reads 0 as unlimited); leave the key out for the kernel's default",
+                ));
+            }
+            config.tmpfs.nr_inodes = Some(value);
+        }
+
+        if let Some(default) = file.owner.default {
+            config.owner.default = default;
+        }
+        if let Some(allow) = file.owner.allow_unbound {
+            config.owner.allow_unbound = allow;
+        }
+        if config.owner.default == DefaultOwner::Unbound && !config.owner.allow_unbound {
+            let line = file
+                .owner
+                .default_span
+                .clone()
+                .map_or(0, |span| line_of(text, span.start));
+            return Err(Location {
+                origin,
+                line,
+                key: "owner.default".into(),
+            }
+            .error(
+                "unbound",
+                "contradicts owner.allow_unbound = false; choose \"require\" or allow unbound channels",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The size bounds channels are checked against.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            min_size: self.page_size,
+            max_size: self.channels.effective_max_size,
+            default_size: self.channels.default_size,
+        }
+    }
+
+    /// Refuses a host path outside the allowed roots (the protected trees are refused by the
+    /// spec parser whatever this says).
+    pub fn check_host_path(&self, host_path: &Path) -> Result<()> {
+        let roots = &self.channels.allowed_roots;
+        if roots.is_empty() || roots.iter().any(|root| host_path.starts_with(root)) {
+            return Ok(());
+        }
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(Error::invalid(
+            "host path",
+            host_path.display().to_string(),
+            format!(
+                "is outside the allowed roots ({}) set in {}; choose a path under one of them",
+                shown.join(", "),
+                self.origin()
+            ),
+        ))
+    }
+
+    /// Where this configuration came from, for messages.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Some(path) => path.display().to_string(),
+            None => "the built-in defaults".into(),
+        }
+    }
+
+    /// The effective configuration as a TOML file an operator could install as is.
+    pub fn to_toml(&self) -> String {
+        let mut text = format!(
+            "# Effective hostchan configuration, from {}.\n",
+            self.origin()
+        );
+        text.push_str(&format!(
+            "# channels.max_size comes to {} bytes ({}) on this machine.\n",
+            self.channels.effective_max_size,
+            format_size(self.channels.effective_max_size)
+        ));
+        let file = FileOut::from(self);
+        text.push_str(&toml::to_string(&file).unwrap_or_default());
+        text
+    }
+}
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    channels: ChannelsIn,
+    tmpfs: TmpfsIn,
+    owner: OwnerIn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ChannelsIn {
+    default_size: Option<Spanned<SizeValue>>,
+    max_size: Option<Spanned<SizeValue>>,
+    allowed_roots: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TmpfsIn {
+    noexec: Option<bool>,
+    nr_inodes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct OwnerIn {
+    default: Option<DefaultOwner>,
+    default_span: Option<std::ops::Range<usize>>,
+    allow_unbound: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for OwnerIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            default: Option<Spanned<DefaultOwner>>,
+            allow_unbound: Option<bool>,
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        Ok(OwnerIn {
+            default_span: raw.default.as_ref().map(Spanned::span),
+            default: raw.default.map(Spanned::into_inner),
+            allow_unbound: raw.allow_unbound,
+        })
+    }
+}
+
+/// A size as bytes (`67108864`) or text (`"64M"`, `"1.5g"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl fmt::Display for SizeValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SizeValue::Bytes(bytes) => write!(f, "{bytes}"),
+            SizeValue::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl SizeValue {
+    fn bytes(&self, location: &Location<'_>) -> Result<u64> {
+        match self {
+            SizeValue::Bytes(bytes) => Ok(*bytes),
+            SizeValue::Text(text) => {
+                spec::parse_size(text).map_err(|e| location.error(text, strip_invalid_prefix(&e)))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes, or a string such as \"64M\" or \"25%\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                u64::try_from(v)
+                    .map(SizeValue::Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The effective configuration in the file's own shape, for `config show`.
+#[derive(Serialize)]
+struct FileOut {
+    channels: ChannelsOut,
+    tmpfs: Tmpfs,
+    owner: OwnerPolicy,
+}
+
+#[derive(Serialize)]
+struct ChannelsOut {
+    default_size: String,
+    max_size: String,
+    allowed_roots: Vec<PathBuf>,
+}
+
+impl From<&Config> for FileOut {
+    fn from(config: &Config) -> FileOut {
+        FileOut {
+            channels: ChannelsOut {
+                default_size: format_size(config.channels.default_size),
+                max_size: match config.channels.max_size {
+                    MaxSize::Bytes(bytes) => format_size(bytes),
+                    percent => percent.to_string(),
+                },
+                allowed_roots: config.channels.allowed_roots.clone(),
+            },
+            tmpfs: config.tmpfs.clone(),
+            owner: config.owner.clone(),
+        }
+    }
+}
+
+struct Location<'a> {
+    origin: &'a Path,
+    line: usize,
+    key: String,
+}
+
+impl Location<'_> {
+    fn error(&self, value: &str, reason: impl fmt::Display) -> Error {
+        Error::Config(format!(
+            "{}:{}: {} {:?} {reason}",
+            self.origin.display(),
+            self.line,
+            self.key,
+            value
+        ))
+    }
+}
+
+/// `invalid size "x": reason` from the spec parser, as just the reason.
+fn strip_invalid_prefix(err: &Error) -> String {
+    match err {
+        Error::Invalid { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// A TOML or type error: toml says what and where; the key is read off the line it points at.
+fn syntax_error(err: &toml::de::Error, text: &str, origin: &Path) -> Error {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(span) = err.span() else {
+        return Error::Config(format!("{}: {message}", origin.display()));
+    };
+    let line = line_of(text, span.start);
+    let key = key_at(text, span.start);
+    let key = match key {
+        Some(key) => format!("{key}: "),
+        None => String::new(),
+    };
+    Error::Config(format!(
+        "{}:{line}: {key}{message}; the keys are described in hostchan-config(8)",
+        origin.display()
+    ))
+}
+
+/// The dotted key on the line holding `offset` (`section.key`), if that line is `key = ...`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MACHINE: Machine = Machine {
+        mem_total: 16 * GIB,
+        page_size: 4096,
+    };
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/hostchan/config.toml"), &MACHINE)
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Err(e) => {
+                assert_eq!(e.exit_code(), crate::error::EXIT_USAGE, "{e}");
+                assert!(!e.to_string().contains('\n'), "{e}");
+                e.to_string()
+            }
+            Ok(config) => panic!("{text:?} was accepted: {config:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_builtin_rules() {
+        let config = parse("").unwrap();
+        assert_eq!(
+            Config {
+                source: None,
+                ..config.clone()
+            },
+            Config::builtin(&MACHINE)
+        );
+        assert_eq!(config.channels.effective_max_size, 8 * GIB);
+        assert_eq!(config.channels.default_size, 64 << 20);
+        assert!(config.tmpfs.noexec);
+        assert_eq!(config.owner.default, DefaultOwner::Require);
+    }
+
+    #[test]
+    fn every_key() {
+        let config = parse(
+            r#"
+[channels]
+default_size = "16M"
+max_size = "25%"
+allowed_roots = ["/run/chan/", "/srv//channels"]
+
+[tmpfs]
+noexec = false
+nr_inodes = 1024
+
+[owner]
+default = "unbound"
+allow_unbound = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.channels.default_size, 16 << 20);
+        assert_eq!(config.channels.max_size, MaxSize::PercentOfMemory(25));
+        assert_eq!(config.channels.effective_max_size, 4 * GIB);
+        assert_eq!(
+            config.channels.allowed_roots,
+            [PathBuf::from("/run/chan"), PathBuf::from("/srv/channels")]
+        );
+        assert!(!config.tmpfs.noexec);
+        assert_eq!(config.tmpfs.nr_inodes, Some(1024));
+        assert_eq!(config.owner.default, DefaultOwner::Unbound);
+        let limits = config.limits();
+        assert_eq!(limits.max_size, 4 * GIB);
+        assert_eq!(limits.default_size, 16 << 20);
+    }
+
+    #[test]
+    fn byte_maximum_is_capped_at_half_of_memory() {
+        let config = parse("[channels]\nmax_size = \"64G\"\n").unwrap();
+        assert_eq!(config.channels.max_size, MaxSize::Bytes(64 * GIB));
+        assert_eq!(config.channels.effective_max_size, 8 * GIB);
+        let config = parse("[channels]\nmax_size = 1048576\n").unwrap();
+        assert_eq!(config.channels.effective_max_size, 1 << 20);
+        // The built-in default size follows a maximum set below it.
+        assert_eq!(config.channels.default_size, 1 << 20);
+    }
+
+    #[test]
+    fn mistakes_name_file_line_and_key() {
+        let cases = [
+            (
+                "[channels]\ndefault_sise = \"1M\"\n",
+                "/etc/hostchan/config.toml:2: channels.default_sise: unknown field",
+            ),
+            (
+                "[tmpfs]\n\nnoexec = \"yes\"\n",
+                "/etc/hostchan/config.toml:3: tmpfs.noexec: invalid type",
+            ),
+            ("[volumes]\n", "/etc/hostchan/config.toml:1: unknown field"),
+            (
+                "[channels]\nmax_size = \"60%\"\n",
+                "/etc/hostchan/config.toml:2: channels.max_size \"60%\" must be between 1% and 50%",
+            ),
+            (
+                "[channels]\nmax_size = \"lots\"\n",
+                "/etc/hostchan/config.toml:2: channels.max_size \"lots\"",
+            ),
+            (
+                "[channels]\nmax_size = \"1G\"\ndefault_size = \"2G\"\n",
+                "/etc/hostchan/config.toml:3: channels.default_size \"2G\" is above the maximum",
+            ),
+            (
+                "[channels]\ndefault_size = 10\n",
+                "/etc/hostchan/config.toml:2: channels.default_size \"10\" is below one page",
+            ),
+            (
+                "[channels]\ndefault_size = -1\n",
+                "/etc/hostchan/config.toml:2: channels.default_size: a size cannot be negative",
+            ),
+            (
+                "[channels]\nallowed_roots = [\"/usr/local/chan\"]\n",
+                "channels.allowed_roots \"/usr/local/chan\" is inside /usr",
+            ),
+            (
+                "[channels]\nallowed_roots = [\"run\"]\n",
+                "channels.allowed_roots \"run\" must be an absolute path",
+            ),
+            (
+                "[channels]\nallowed_roots = [\"/\"]\n",
+                "would allow everything",
+            ),
+            (
+                "[tmpfs]\nnr_inodes = 0\n",
+                "tmpfs.nr_inodes \"0\" must be at least 2",
+            ),
+            (
+                "[owner]\ndefault = \"maybe\"\n",
+                ":2: owner.default: unknown variant",
+            ),
+            (
+                "[owner]\ndefault = \"unbound\"\nallow_unbound = false\n",
+                ":2: owner.default \"unbound\" contradicts",
+            ),
+            ("[channels\n", "/etc/hostchan/config.toml:1:"),
+        ];
+        for (text, expected) in cases {
+            let message = error(text);
+            assert!(
+                message.contains(expected),
+                "{text:?}: {message:?} lacks {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_roots() {
+        let config = parse("[channels]\nallowed_roots = [\"/run/chan\"]\n").unwrap();
+        assert!(config.check_host_path(Path::new("/run/chan/c1")).is_ok());
+        let refused = config
+            .check_host_path(Path::new("/run/chance"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            refused,
+            "invalid host path \"/run/chance\": is outside the allowed roots (/run/chan) set in /etc/hostchan/config.toml; choose a path under one of them"
+        );
+        assert!(Config::builtin(&MACHINE)
+            .check_host_path(Path::new("/anywhere"))
+            .is_ok());
+    }
+
+    /// The shipped file documents every key with its default: uncommented, it is the built-in
+    /// configuration (but for the one example).
+    #[test]
+    fn shipped_file_documents_the_defaults() {
+        let shipped = include_str!("../packaging/config.toml");
+        assert_eq!(
+            parse(shipped).unwrap().channels,
+            Config::builtin(&MACHINE).channels
+        );
+        let uncommented: String = shipped
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let config = parse(&uncommented).unwrap();
+        let mut expected = Config::builtin(&MACHINE);
+        expected.tmpfs.nr_inodes = Some(65536);
+        assert_eq!(
+            Config {
+                source: None,
+                ..config
+            },
+            expected
+        );
+        for key in [
+            "default_size",
+            "max_size",
+            "allowed_roots",
+            "noexec",
+            "nr_inodes",
+            "default",
+            "allow_unbound",
+        ] {
+            assert!(uncommented.contains(&format!("\n{key} = ")), "{key}");
+        }
+    }
+
+    #[test]
+    fn show_round_trips() {
+        let config = parse(
+            "[channels]\nmax_size = \"2G\"\ndefault_size = \"1M\"\nallowed_roots = [\"/run/c\"]\n[tmpfs]\nnr_inodes = 100\n",
+        )
+        .unwrap();
+        let shown = config.to_toml();
+        let again = Config::parse(&shown, Path::new("/etc/hostchan/config.toml"), &MACHINE)
+            .unwrap_or_else(|e| panic!("{shown}\n{e}"));
+        assert_eq!(again, config);
+        let builtin = Config::builtin(&MACHINE);
+        let again = Config::parse(&builtin.to_toml(), Path::new("/x"), &MACHINE).unwrap();
+        assert_eq!(again.channels, builtin.channels);
+    }
+}

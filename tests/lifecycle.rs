@@ -360,7 +360,11 @@ fn bad_specs_and_owners_leave_nothing_behind() {
             2,
             "invalid scope \"not a unit\"",
         ),
-        (&[], 2, "the following required arguments were not provided"),
+        (
+            &[],
+            2,
+            "no owner given: pass --scope UNIT, --pid PID or --unbound",
+        ),
     ];
     for (owner, code, message) in owners {
         let mut args = vec!["create"];
@@ -557,11 +561,12 @@ fn poststop_hook_and_delete_container_remove_a_containers_channels() {
         .hostchan(&["delete", "--container", "other", "--output", "json"])
         .ok()
         .json();
-    assert_eq!(out.as_array().unwrap().len(), 1);
+    assert_eq!(out["container"], "other");
+    assert_eq!(out["deleted"].as_array().unwrap().len(), 1);
     sb.assert_no_trace("/run/p/c");
     assert!(!sb.path("/run/p").exists());
     assert_eq!(
         sb.hostchan(&["delete", "--container", "other"]).ok().stdout,
-        "No channels.\n"
+        "Container other has no channels; nothing was deleted.\n"
     );
 }

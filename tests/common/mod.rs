@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 pub const HOSTCHAN: &str = env!("CARGO_BIN_EXE_hostchan");
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn repo() -> &'static Path {
+pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -87,8 +87,21 @@ impl Run {
     }
 }
 
+/// What a sandbox boots with beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Boot {
+    /// Used as /var/lib/hostchan, so that records survive the sandbox like a reboot.
+    pub state_dir: Option<PathBuf>,
+    /// A unit directory searched first (for units under test, and .wants/ links).
+    pub extra_units: Option<PathBuf>,
+}
+
 impl Sandbox {
     pub fn boot() -> Sandbox {
+        Sandbox::boot_with(&Boot::default())
+    }
+
+    pub fn boot_with(options: &Boot) -> Sandbox {
         preflight();
         let units = unit_dir();
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -109,9 +122,17 @@ impl Sandbox {
             .arg(repo().join("tests/sandbox/boot.sh"))
             .arg(units)
             .arg(&id)
+            .env_remove("HOSTCHAN_STATE_DIR")
+            .env_remove("HOSTCHAN_EXTRA_UNITS")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("dup log"))
             .stderr(log_file);
+        if let Some(dir) = &options.state_dir {
+            command.env("HOSTCHAN_STATE_DIR", dir);
+        }
+        if let Some(dir) = &options.extra_units {
+            command.env("HOSTCHAN_EXTRA_UNITS", dir);
+        }
         // If the test thread dies without dropping the sandbox, the kernel kills unshare, and
         // unshare's --kill-child kills systemd and so the namespace.
         unsafe {
@@ -279,6 +300,8 @@ impl Sandbox {
             Ok(entries) => entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
+                // The lock file stays; records and temporary files must not.
+                .filter(|name| name != ".lock")
                 .collect(),
             Err(_) => Vec::new(),
         }

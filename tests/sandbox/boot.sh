@@ -3,6 +3,9 @@
 # real machine under tmpfs, give systemd a cgroup subtree of its own, then exec a systemd that
 # only knows our own unit directory.
 # Run as: unshare --pid --fork --mount --kill-child tests/sandbox/boot.sh UNIT_DIR SANDBOX_ID
+# Optional environment: HOSTCHAN_STATE_DIR, a directory to use as /var/lib/hostchan (so that
+# records outlive the sandbox, as they outlive a reboot); HOSTCHAN_EXTRA_UNITS, a unit directory
+# searched before UNIT_DIR.
 set -euo pipefail
 unit_dir=${1:?usage: boot.sh UNIT_DIR SANDBOX_ID}
 sandbox_id=${2:?usage: boot.sh UNIT_DIR SANDBOX_ID}
@@ -27,7 +30,11 @@ for dir in /run /tmp /var/tmp /var/log/journal /var/lib/systemd /var/lib/hostcha
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir"
 done
 chmod 1777 /tmp /var/tmp
+if [ -n "${HOSTCHAN_STATE_DIR:-}" ]; then
+    mount --bind "$HOSTCHAN_STATE_DIR" /var/lib/hostchan
+fi
 
 export container=hostchan-sandbox
-export SYSTEMD_UNIT_PATH="$unit_dir:/run/systemd/transient"
+export SYSTEMD_UNIT_PATH="${HOSTCHAN_EXTRA_UNITS:+$HOSTCHAN_EXTRA_UNITS:}$unit_dir:/run/systemd/transient"
+unset HOSTCHAN_STATE_DIR HOSTCHAN_EXTRA_UNITS
 exec /lib/systemd/systemd --system --unit=hostchan-sandbox.target --log-target=null --show-status=no

@@ -1,0 +1,366 @@
+//! What an operator relies on: the configuration file, `gc` and the shipped
+//! hostchan-gc.service after a crash, and how channels look in systemctl and the journal.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{Boot, Sandbox, TempDir, HOSTCHAN};
+
+fn records_in(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(state.join("channels"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A unit directory holding the shipped hostchan-gc.service (running this build's binary),
+/// wanted by the sandbox's default target as `systemctl enable` would make sysinit.target want it.
+fn gc_service_units(dir: &Path) {
+    let shipped = fs::read_to_string(common::repo().join("systemd/hostchan-gc.service")).unwrap();
+    assert!(shipped.contains("ExecStart=/usr/bin/hostchan gc\n"));
+    let unit = shipped.replace("/usr/bin/hostchan", HOSTCHAN);
+    fs::write(dir.join("hostchan-gc.service"), unit).unwrap();
+    let wants = dir.join("hostchan-sandbox.target.wants");
+    fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        dir.join("hostchan-gc.service"),
+        wants.join("hostchan-gc.service"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn gc_at_boot_removes_leftovers_of_a_crash_and_nothing_else() {
+    let state = TempDir::new("gc-state");
+    let disk = TempDir::new("gc-disk");
+    let units = TempDir::new("gc-units");
+    gc_service_units(&units.0);
+    let disk_path = |relative: &str| disk.path(relative).display().to_string();
+    fs::create_dir(disk.path("existing")).unwrap();
+    fs::create_dir(disk.path("not-a-channel")).unwrap();
+    let a = disk_path("existing/new/a");
+    let b = disk_path("b");
+    let c = disk_path("c");
+
+    // Before the crash: three channels on persistent disk.
+    {
+        let sb = Sandbox::boot_with(&Boot {
+            state_dir: Some(state.0.clone()),
+            ..Boot::default()
+        });
+        for path in [&a, &b, &c] {
+            sb.hostchan(&["create", "--unbound", &format!("{path}:/x:rw:1M")])
+                .ok();
+            assert!(sb.mount_options(path).is_some(), "{path} not mounted");
+        }
+        // The sandbox is killed: its mounts and units vanish, as in a host crash.
+    }
+    assert_eq!(records_in(&state.0).len(), 3);
+    for path in [&a, &b, &c] {
+        assert!(Path::new(path).is_dir(), "{path} should be left over");
+    }
+    // Something written into the directory after the crash is not hostchan's to remove.
+    fs::write(disk.path("c/keep"), "data").unwrap();
+
+    // --dry-run reports, and removes nothing.
+    {
+        let sb = Sandbox::boot_with(&Boot {
+            state_dir: Some(state.0.clone()),
+            ..Boot::default()
+        });
+        let out = sb.hostchan(&["gc", "--dry-run", "--output", "json"]).ok();
+        let json = out.json();
+        let leftovers = json["leftovers"].as_array().unwrap();
+        assert_eq!(leftovers.len(), 3, "{out:#?}");
+        assert!(leftovers.iter().all(|l| l["outcome"] == "would-remove"));
+        let text = sb.hostchan(&["gc", "--dry-run"]).ok().stdout;
+        assert!(
+            text.contains(&format!("Would remove leftover channel {b}")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("Nothing was removed (--dry-run).\n"),
+            "{text}"
+        );
+        assert_eq!(records_in(&state.0).len(), 3);
+        assert!(Path::new(&a).is_dir() && Path::new(&b).is_dir());
+    }
+
+    // The next boot runs the shipped hostchan-gc.service.
+    let sb = Sandbox::boot_with(&Boot {
+        state_dir: Some(state.0.clone()),
+        extra_units: Some(units.0.clone()),
+    });
+    sb.wait_for(
+        || sb.property("hostchan-gc.service", "ExecMainExitTimestampMonotonic") != "0",
+        "hostchan-gc.service to run",
+    );
+    assert_eq!(sb.property("hostchan-gc.service", "Result"), "success");
+    assert_eq!(sb.property("hostchan-gc.service", "ExecMainStatus"), "0");
+
+    assert!(!Path::new(&a).exists(), "{a} was not removed");
+    assert!(
+        !disk.path("existing/new").exists(),
+        "the parent hostchan's mount created was not removed"
+    );
+    assert!(
+        disk.path("existing").is_dir(),
+        "a parent that existed before was removed"
+    );
+    assert!(!Path::new(&b).exists(), "{b} was not removed");
+    assert_eq!(fs::read_to_string(disk.path("c/keep")).unwrap(), "data");
+    assert!(disk.path("not-a-channel").is_dir());
+    let kept = records_in(&state.0);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let record = fs::read_to_string(state.path("channels").join(&kept[0])).unwrap();
+    assert!(record.contains(&format!("host_path = \"{c}\"")), "{record}");
+    let journal = sb
+        .run(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "hostchan-gc.service",
+        ])
+        .stdout;
+    assert!(
+        journal.contains(&format!(
+            "Removed leftover channel {b}: directory and record"
+        )),
+        "{journal}"
+    );
+    assert!(
+        journal.contains(&format!("Kept {c}: cannot remove channel directory")),
+        "{journal}"
+    );
+
+    // A live channel is never a leftover; the kept one goes once it is empty.
+    let d = disk_path("d");
+    sb.hostchan(&["create", "--unbound", &format!("{d}:/x:rw:1M")])
+        .ok();
+    fs::write(sb.path(&d).join("live"), "x").unwrap();
+    let out = sb.hostchan(&["gc"]).ok();
+    assert!(out.stdout.contains(&format!("Kept {c}")), "{out:#?}");
+    assert!(!out.stdout.contains(&d), "{out:#?}");
+    assert!(sb.mount_options(&d).is_some());
+    assert_eq!(fs::read_to_string(sb.path(&d).join("live")).unwrap(), "x");
+    fs::remove_file(disk.path("c/keep")).unwrap();
+    let out = sb.hostchan(&["gc", "--output", "json"]).ok().json();
+    assert_eq!(out["leftovers"][0]["outcome"], "removed", "{out}");
+    assert_eq!(out["leftovers"][0]["directory"], true, "{out}");
+    assert!(!Path::new(&c).exists());
+    sb.hostchan(&["delete", &d]).ok();
+    assert!(!Path::new(&d).exists());
+    assert!(records_in(&state.0).is_empty());
+    assert_eq!(
+        sb.hostchan(&["gc"]).ok().stdout,
+        "No leftovers: every channel hostchan has a record of is mounted.\n"
+    );
+}
+
+#[test]
+fn configuration_shapes_channels_and_a_broken_file_stops_create_only() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("config");
+    let config = dir.path("config.toml");
+    let config = config.to_str().unwrap();
+    fs::write(
+        config,
+        r#"
+[channels]
+default_size = "1M"
+allowed_roots = ["/run/allowed"]
+
+[tmpfs]
+noexec = false
+nr_inodes = 64
+
+[owner]
+default = "unbound"
+"#,
+    )
+    .unwrap();
+
+    let out = sb.hostchan(&["--config", config, "create", "/run/other/x:/x"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is outside the allowed roots (/run/allowed) set in"),
+        "{out:#?}"
+    );
+    sb.assert_no_trace("/run/other/x");
+    assert!(!sb.path("/run/other").exists());
+
+    // No owner given: owner.default makes it unbound. No size given: default_size.
+    let out = sb
+        .hostchan(&[
+            "--config",
+            config,
+            "create",
+            "/run/allowed/x:/x",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(out["owner"], serde_json::Value::Null, "{out}");
+    let options = sb.mount_options("/run/allowed/x").expect("mounted");
+    assert!(options.contains("nr_inodes=64"), "{options}");
+    assert!(!options.contains("noexec"), "{options}");
+    let stat = nix::sys::statvfs::statvfs(&sb.path("/run/allowed/x")).unwrap();
+    assert_eq!(stat.blocks() * stat.fragment_size(), 1 << 20);
+    assert_eq!(stat.files(), 64);
+    // The inode cap holds: empty files run out long before the bytes do.
+    let mut made = 0;
+    for i in 0..100 {
+        if fs::File::create(sb.path(&format!("/run/allowed/x/f{i}"))).is_err() {
+            break;
+        }
+        made += 1;
+    }
+    assert!(made < 64, "made {made} files with nr_inodes=64");
+
+    let shown = sb
+        .hostchan(&["--config", config, "config", "show"])
+        .ok()
+        .stdout;
+    assert!(shown.contains("nr_inodes = 64"), "{shown}");
+    assert!(shown.contains("default = \"unbound\""), "{shown}");
+
+    // A broken file: create refuses naming file, line and key, and leaves nothing ...
+    fs::write(config, "[channels]\nmax_size = \"75%\"\n").unwrap();
+    for args in [
+        vec!["--config", config, "config", "check"],
+        vec![
+            "--config",
+            config,
+            "create",
+            "--unbound",
+            "/run/allowed/y:/y",
+        ],
+    ] {
+        let out = sb.hostchan(&args);
+        assert_eq!(out.code, 2, "{out:#?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "{config}:2: channels.max_size \"75%\" must be between 1% and 50%"
+            )),
+            "{out:#?}"
+        );
+    }
+    assert!(!sb.path("/run/allowed/y").exists());
+    assert!(sb.units_matching("*allowed-y*").is_empty());
+    assert_eq!(
+        sb.record_files().len(),
+        1,
+        "only /run/allowed/x has a record"
+    );
+    // ... but list, delete and the cleanup never read it.
+    sb.hostchan(&["--config", config, "list"]).ok();
+    sb.hostchan(&["--config", config, "delete", "/run/allowed/x"])
+        .ok();
+    sb.assert_no_trace("/run/allowed/x");
+
+    fs::write(config, "[owner]\nallow_unbound = false\n").unwrap();
+    let out = sb.hostchan(&["--config", config, "create", "--unbound", "/run/u:/u"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("unbound channels are turned off"),
+        "{out:#?}"
+    );
+    sb.assert_no_trace("/run/u");
+
+    let out = sb.hostchan(&["--config", "/nonexistent.toml", "config", "check"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    // Without --config and without /etc/hostchan/config.toml, the built-in rules apply.
+    let out = sb
+        .run(&["env", "-u", "HOSTCHAN_CONFIG", HOSTCHAN, "config", "check"])
+        .ok();
+    if !Path::new(hostchan::config::DEFAULT_PATH).exists() {
+        assert!(
+            out.stdout.contains("the built-in defaults apply"),
+            "{out:#?}"
+        );
+    }
+}
+
+#[test]
+fn systemctl_and_the_journal_show_a_channel_a_person_understands() {
+    let sb = Sandbox::boot();
+    sb.start_scope("web.scope");
+    sb.hostchan(&[
+        "create",
+        "--scope",
+        "web.scope",
+        "--container",
+        "web1",
+        "/run/chan/web:/data:ro:8M",
+    ])
+    .ok();
+    let unit = "run-chan-web.mount";
+    for name in ["/run/chan/web", unit] {
+        let status = sb.run(&["systemctl", "status", "--no-pager", "--lines=20", name]);
+        // 0: active.
+        assert_eq!(status.code, 0, "{status:#?}");
+        let text = status.stdout;
+        for expected in [
+            "run-chan-web.mount - Host channel /run/chan/web -> /data (ro, 8M) of container web1, bound to web.scope",
+            "Active: active (mounted)",
+            "Where: /run/chan/web",
+            "What: tmpfs",
+            "Docs: man:hostchan(8)",
+        ] {
+            assert!(text.contains(expected), "{name}: {expected:?} missing from:\n{text}");
+        }
+    }
+    let journal = |unit: &str| {
+        sb.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
+            .stdout
+    };
+    sb.wait_for(
+        || {
+            journal(unit).contains(
+                "created channel /run/chan/web -> /data (ro, 8388608 bytes), owner web.scope",
+            )
+        },
+        "hostchan's create line in journalctl -u run-chan-web.mount",
+    );
+    // The lines are hostchan's own, not systemd's.
+    let fields = sb
+        .run(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "verbose",
+            "-u",
+            unit,
+            "SYSLOG_IDENTIFIER=hostchan",
+        ])
+        .stdout;
+    assert!(
+        fields.contains("OBJECT_SYSTEMD_UNIT=run-chan-web.mount"),
+        "{fields}"
+    );
+
+    sb.run(&["systemctl", "stop", "web.scope"]).ok();
+    sb.wait_for(
+        || !sb.path("/run/chan/web").exists(),
+        "the channel to go with its scope",
+    );
+    sb.wait_for(
+        || journal(unit).contains("removed channel directory /run/chan/web and its record"),
+        "the cleanup's line in journalctl -u run-chan-web.mount",
+    );
+    let status = sb.run(&["systemctl", "status", "--no-pager", unit]);
+    assert_ne!(status.code, 0, "{status:#?}");
+}

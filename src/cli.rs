@@ -23,7 +23,8 @@ Spec: <host path>:<container path>[:<rw|ro>[:<size>]]
   default 64M, at least one page, at most half of the physical memory.";
 
 const CONFIG_FILE: &str = "\
-The configuration file, /etc/hostchan/config.toml (TOML; every key optional):
+Configuration file:
+/etc/hostchan/config.toml, in TOML; every key is optional.
 
 [channels]
   default_size = \"64M\"     size of a channel whose spec gives none
@@ -49,7 +50,8 @@ A wrong key, type or value is reported with the file, line and key, and create d
     about = "Host channels for containers: a size-limited tmpfs shared by the host and one container, owned by systemd",
     long_about = None,
     after_help = EXAMPLES,
-    propagate_version = true
+    propagate_version = true,
+    disable_help_subcommand = true
 )]
 pub struct Cli {
     /// Output format; json prints results, and failures as {"error": ...}, on stdout.

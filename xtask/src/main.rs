@@ -173,7 +173,9 @@ fn write_page(path: &Path, command: clap::Command, extra: &[&str]) -> io::Result
     man.render_synopsis_section(&mut page)?;
     man.render_description_section(&mut page)?;
     man.render_options_section(&mut page)?;
-    man.render_subcommands_section(&mut page)?;
+    if command.has_subcommands() {
+        man.render_subcommands_section(&mut page)?;
+    }
     if let Some(section) = verbatim_section(&command) {
         page.write_all(section.as_bytes())?;
     }

@@ -44,6 +44,13 @@ fn preflight() {
              they fail rather than pass without testing anything"
         );
     }
+    for hidden in ["/tmp", "/run", "/var/tmp"] {
+        if repo().starts_with(hidden) {
+            panic!(
+                "the repository is under {hidden}, which the sandbox hides under a tmpfs; clone it elsewhere"
+            );
+        }
+    }
     if !Path::new("/lib/systemd/systemd").exists() {
         panic!("/lib/systemd/systemd is missing: install systemd (apt-get install systemd dbus)");
     }

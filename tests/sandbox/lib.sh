@@ -7,6 +7,12 @@ sandbox_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # (systemd's pid outside) and SANDBOX_UNSHARE_PID.
 sandbox_boot() {
     local unit_dir=$1
+    case "$unit_dir" in
+    /tmp/* | /run/* | /var/tmp/*)
+        echo "sandbox_boot: $unit_dir is under a directory the sandbox hides under a tmpfs" >&2
+        return 1
+        ;;
+    esac
     SANDBOX_ID=hostchan-sandbox-$$-$RANDOM
     "$sandbox_repo/tests/sandbox/make-units.sh" "$unit_dir"
     unshare --pid --fork --mount --kill-child=SIGKILL \

@@ -42,12 +42,12 @@ sandbox_run() {
 # sandbox_stop: SIGKILL to the namespace's PID 1 ends everything in it, mounts included; then
 # the sandbox's cgroups go.
 sandbox_stop() {
-    [ -n "${SANDBOX_PID:-}" ] && kill -KILL "$SANDBOX_PID" 2>/dev/null
-    [ -n "${SANDBOX_UNSHARE_PID:-}" ] && { kill -KILL "$SANDBOX_UNSHARE_PID" 2>/dev/null; wait "$SANDBOX_UNSHARE_PID" 2>/dev/null; }
+    [ -n "${SANDBOX_PID:-}" ] && { kill -KILL "$SANDBOX_PID" 2>/dev/null || true; }
+    [ -n "${SANDBOX_UNSHARE_PID:-}" ] && { kill -KILL "$SANDBOX_UNSHARE_PID" 2>/dev/null; wait "$SANDBOX_UNSHARE_PID" 2>/dev/null || true; }
     if [ -n "${SANDBOX_ID:-}" ]; then
         local _
         for _ in $(seq 50); do
-            find /sys/fs/cgroup/*/"$SANDBOX_ID" -depth -type d -exec rmdir {} + 2>/dev/null
+            find /sys/fs/cgroup/*/"$SANDBOX_ID" -depth -type d -exec rmdir {} + 2>/dev/null || true
             ls -d /sys/fs/cgroup/*/"$SANDBOX_ID" >/dev/null 2>&1 || break
             sleep 0.02
         done

@@ -127,6 +127,23 @@ impl Table {
         s
     }
 
+    /// Two timings and the ratio of their medians; returns the medians.
+    fn compare(
+        &mut self,
+        a: (&str, &[Duration]),
+        b: (&str, &[Duration]),
+        ratio_label: &str,
+    ) -> (Duration, Duration) {
+        let a = self.timing(a.0, a.1, String::new()).median;
+        let b = self.timing(b.0, b.1, String::new()).median;
+        self.line(
+            &format!("  {ratio_label}"),
+            String::new(),
+            format!("{:.2}x", ratio(a, b)),
+        );
+        (a, b)
+    }
+
     fn line(&mut self, what: &str, value: String, note: String) {
         self.rows
             .push([what.to_owned(), String::new(), value, String::new(), note]);
@@ -216,9 +233,13 @@ fn start_scope(name: &str) {
 }
 
 /// mount + umount through systemd-mount, then the rmdir it leaves to its caller.
-fn systemd_mount_cycle(path: &str, times: &mut (Vec<Duration>, Vec<Duration>, Vec<Duration>)) {
+fn systemd_mount_cycle(
+    path: &str,
+    times: &mut (Vec<Duration>, Vec<Duration>, Vec<Duration>),
+    rss: &mut Vec<i64>,
+) {
     let t = Instant::now();
-    must(&[
+    let mounted = must(&[
         "systemd-mount",
         "--quiet",
         "--collect",
@@ -239,6 +260,7 @@ fn systemd_mount_cycle(path: &str, times: &mut (Vec<Duration>, Vec<Duration>, Ve
     times.0.push(t1 - t);
     times.1.push(t1.elapsed());
     times.2.push(t.elapsed());
+    rss.push(mounted.max_rss_kib);
 }
 
 /// The same tmpfs made and removed in-process, in a mount namespace of the thread's own (so
@@ -311,13 +333,14 @@ impl Bench {
         let mut hc = (Vec::new(), Vec::new(), Vec::new());
         let mut sm = (Vec::new(), Vec::new(), Vec::new());
         let mut rss = Vec::new();
+        let mut sm_rss = Vec::new();
         for i in 0..self.scale.cycles {
             let round = Instant::now();
             if i % 2 == 0 {
                 self.hostchan_cycle(&format!("/run/bench/h/c{i}"), &mut hc, &mut rss);
-                systemd_mount_cycle(&format!("/run/bench/s/c{i}"), &mut sm);
+                systemd_mount_cycle(&format!("/run/bench/s/c{i}"), &mut sm, &mut sm_rss);
             } else {
-                systemd_mount_cycle(&format!("/run/bench/s/c{i}"), &mut sm);
+                systemd_mount_cycle(&format!("/run/bench/s/c{i}"), &mut sm, &mut sm_rss);
                 self.hostchan_cycle(&format!("/run/bench/h/c{i}"), &mut hc, &mut rss);
             }
             std::thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
@@ -335,40 +358,21 @@ impl Bench {
         self.table.section(&format!(
             "1. one channel, create + delete (tmpfs {SIZE} bytes, bound to a scope, directory removed)"
         ));
-        let h = self
-            .table
-            .timing("hostchan create", &hc.0, String::new())
-            .median;
-        let s = self
-            .table
-            .timing("systemd-mount", &sm.0, String::new())
-            .median;
-        self.table.line(
-            "  create: hostchan / systemd-mount",
-            String::new(),
-            format!("{:.2}x", ratio(h, s)),
+        self.table.compare(
+            ("hostchan create", &hc.0),
+            ("systemd-mount", &sm.0),
+            "create: hostchan / systemd-mount",
         );
-        let h = self
-            .table
-            .timing("hostchan delete", &hc.1, String::new())
-            .median;
-        let s = self
-            .table
-            .timing("systemd-umount + rmdir", &sm.1, String::new())
-            .median;
-        self.table.line(
-            "  delete: hostchan / systemd-umount",
-            String::new(),
-            format!("{:.2}x", ratio(h, s)),
+        self.table.compare(
+            ("hostchan delete", &hc.1),
+            ("systemd-umount + rmdir", &sm.1),
+            "delete: hostchan / systemd-umount",
         );
-        let h = self
-            .table
-            .timing("hostchan cycle", &hc.2, String::new())
-            .median;
-        let s = self
-            .table
-            .timing("systemd-mount cycle", &sm.2, String::new())
-            .median;
+        let (h, _) = self.table.compare(
+            ("hostchan cycle", &hc.2),
+            ("systemd-mount cycle", &sm.2),
+            "cycle: hostchan / systemd-mount",
+        );
         let f = self
             .table
             .timing(
@@ -383,11 +387,6 @@ impl Bench {
             "no pause: PID 1's mount-event rate limit shows in p95".into(),
         );
         self.table.line(
-            "  cycle: hostchan / systemd-mount",
-            String::new(),
-            format!("{:.2}x", ratio(h, s)),
-        );
-        self.table.line(
             "  cycle: hostchan / floor",
             String::new(),
             format!("{:.0}x", ratio(h, f)),
@@ -399,29 +398,11 @@ impl Bench {
             format!("{} KiB", rss[rss.len() / 2]),
             format!("median of {}, max {} KiB", rss.len(), rss[rss.len() - 1]),
         );
-        let sm_rss: Vec<i64> = (0..3)
-            .map(|i| {
-                let path = format!("/run/bench/r/c{i}");
-                let exit = must(&[
-                    "systemd-mount",
-                    "--quiet",
-                    "--collect",
-                    "-t",
-                    "tmpfs",
-                    "-o",
-                    OPTIONS,
-                    "tmpfs",
-                    &path,
-                ]);
-                must(&["systemd-umount", "--quiet", &path]);
-                let _ = std::fs::remove_dir(&path);
-                exit.max_rss_kib
-            })
-            .collect();
+        sm_rss.sort();
         self.table.line(
             "systemd-mount, peak RSS",
-            format!("{} KiB", sm_rss[1]),
-            "for comparison".into(),
+            format!("{} KiB", sm_rss[sm_rss.len() / 2]),
+            format!("median of {}, for comparison", sm_rss.len()),
         );
     }
 
@@ -434,18 +415,10 @@ impl Bench {
             sm.push(must(&["systemd-mount", "--version"]).wall);
         }
         self.table.section("2. process start to exit");
-        let h = self
-            .table
-            .timing("hostchan --version", &hc, String::new())
-            .median;
-        let s = self
-            .table
-            .timing("systemd-mount --version", &sm, String::new())
-            .median;
-        self.table.line(
-            "  hostchan / systemd-mount",
-            String::new(),
-            format!("{:.2}x", ratio(h, s)),
+        self.table.compare(
+            ("hostchan --version", &hc),
+            ("systemd-mount --version", &sm),
+            "hostchan / systemd-mount",
         );
     }
 

@@ -93,6 +93,23 @@ fn gc_at_boot_removes_leftovers_of_a_crash_and_nothing_else() {
         );
         assert_eq!(records_in(&state.0).len(), 3);
         assert!(Path::new(&a).is_dir() && Path::new(&b).is_dir());
+
+        // A create in progress holds the record lock shared; gc waits for it rather than
+        // taking the half-made channel for a leftover.
+        sb.sh("flock -s /var/lib/hostchan/channels/.lock sleep 2 </dev/null >/dev/null 2>&1 &")
+            .ok();
+        sb.wait_for(
+            || {
+                sb.sh("flock -n -x /var/lib/hostchan/channels/.lock true")
+                    .code
+                    != 0
+            },
+            "the shared lock to be taken",
+        );
+        let out = sb.run(&["timeout", "1", HOSTCHAN, "gc"]);
+        assert_eq!(out.code, 124, "gc did not wait for the lock: {out:#?}");
+        assert_eq!(records_in(&state.0).len(), 3);
+        assert!(Path::new(&b).is_dir());
     }
 
     // The next boot runs the shipped hostchan-gc.service.

@@ -272,3 +272,31 @@ fn rpm_has_the_expected_files_and_scriptlets() {
     let requires = run(Command::new("rpm").args(["-qpR"]).arg(rpm));
     assert!(requires.lines().any(|l| l == "systemd"), "{requires}");
 }
+
+#[test]
+fn rpm_payload_unpacks_and_runs() {
+    let root = TempDir::new("rpm-root");
+    let archive = root.path("payload.tar.gz");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg("rpm2archive - < \"$1\" > \"$2\"")
+        .arg("sh")
+        .arg(&packages().rpm)
+        .arg(&archive));
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&root.0));
+    let hostchan = root.path("usr/bin/hostchan");
+    let version = run(Command::new(&hostchan).arg("--version"));
+    assert_eq!(version, format!("hostchan {}\n", env!("CARGO_PKG_VERSION")));
+    let checked = run(Command::new(&hostchan)
+        .arg("--config")
+        .arg(root.path("etc/hostchan/config.toml"))
+        .args(["config", "check"]));
+    assert!(checked.ends_with(": valid\n"), "{checked}");
+    let unit =
+        std::fs::read_to_string(root.path("usr/lib/systemd/system/hostchan-gc.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/hostchan gc\n"), "{unit}");
+}

@@ -113,7 +113,7 @@ impl Store {
     /// makes the record the arbiter between two creates racing for one path.
     pub fn create(&self, record: &Record) -> Result<()> {
         let context = || format!("cannot write channel record in {}", self.dir.display());
-        fs::create_dir_all(&self.dir).map_err(|e| Error::io(context(), e))?;
+        fs::create_dir_all(&self.dir).map_err(|e| fs_error(context(), e))?;
         let text = toml::to_string(record).map_err(|e| Error::io(context(), e))?;
         let target = self.path_of(&record.unit);
         let temp = self.temp_path();
@@ -123,7 +123,7 @@ impl Store {
         match written {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
-            Err(e) => Err(Error::io(context(), e)),
+            Err(e) => Err(fs_error(context(), e)),
         }
     }
 
@@ -132,13 +132,13 @@ impl Store {
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
-        fs::create_dir_all(&self.dir).map_err(|e| Error::io(context(), e))?;
+        fs::create_dir_all(&self.dir).map_err(|e| fs_error(context(), e))?;
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join(".lock"))
-            .map_err(|e| Error::io(context(), e))?;
+            .map_err(|e| fs_error(context(), e))?;
         let mode = if exclusive {
             FlockArg::LockExclusive
         } else {
@@ -192,6 +192,17 @@ impl Store {
         }
         records.sort_by(|a, b| a.host_path.cmp(&b.host_path));
         Ok(records)
+    }
+}
+
+/// The records are root's: say so rather than leave a bare EACCES.
+fn fs_error(context: String, err: io::Error) -> Error {
+    if err.kind() == io::ErrorKind::PermissionDenied {
+        Error::Runtime(format!(
+            "{context}: permission denied; run hostchan as root"
+        ))
+    } else {
+        Error::io(context, err)
     }
 }
 

@@ -381,3 +381,44 @@ fn systemctl_and_the_journal_show_a_channel_a_person_understands() {
     let status = sb.run(&["systemctl", "status", "--no-pager", unit]);
     assert_ne!(status.code, 0, "{status:#?}");
 }
+
+#[test]
+fn callers_without_root_are_told_so_and_change_nothing() {
+    let sb = Sandbox::boot();
+    sb.start_scope("app.scope");
+    sb.hostchan(&["create", "--unbound", "/run/chan/mine:/x"])
+        .ok();
+    let as_nobody = |args: &[&str]| {
+        let mut argv = vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            HOSTCHAN,
+        ];
+        argv.extend_from_slice(args);
+        sb.run(&argv)
+    };
+    for args in [
+        &["create", "--scope", "app.scope", "/run/chan/theirs:/x"][..],
+        &["create", "--unbound", "/run/chan/theirs:/x"],
+        &["delete", "/run/chan/mine"],
+        &["gc"],
+    ] {
+        let out = as_nobody(args);
+        assert_eq!(out.code, 1, "{args:?}: {out:#?}");
+        assert!(
+            out.stderr.contains("run hostchan as root"),
+            "{args:?}: {out:#?}"
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {out:#?}");
+    }
+    assert!(!sb.path("/run/chan/theirs").exists());
+    assert!(sb.mount_options("/run/chan/mine").is_some());
+    assert_eq!(sb.record_files().len(), 1);
+    // Looking is allowed.
+    let listed = as_nobody(&["list"]);
+    assert_eq!(listed.code, 0, "{listed:#?}");
+    assert!(listed.stdout.contains("/run/chan/mine"), "{listed:#?}");
+    sb.hostchan(&["delete", "/run/chan/mine"]).ok();
+}

@@ -156,10 +156,15 @@ fn deb_installs_into_a_scratch_root_and_runs() {
     let unit =
         std::fs::read_to_string(root.path("usr/lib/systemd/system/hostchan-gc.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/hostchan gc\n"), "{unit}");
-    let completion =
-        std::fs::read_to_string(root.path("usr/share/bash-completion/completions/hostchan"))
-            .unwrap();
-    assert!(completion.contains("oci-hook"), "{completion}");
+    // bash completes the subcommands from the installed file.
+    let script = format!(
+        "source {}; COMP_WORDS=(hostchan c); COMP_CWORD=1; COMP_LINE='hostchan c'; COMP_POINT=10; \
+         _hostchan hostchan c hostchan; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        root.path("usr/share/bash-completion/completions/hostchan")
+            .display()
+    );
+    let words = run(Command::new("bash").arg("-c").arg(&script));
+    assert_eq!(words, "create\nconfig\n", "{words}");
 }
 
 #[test]

@@ -186,11 +186,26 @@ fn write_page(path: &Path, command: clap::Command, extra: &[&str]) -> io::Result
     fs::write(path, page)
 }
 
+/// clap_complete offers hidden subcommands too (`cleanup`, which only the cleanup units run);
+/// completions get the command without them.
+fn without_hidden_commands(command: clap::Command) -> clap::Command {
+    let visible: Vec<clap::Command> = command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .cloned()
+        .collect();
+    let mut bare = clap::Command::new("hostchan").args(command.get_arguments().cloned());
+    if let Some(version) = command.get_version() {
+        bare = bare.version(leak(version.to_owned()));
+    }
+    bare.subcommands(visible)
+}
+
 fn completions(dir: &Path) -> io::Result<Vec<PathBuf>> {
     fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        let mut command = hostchan::cli::Cli::command();
+        let mut command = without_hidden_commands(hostchan::cli::Cli::command());
         written.push(clap_complete::generate_to(
             shell,
             &mut command,

@@ -90,7 +90,8 @@ pub struct Systemd {
 
 impl Systemd {
     // Not systemd's private socket (/run/systemd/private), which systemctl uses as root:
-    // zbus 5.19 panics reading the messages systemd sends back there ("Invalid unique name").
+    // systemd marks what it sends there with the sender org.freedesktop.systemd1, a well-known
+    // name, and zbus 5.19 panics on a sender that is not a unique name.
     pub fn connect() -> Result<Systemd> {
         // sd-bus's default: a call systemd never answers fails instead of hanging the engine.
         let connection = zbus::blocking::connection::Builder::system()

@@ -295,10 +295,14 @@ impl Channels {
                 tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: cannot stop {unit}: {e}");
             }
         }
-        match self.cleanup(&record.host_path) {
-            // The cleanup unit's stop already did it.
-            Ok(_) | Err(Error::NotFound(_)) => {}
-            Err(e) => tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}"),
+        // Unless the cleanup unit's stop already did it.
+        let removed = match self.store.load(&record.unit) {
+            Ok(Some(left)) => self.remove_leftovers(&left).map(drop),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}");
         }
     }
 
@@ -314,8 +318,8 @@ impl Channels {
         // the directory is gone when delete returns.
         systemd.stop(&record.cleanup_unit)?;
         // The cleanup unit may have been gone already (a crash, a reboot): do its work here.
-        if self.store.load(&record.unit)?.is_some() {
-            self.cleanup(&record.host_path)?;
+        if let Some(left) = self.store.load(&record.unit)? {
+            self.remove_leftovers(&left)?;
         }
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit,
@@ -379,9 +383,16 @@ impl Channels {
                 host_path.display()
             )));
         };
+        self.remove_leftovers(&record)
+    }
+
+    /// The work of [`Channels::cleanup`] for a record in hand: the directory and the parents
+    /// made for it (only while empty), then the record.
+    fn remove_leftovers(&self, record: &Record) -> Result<Cleanup> {
+        let host_path = &record.host_path;
         // Looked up first: rmdir reports EROFS rather than ENOENT on a read-only file system.
-        let exists = std::fs::symlink_metadata(&host_path).is_ok();
-        let removed_directory = match exists.then(|| std::fs::remove_dir(&host_path)) {
+        let exists = std::fs::symlink_metadata(host_path).is_ok();
+        let removed_directory = match exists.then(|| std::fs::remove_dir(host_path)) {
             None => false,
             Some(Ok(())) => true,
             Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => false,
@@ -395,15 +406,15 @@ impl Channels {
                 ))
             }
         };
-        remove_new_parents(&host_path, &record.new_dirs_from);
-        self.store.remove(&unit)?;
+        remove_new_parents(host_path, &record.new_dirs_from);
+        self.store.remove(&record.unit)?;
         tracing::info!(
-            OBJECT_SYSTEMD_UNIT = %unit,
+            OBJECT_SYSTEMD_UNIT = %record.unit,
             "removed channel directory {} and its record",
             host_path.display()
         );
         Ok(Cleanup {
-            host_path,
+            host_path: host_path.clone(),
             removed_directory,
         })
     }
@@ -421,7 +432,7 @@ impl Channels {
             let outcome = if dry_run {
                 LeftoverOutcome::WouldRemove
             } else {
-                match self.cleanup(&record.host_path) {
+                match self.remove_leftovers(&record) {
                     Ok(done) => LeftoverOutcome::Removed {
                         directory: done.removed_directory,
                     },

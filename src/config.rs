@@ -106,10 +106,19 @@ pub struct Machine {
 
 impl Machine {
     pub fn current() -> Result<Machine> {
-        let limits = Limits::of_system()?;
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(4096);
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .map_err(|e| Error::io("cannot read /proc/meminfo to find the maximum size", e))?;
+        let mem_total = spec::mem_total_bytes(&meminfo).ok_or_else(|| {
+            Error::Runtime("cannot find MemTotal in /proc/meminfo to find the maximum size".into())
+        })?;
         Ok(Machine {
-            mem_total: limits.max_size * 2,
-            page_size: limits.min_size,
+            mem_total,
+            page_size,
         })
     }
 }
@@ -261,27 +270,17 @@ impl Config {
             config.tmpfs.nr_inodes = Some(value);
         }
 
-        if let Some(default) = file.owner.default {
-            config.owner.default = default;
-        }
         if let Some(allow) = file.owner.allow_unbound {
             config.owner.allow_unbound = allow;
         }
-        if config.owner.default == DefaultOwner::Unbound && !config.owner.allow_unbound {
-            let line = file
-                .owner
-                .default_span
-                .clone()
-                .map_or(0, |span| line_of(text, span.start));
-            return Err(Location {
-                origin,
-                line,
-                key: "owner.default".into(),
+        if let Some(default) = &file.owner.default {
+            config.owner.default = *default.get_ref();
+            if config.owner.default == DefaultOwner::Unbound && !config.owner.allow_unbound {
+                return Err(at(default.span(), "owner.default").error(
+                    "unbound",
+                    "contradicts owner.allow_unbound = false; choose \"require\" or allow unbound channels",
+                ));
             }
-            .error(
-                "unbound",
-                "contradicts owner.allow_unbound = false; choose \"require\" or allow unbound channels",
-            ));
         }
         Ok(config)
     }
@@ -363,28 +362,11 @@ struct TmpfsIn {
     nr_inodes: Option<Spanned<u64>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct OwnerIn {
-    default: Option<DefaultOwner>,
-    default_span: Option<std::ops::Range<usize>>,
+    default: Option<Spanned<DefaultOwner>>,
     allow_unbound: Option<bool>,
-}
-
-impl<'de> Deserialize<'de> for OwnerIn {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Raw {
-            default: Option<Spanned<DefaultOwner>>,
-            allow_unbound: Option<bool>,
-        }
-        let raw = Raw::deserialize(deserializer)?;
-        Ok(OwnerIn {
-            default_span: raw.default.as_ref().map(Spanned::span),
-            default: raw.default.map(Spanned::into_inner),
-            allow_unbound: raw.allow_unbound,
-        })
-    }
 }
 
 /// A size as bytes (`67108864`) or text (`"64M"`, `"1.5g"`).

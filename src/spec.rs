@@ -1,7 +1,7 @@
 //! The host-channel spec `<host path>:<container path>[:<mode>[:<size>]]` and its rules.
 //!
-//! Parsing is pure; the only I/O here is reading the system's limits ([`Limits::of_system`]) and
-//! checking that the host path is free ([`check_host_path_free`]).
+//! Parsing is pure (the bounds come in as [`Limits`], from the configuration); the only I/O here
+//! is checking that the host path is free ([`check_host_path_free`]).
 
 use std::fmt;
 use std::io;
@@ -82,27 +82,6 @@ pub struct Limits {
     pub min_size: u64,
     pub max_size: u64,
     pub default_size: u64,
-}
-
-impl Limits {
-    /// One page minimum, half of physical memory maximum, 64 MiB by default.
-    pub fn of_system() -> Result<Limits> {
-        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(4096);
-        let meminfo = std::fs::read_to_string("/proc/meminfo")
-            .map_err(|e| Error::io("cannot read /proc/meminfo to find the maximum size", e))?;
-        let mem_total = mem_total_bytes(&meminfo).ok_or_else(|| {
-            Error::Runtime("cannot find MemTotal in /proc/meminfo to find the maximum size".into())
-        })?;
-        Ok(Limits {
-            min_size: page_size,
-            max_size: mem_total / 2,
-            default_size: DEFAULT_SIZE,
-        })
-    }
 }
 
 /// `MemTotal` from the text of /proc/meminfo, in bytes.

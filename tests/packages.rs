@@ -270,6 +270,14 @@ fn rpm_has_the_expected_files_and_scriptlets() {
     }
     let config = run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(rpm));
     assert_eq!(config, "/etc/hostchan/config.toml\n");
+    // %config(noreplace): rpm's file flags c (config) and n (noreplace).
+    let flags = run(Command::new("rpm")
+        .args(["-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\\n]"])
+        .arg(rpm));
+    assert!(
+        flags.lines().any(|l| l == "cn /etc/hostchan/config.toml"),
+        "{flags}"
+    );
     let preset = Path::new(common::repo()).join("packaging/rpm/80-hostchan.preset");
     assert!(std::fs::read_to_string(preset)
         .unwrap()

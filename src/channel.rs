@@ -1,19 +1,20 @@
 //! The lifecycle of a channel: create, delete, list, status and the cleanup after unmount,
 //! composed from the spec, the units, the systemd client and the record store.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::hostfs;
 use crate::inject::{self, AttachPoint};
+use crate::owner::{self, MemoryChange, Owner};
 use crate::record::{Record, Store};
 use crate::spec::{self, ChannelSpec};
-use crate::systemd::{JobOutcome, Systemd, UnitStatus};
+use crate::systemd::{Systemd, UnitStatus};
 use crate::unit_name;
-use crate::units::{self, ChannelRequest, ChannelUnits, Owner};
+use crate::units::{self, ChannelRequest, ChannelUnits};
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -34,15 +35,6 @@ pub struct AttachTo {
     pub pid: i32,
     /// The container's future root, inside its mount namespace, before it pivots into it.
     pub rootfs: Option<PathBuf>,
-}
-
-/// A memory limit hostchan raised so that the container's writes into the channel fit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MemoryChange {
-    pub unit: String,
-    pub property: &'static str,
-    pub from: u64,
-    pub to: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,16 +110,15 @@ pub struct Channels {
     hostchan_binary: PathBuf,
 }
 
-impl Default for Channels {
-    fn default() -> Self {
+impl Channels {
+    /// `hostchan_binary` is what the cleanup units run later.
+    pub fn new(hostchan_binary: PathBuf) -> Channels {
         Channels {
             store: Store::default(),
-            hostchan_binary: units::current_binary(),
+            hostchan_binary,
         }
     }
-}
 
-impl Channels {
     pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
         config.check_host_path(&spec.host_path)?;
@@ -148,7 +139,7 @@ impl Channels {
         if let Some(record) = self.store.load(&units.mount.name)? {
             return Err(record.already_a_channel());
         }
-        let new_dirs_from = spec::check_host_path_free(&spec.host_path)?;
+        let new_dirs_from = hostfs::check_free(&spec.host_path)?;
         let new_dirs_from = self.shared_new_dirs(&spec.host_path, new_dirs_from)?;
         if options.dry_run {
             return Ok(Created::DryRun(units));
@@ -165,7 +156,7 @@ impl Channels {
         }
         let systemd = Systemd::connect()?;
         if let Owner::Unit(owner) = &options.owner {
-            check_owner_active(&systemd, owner)?;
+            owner::check_owner_active(&systemd, owner)?;
         }
         // Held until the channel is up, so that a concurrent `gc` does not take it for a
         // leftover.
@@ -187,7 +178,7 @@ impl Channels {
             Ok(outcome) if outcome.succeeded() => {}
             Ok(outcome) => {
                 self.roll_back(&systemd, &record);
-                return Err(job_failed("start", &outcome, &options.owner));
+                return Err(outcome.error("start", options.owner.unit()));
             }
             Err(Error::AlreadyExists(detail)) => {
                 // Someone else's unit has this name: leave it alone, take back only our record.
@@ -281,7 +272,7 @@ impl Channels {
         }
         match &options.owner {
             Owner::Unit(owner) => {
-                memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)
+                owner::memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)
             }
             Owner::Unbound => Ok(None),
         }
@@ -311,7 +302,7 @@ impl Channels {
         let systemd = Systemd::connect()?;
         if let Some(outcome) = systemd.stop(&record.unit)? {
             if !outcome.succeeded() {
-                return Err(job_failed("stop", &outcome, &Owner::Unbound));
+                return Err(outcome.error("stop", None));
             }
         }
         // The cleanup unit stops after the mount in the same transaction; waiting for it means
@@ -390,23 +381,8 @@ impl Channels {
     /// made for it (only while empty), then the record.
     fn remove_leftovers(&self, record: &Record) -> Result<Cleanup> {
         let host_path = &record.host_path;
-        // Looked up first: rmdir reports EROFS rather than ENOENT on a read-only file system.
-        let exists = std::fs::symlink_metadata(host_path).is_ok();
-        let removed_directory = match exists.then(|| std::fs::remove_dir(host_path)) {
-            None => false,
-            Some(Ok(())) => true,
-            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => false,
-            Some(Err(e)) => {
-                return Err(Error::io(
-                    format!(
-                        "cannot remove channel directory {} (kept it and its record)",
-                        host_path.display()
-                    ),
-                    e,
-                ))
-            }
-        };
-        remove_new_parents(host_path, &record.new_dirs_from);
+        let removed_directory = hostfs::remove_channel_dir(host_path)?;
+        hostfs::remove_new_parents(host_path, &record.new_dirs_from);
         self.store.remove(&record.unit)?;
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit,
@@ -426,7 +402,7 @@ impl Channels {
         let _exclusive = self.store.lock(true)?;
         let mut leftovers = Vec::new();
         for record in self.store.all()? {
-            if is_mount_point(&record.host_path)? {
+            if hostfs::is_mount_point(&record.host_path)? {
                 continue;
             }
             let outcome = if dry_run {
@@ -469,7 +445,7 @@ impl Channels {
             _ => ("gone".to_owned(), String::new()),
         };
         let used = if state == "active" {
-            used_bytes(&record.host_path)
+            hostfs::used_bytes(&record.host_path)
         } else {
             None
         };
@@ -518,135 +494,6 @@ pub enum LeftoverOutcome {
     Kept { reason: String },
 }
 
-/// Whether `path` is the root of a mount; a missing path is not.
-fn is_mount_point(path: &Path) -> Result<bool> {
-    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
-    match statx(
-        CWD,
-        path,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
-    ) {
-        Ok(stat)
-            if stat
-                .stx_attributes_mask
-                .contains(StatxAttributes::MOUNT_ROOT) =>
-        {
-            Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-        }
-        // Kernels before 5.8 do not say; a different device than the parent's is a mount.
-        Ok(stat) => {
-            use std::os::unix::fs::MetadataExt;
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            let parent_dev = std::fs::symlink_metadata(parent)
-                .map_err(|e| Error::io(format!("cannot look at {}", parent.display()), e))?
-                .dev();
-            Ok(
-                nix::sys::stat::makedev(stat.stx_dev_major.into(), stat.stx_dev_minor.into())
-                    != parent_dev,
-            )
-        }
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(false),
-        Err(e) => Err(Error::io(format!("cannot look at {}", path.display()), e)),
-    }
-}
-
-/// Removes the parents of `host_path` up to `new_dirs_from` while they are empty; a parent
-/// that another channel or anyone else uses stays.
-fn remove_new_parents(host_path: &Path, new_dirs_from: &Path) {
-    if !host_path.starts_with(new_dirs_from) {
-        return;
-    }
-    for parent in host_path.ancestors().skip(1) {
-        if !parent.starts_with(new_dirs_from) || std::fs::remove_dir(parent).is_err() {
-            break;
-        }
-    }
-}
-
-fn used_bytes(path: &Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    let blocks = stat.blocks().saturating_sub(stat.blocks_free());
-    Some(blocks * stat.fragment_size())
-}
-
-/// The container's own writes into the channel count against its memory limit (tmpfs pages
-/// are charged to the writer): raise the limit by the channel's size when asked, and warn when
-/// the limit leaves no room for a full channel.
-fn memory_headroom(
-    systemd: &Systemd,
-    owner: &str,
-    size: u64,
-    grow: bool,
-) -> Result<Option<MemoryChange>> {
-    let memory = match systemd.memory(owner) {
-        Ok(memory) => memory,
-        Err(e) if grow => return Err(e),
-        Err(_) => return Ok(None),
-    };
-    let (property, limit) = match (memory.max, memory.limit) {
-        (max, _) if max != u64::MAX => ("MemoryMax", max),
-        (_, limit) if limit != u64::MAX => ("MemoryLimit", limit),
-        _ => return Ok(None),
-    };
-    if grow {
-        let raised = limit.saturating_add(size);
-        systemd.set_memory_limit(owner, property, raised)?;
-        tracing::info!("raised {property} of {owner} from {limit} to {raised} bytes");
-        return Ok(Some(MemoryChange {
-            unit: owner.to_owned(),
-            property,
-            from: limit,
-            to: raised,
-        }));
-    }
-    let current = if memory.current == u64::MAX {
-        0
-    } else {
-        memory.current
-    };
-    if limit < current.saturating_add(size) {
-        tracing::warn!(
-            "{owner} can be OOM-killed by writing into this channel: its {property} is {limit} bytes, below its usage ({current}) plus the channel's size ({size}); use --grow-memory-limit or raise it"
-        );
-    }
-    Ok(None)
-}
-
-/// The scope a container's process lives in, for `create --pid`.
-pub fn owner_of_pid(pid: i32) -> Result<Option<String>> {
-    // PID 1's own scope is no container's.
-    Ok(inject::scope_of_pid(pid)?.filter(|scope| scope != "init.scope"))
-}
-
-fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
-    let states = systemd.unit_states(&[owner])?;
-    match states.get(owner) {
-        Some(status) if status.exists() && status.active_state == "active" => Ok(()),
-        Some(status) if status.exists() => Err(Error::Owner(format!(
-            "owner unit {owner} is {} ({}); a channel can only be bound to a running unit",
-            status.active_state, status.sub_state
-        ))),
-        _ => Err(Error::Owner(format!(
-            "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
-        ))),
-    }
-}
-
-fn job_failed(verb: &str, outcome: &JobOutcome, owner: &Owner) -> Error {
-    let why = match (outcome.result.as_str(), owner) {
-        ("dependency", Owner::Unit(unit)) => {
-            format!(", because its owner {unit} stopped or failed")
-        }
-        ("timeout", _) => ", because it timed out".to_owned(),
-        _ => String::new(),
-    };
-    Error::Systemd(format!(
-        "systemd could not {verb} {} (job result: {}){why}; see: journalctl -u {}",
-        outcome.unit, outcome.result, outcome.unit
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -667,18 +514,5 @@ mod tests {
         assert!(Target::parse("run-chan-c1.service").is_err());
         assert!(Target::parse("relative/x.mount").is_err());
         assert!(Target::parse("/a/../b").is_err());
-    }
-
-    #[test]
-    fn job_failures_explain_and_point_at_the_journal() {
-        let outcome = JobOutcome {
-            unit: "run-x.mount".into(),
-            result: "dependency".into(),
-        };
-        let message = job_failed("start", &outcome, &Owner::Unit("c.scope".into())).to_string();
-        assert_eq!(
-            message,
-            "systemd could not start run-x.mount (job result: dependency), because its owner c.scope stopped or failed; see: journalctl -u run-x.mount"
-        );
     }
 }

@@ -97,6 +97,18 @@ pub enum DefaultOwner {
     Unbound,
 }
 
+/// `MemTotal` from the text of /proc/meminfo, in bytes.
+pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let value: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => value.checked_mul(1024),
+        None => Some(value),
+        Some(_) => None,
+    }
+}
+
 /// What the machine contributes to the effective configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Machine {
@@ -113,7 +125,7 @@ impl Machine {
             .unwrap_or(4096);
         let meminfo = std::fs::read_to_string("/proc/meminfo")
             .map_err(|e| Error::io("cannot read /proc/meminfo to find the maximum size", e))?;
-        let mem_total = spec::mem_total_bytes(&meminfo).ok_or_else(|| {
+        let mem_total = mem_total_bytes(&meminfo).ok_or_else(|| {
             Error::Runtime("cannot find MemTotal in /proc/meminfo to find the maximum size".into())
         })?;
         Ok(Machine {
@@ -545,6 +557,15 @@ mod tests {
             }
             Ok(config) => panic!("{text:?} was accepted: {config:?}"),
         }
+    }
+
+    #[test]
+    fn meminfo() {
+        assert_eq!(
+            mem_total_bytes("MemTotal:       24684084 kB\nMemFree: 1 kB\n"),
+            Some(24_684_084 * 1024)
+        );
+        assert_eq!(mem_total_bytes("MemFree: 1 kB\n"), None);
     }
 
     #[test]

@@ -187,58 +187,9 @@ fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// The systemd scope a process lives in, from /proc/<pid>/cgroup: the `name=systemd` line on
-/// cgroup v1 and hybrid hosts, the `0::` line on v2; the innermost `.scope` on the path.
-pub fn scope_of_pid(pid: i32) -> Result<Option<String>> {
-    let path = format!("/proc/{pid}/cgroup");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::Owner(format!(
-            "cannot read {path} to find the scope of pid {pid}: {e}"
-        ))
-    })?;
-    Ok(scope_in_cgroup_file(&text))
-}
-
-pub fn scope_in_cgroup_file(text: &str) -> Option<String> {
-    let cgroup_path = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .map(str::to_owned)
-    };
-    let path = text
-        .lines()
-        .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p.to_owned()))
-        .or_else(|| cgroup_path("0::"))?;
-    path.rsplit('/')
-        .find(|component| component.ends_with(".scope"))
-        .map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scopes_from_cgroup_files() {
-        let hybrid = "12:memory:/system.slice/runc-ctr1.scope\n1:name=systemd:/system.slice/runc-ctr1.scope\n0::/system.slice/runc-ctr1.scope\n";
-        assert_eq!(
-            scope_in_cgroup_file(hybrid).as_deref(),
-            Some("runc-ctr1.scope")
-        );
-        let v2 = "0::/machine.slice/libpod-4f2a.scope/container\n";
-        assert_eq!(
-            scope_in_cgroup_file(v2).as_deref(),
-            Some("libpod-4f2a.scope")
-        );
-        let service = "0::/system.slice/sshd.service\n";
-        assert_eq!(scope_in_cgroup_file(service), None);
-        let v1_named_first = "1:name=systemd:/user.slice/user-0.slice/session-3.scope\n0::/\n";
-        assert_eq!(
-            scope_in_cgroup_file(v1_named_first).as_deref(),
-            Some("session-3.scope")
-        );
-        assert_eq!(scope_in_cgroup_file(""), None);
-    }
 
     #[test]
     fn paths_relative_to_root() {

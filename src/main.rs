@@ -5,13 +5,13 @@ use clap::Parser;
 
 use std::io::Read;
 
-use hostchan::channel::{owner_of_pid, AttachTo, Channels, CreateOptions, Target};
+use hostchan::channel::{AttachTo, Channels, CreateOptions, Target};
 use hostchan::cli::{Cli, Command, ConfigCommand, OutputFormat};
-use hostchan::config::{self, Config, DefaultOwner};
+use hostchan::config::{self, Config};
 use hostchan::error::{Error, Result, EXIT_USAGE};
 use hostchan::oci;
 use hostchan::output::{error_json, Report};
-use hostchan::units::Owner;
+use hostchan::owner::{self, NoScope, OwnerRequest};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -60,30 +60,17 @@ impl ConfigSource {
 }
 
 fn run(command: Command, config: &ConfigSource) -> Result<Report> {
-    let channels = Channels::default();
+    let channels = Channels::new(current_binary());
     match command {
         Command::Create(args) => {
             let config = config.load()?;
-            let owner = match (&args.scope, args.unbound, args.pid) {
-                (Some(unit), _, _) => Owner::Unit(hostchan::units::validate_owner_unit(unit)?),
-                (None, true, _) => Owner::Unbound,
-                (None, false, Some(pid)) => match owner_of_pid(pid)? {
-                    Some(scope) => Owner::Unit(scope),
-                    None => {
-                        return Err(Error::Owner(format!(
-                            "pid {pid} is not in a systemd scope; pass --unbound for a channel that lives until hostchan delete"
-                        )))
-                    }
-                },
-                (None, false, None) => match config.owner.default {
-                    DefaultOwner::Unbound => Owner::Unbound,
-                    DefaultOwner::Require => {
-                        return Err(Error::Usage(
-                            "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)".into(),
-                        ))
-                    }
-                },
+            let request = match (&args.scope, args.unbound, args.pid) {
+                (Some(unit), _, _) => OwnerRequest::Unit(unit.clone()),
+                (None, true, _) => OwnerRequest::Unbound,
+                (None, false, Some(pid)) => OwnerRequest::Pid(pid),
+                (None, false, None) => OwnerRequest::Default,
             };
+            let owner = owner::resolve(&request, &config, NoScope::Refuse)?;
             let container = args
                 .container
                 .map(|id| hostchan::units::validate_container_id(&id))
@@ -193,4 +180,9 @@ fn emit(text: &str) {
     let _ = stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush());
+}
+
+/// Where the hostchan binary that creates a channel lives, for the cleanup unit to run later.
+fn current_binary() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hostchan"))
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::units::Owner;
+use crate::owner::{self, NoScope, OwnerRequest};
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
 pub const ANNOTATION: &str = "io.hostchan.channel";
@@ -133,10 +133,7 @@ fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<Hoo
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
     // Engines on the cgroupfs driver have no scope: their channels live until poststop.
-    let owner = match crate::channel::owner_of_pid(pid)? {
-        Some(scope) => Owner::Unit(scope),
-        None => Owner::Unbound,
-    };
+    let owner = owner::resolve(&OwnerRequest::Pid(pid), config, NoScope::Unbound)?;
     for (annotation, spec) in specs {
         let created = channels.create(
             config,

@@ -1,10 +1,9 @@
 //! The host-channel spec `<host path>:<container path>[:<mode>[:<size>]]` and its rules.
 //!
-//! Parsing is pure (the bounds come in as [`Limits`], from the configuration); the only I/O here
-//! is checking that the host path is free ([`check_host_path_free`]).
+//! Pure: the bounds come in as [`Limits`], from the configuration; the disk is never looked at
+//! here (that is [`crate::hostfs`]).
 
 use std::fmt;
-use std::io;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,18 +81,6 @@ pub struct Limits {
     pub min_size: u64,
     pub max_size: u64,
     pub default_size: u64,
-}
-
-/// `MemTotal` from the text of /proc/meminfo, in bytes.
-pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut words = line["MemTotal:".len()..].split_whitespace();
-    let value: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") => value.checked_mul(KIB),
-        None => Some(value),
-        Some(_) => None,
-    }
 }
 
 impl ChannelSpec {
@@ -307,79 +294,6 @@ fn parse_container_path(text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Checks on disk that the host path is free: nothing exists there (not even a dangling
-/// symlink), no existing ancestor is a symlink, and every existing ancestor is a directory.
-/// Returns the highest directory that mounting will create (the path itself when its parent
-/// exists): cleanup removes the empty directories up to it and no further.
-pub fn check_host_path_free(path: &Path) -> Result<PathBuf> {
-    let shown = path.display().to_string();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            let kind = if meta.file_type().is_symlink() {
-                "a symlink"
-            } else if meta.is_dir() {
-                "a directory"
-            } else {
-                "a file"
-            };
-            return Err(Error::invalid(
-                "host path",
-                shown,
-                format!("already exists ({kind}); a channel needs a path that does not exist yet"),
-            ));
-        }
-        // ENOTDIR: an ancestor is a file; the walk below names it.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) => {}
-        Err(e) => {
-            return Err(Error::invalid(
-                "host path",
-                shown,
-                format!("cannot be checked: {e}"),
-            ))
-        }
-    }
-    let mut highest_new = path.to_path_buf();
-    for ancestor in path.ancestors().skip(1) {
-        match std::fs::symlink_metadata(ancestor) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!(
-                        "has a symlink as ancestor ({}); give the resolved path",
-                        ancestor.display()
-                    ),
-                ))
-            }
-            Ok(meta) if !meta.is_dir() => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!(
-                        "has an ancestor that is not a directory ({})",
-                        ancestor.display()
-                    ),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => highest_new = ancestor.to_path_buf(),
-            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
-            Err(e) => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!("cannot check its ancestor {}: {e}", ancestor.display()),
-                ))
-            }
-        }
-    }
-    Ok(highest_new)
-}
-
 /// A size as a person reads it: the largest binary unit that divides it exactly.
 pub fn format_size(bytes: u64) -> String {
     for (unit, name) in [(TIB, "T"), (GIB, "G"), (MIB, "M"), (KIB, "K")] {
@@ -564,63 +478,10 @@ mod tests {
     }
 
     #[test]
-    fn meminfo() {
-        assert_eq!(
-            mem_total_bytes("MemTotal:       24684084 kB\nMemFree: 1 kB\n"),
-            Some(24_684_084 * 1024)
-        );
-        assert_eq!(mem_total_bytes("MemFree: 1 kB\n"), None);
-    }
-
-    #[test]
     fn human_sizes() {
         assert_eq!(format_size(64 * MIB), "64M");
         assert_eq!(format_size(GIB + GIB / 2), "1536M");
         assert_eq!(format_size(4096), "4K");
         assert_eq!(format_size(1000), "1000B");
-    }
-
-    #[test]
-    fn host_path_on_disk() {
-        let dir = std::env::temp_dir().join(format!("hostchan-spec-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cleanup = Cleanup(dir.clone());
-        assert_eq!(
-            check_host_path_free(&dir.join("free")).unwrap(),
-            dir.join("free")
-        );
-        assert_eq!(
-            check_host_path_free(&dir.join("free/deeper/still")).unwrap(),
-            dir.join("free")
-        );
-        let err = check_host_path_free(&dir).unwrap_err().to_string();
-        assert!(err.contains("already exists (a directory)"), "{err}");
-        std::fs::write(dir.join("file"), "").unwrap();
-        let err = check_host_path_free(&dir.join("file"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("already exists (a file)"), "{err}");
-        let err = check_host_path_free(&dir.join("file/x"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a directory"), "{err}");
-        std::os::unix::fs::symlink("/nonexistent-target", dir.join("dangling")).unwrap();
-        let err = check_host_path_free(&dir.join("dangling"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("already exists (a symlink)"), "{err}");
-        std::os::unix::fs::symlink(&dir, dir.join("link")).unwrap();
-        let err = check_host_path_free(&dir.join("link/x"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("has a symlink as ancestor"), "{err}");
-        drop(cleanup);
-    }
-
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 }

@@ -82,6 +82,21 @@ impl JobOutcome {
     pub fn succeeded(&self) -> bool {
         self.result == "done"
     }
+
+    /// The error for a job that did not succeed, explaining systemd's result word.
+    pub fn error(&self, verb: &str, owner: Option<&str>) -> Error {
+        let why = match (self.result.as_str(), owner) {
+            ("dependency", Some(unit)) => {
+                format!(", because its owner {unit} stopped or failed")
+            }
+            ("timeout", _) => ", because it timed out".to_owned(),
+            _ => String::new(),
+        };
+        Error::Systemd(format!(
+            "systemd could not {verb} {} (job result: {}){why}; see: journalctl -u {}",
+            self.unit, self.result, self.unit
+        ))
+    }
 }
 
 pub struct Systemd {
@@ -276,4 +291,22 @@ fn dbus_error(err: zbus::Error) -> Error {
         };
     }
     Error::Systemd(format!("D-Bus error talking to systemd: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_failures_explain_and_point_at_the_journal() {
+        let outcome = JobOutcome {
+            unit: "run-x.mount".into(),
+            result: "dependency".into(),
+        };
+        let message = outcome.error("start", Some("c.scope")).to_string();
+        assert_eq!(
+            message,
+            "systemd could not start run-x.mount (job result: dependency), because its owner c.scope stopped or failed; see: journalctl -u run-x.mount"
+        );
+    }
 }

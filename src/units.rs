@@ -1,42 +1,15 @@
 //! What a channel is in systemd's terms: the transient units to start and their properties.
 //! Pure: this is what `create --dry-run` prints and what the systemd client sends.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use crate::config::Tmpfs;
 use crate::error::{Error, Result as HcResult};
+use crate::owner::Owner;
 use crate::spec::{format_size, ChannelSpec};
 use crate::unit_name;
-
-/// Who a channel lives with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind", content = "unit")]
-pub enum Owner {
-    /// Bound to a unit (normally the container's `.scope`): it goes when the unit stops.
-    Unit(String),
-    /// Lives until `hostchan delete`.
-    Unbound,
-}
-
-impl Owner {
-    pub fn unit(&self) -> Option<&str> {
-        match self {
-            Owner::Unit(unit) => Some(unit),
-            Owner::Unbound => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Owner::Unit(unit) => f.write_str(unit),
-            Owner::Unbound => f.write_str("unbound"),
-        }
-    }
-}
 
 /// A property value in the D-Bus types systemd expects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -220,24 +193,6 @@ impl TransientUnit {
     }
 }
 
-/// Checks a unit name given as owner: systemd's characters and a type suffix (`x.scope`).
-pub fn validate_owner_unit(name: &str) -> HcResult<String> {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
-    let has_type = name
-        .rsplit_once('.')
-        .is_some_and(|(stem, suffix)| !stem.is_empty() && !suffix.is_empty());
-    if name.len() >= 256 || !valid_chars || !has_type {
-        return Err(Error::invalid(
-            "scope",
-            name,
-            "is not a unit name; give the container's unit, e.g. libpod-<id>.scope",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 /// Checks a container id: printable, no spaces, at most 255 bytes.
 pub fn validate_container_id(id: &str) -> HcResult<String> {
     if id.is_empty() || id.len() > 255 || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -248,11 +203,6 @@ pub fn validate_container_id(id: &str) -> HcResult<String> {
         ));
     }
     Ok(id.to_owned())
-}
-
-/// Where the hostchan binary that creates a channel lives, for the cleanup unit to run later.
-pub fn current_binary() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hostchan"))
 }
 
 #[cfg(test)]
@@ -345,13 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn owner_and_container_checks() {
-        assert!(validate_owner_unit("libpod-4f2a.scope").is_ok());
-        assert!(validate_owner_unit("runc-c\\x2d1.scope").is_ok());
-        for bad in ["", "ctr1", ".scope", "a b.scope", "a/b.scope", "x.scope\n"] {
-            let err = validate_owner_unit(bad).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{bad:?}");
-        }
+    fn container_checks() {
         assert!(validate_container_id("4f2a-my_ctr.1").is_ok());
         assert!(validate_container_id("a b").is_err());
         assert!(validate_container_id("").is_err());

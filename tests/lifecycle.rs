@@ -77,11 +77,7 @@ fn create_bound_to_a_live_scope() {
         ),
         "{status:#?}"
     );
-    let journal = sb.run(&["journalctl", "--no-pager", "-u", "run-chan-c1.mount"]);
-    assert!(
-        journal.stdout.contains("created channel /run/chan/c1"),
-        "{journal:#?}"
-    );
+    sb.journal_with("run-chan-c1.mount", &["created channel /run/chan/c1"]);
 
     // The record.
     let record =

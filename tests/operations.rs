@@ -140,25 +140,12 @@ fn gc_at_boot_removes_leftovers_of_a_crash_and_nothing_else() {
     assert_eq!(kept.len(), 1, "{kept:?}");
     let record = fs::read_to_string(state.path("channels").join(&kept[0])).unwrap();
     assert!(record.contains(&format!("host_path = \"{c}\"")), "{record}");
-    let journal = sb
-        .run(&[
-            "journalctl",
-            "--no-pager",
-            "-o",
-            "cat",
-            "-u",
-            "hostchan-gc.service",
-        ])
-        .stdout;
-    assert!(
-        journal.contains(&format!(
-            "Removed leftover channel {b}: directory and record"
-        )),
-        "{journal}"
-    );
-    assert!(
-        journal.contains(&format!("Kept {c}: cannot remove channel directory")),
-        "{journal}"
+    sb.journal_with(
+        "hostchan-gc.service",
+        &[
+            &format!("Removed leftover channel {b}: directory and record"),
+            &format!("Kept {c}: cannot remove channel directory"),
+        ],
     );
 
     // A live channel is never a leftover; the kept one goes once it is empty.

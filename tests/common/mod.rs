@@ -293,6 +293,28 @@ impl Sandbox {
         (out.code == 0).then(|| out.stdout.trim().to_owned())
     }
 
+    /// The journal of `unit` (`-o cat`) once it holds every line in `needles`: journald takes
+    /// a moment to store what a process logged, more so on a loaded machine.
+    #[track_caller]
+    pub fn journal_with(&self, unit: &str, needles: &[&str]) -> String {
+        let read = || {
+            self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
+                .stdout
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = read();
+            if needles.iter().all(|needle| text.contains(needle)) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needles:?} in journalctl -u {unit}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[track_caller]
     pub fn wait_for(&self, condition: impl Fn() -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);

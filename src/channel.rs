@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::hostfs;
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
@@ -123,7 +123,7 @@ impl Channels {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
         config.check_host_path(&spec.host_path)?;
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
-            return Err(Error::Usage(format!(
+            return Err(Error::usage(format!(
                 "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
                 config.origin()
             )));
@@ -148,7 +148,7 @@ impl Channels {
         if let Some(attach) = &options.attach {
             let ns = format!("/proc/{}/ns/mnt", attach.pid);
             if std::fs::symlink_metadata(&ns).is_err() {
-                return Err(Error::Owner(format!(
+                return Err(Error::owner(format!(
                     "pid {} does not exist (no {ns}); give the pid of the container's init",
                     attach.pid
                 )));
@@ -180,11 +180,11 @@ impl Channels {
                 self.roll_back(&systemd, &record);
                 return Err(outcome.error("start", options.owner.unit()));
             }
-            Err(Error::AlreadyExists(detail)) => {
+            Err(e) if e.kind() == Kind::AlreadyExists => {
                 // Someone else's unit has this name: leave it alone, take back only our record.
                 let _ = self.store.remove(&record.unit);
-                return Err(Error::AlreadyExists(format!(
-                    "cannot create channel {}: {detail}; a unit of that name exists that hostchan did not make",
+                return Err(Error::already_exists(format!(
+                    "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
                     record.host_path.display()
                 )));
             }
@@ -223,6 +223,10 @@ impl Channels {
     fn shared_new_dirs(&self, host_path: &Path, new_dirs_from: PathBuf) -> Result<PathBuf> {
         let mut highest = new_dirs_from;
         for record in self.store.all()? {
+            // A racing create for the same path wrote its record since ours was looked for.
+            if host_path == record.host_path {
+                return Err(record.already_a_channel());
+            }
             if host_path.starts_with(&record.host_path) {
                 return Err(Error::invalid(
                     "host path",
@@ -332,7 +336,7 @@ impl Channels {
                 match self.delete(&Target::of_unit(&record.unit)) {
                     Ok(info) => deleted.push(info),
                     // Gone meanwhile: its owner stopped and systemd cleaned it up.
-                    Err(Error::NotFound(_)) => {}
+                    Err(e) if e.kind() == Kind::NotFound => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -369,7 +373,7 @@ impl Channels {
         let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
         let unit = unit_name::mount_unit_name(&host_path);
         let Some(record) = self.store.load(&unit)? else {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "no channel at {}: hostchan has no record of it; nothing was removed",
                 host_path.display()
             )));
@@ -432,7 +436,7 @@ impl Channels {
 
     fn load(&self, target: &Target) -> Result<Record> {
         self.store.load(&target.unit)?.ok_or_else(|| {
-            Error::NotFound(format!(
+            Error::not_found(format!(
                 "no channel at {}: hostchan has no record of {}; nothing was changed",
                 target.shown, target.unit
             ))

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::spec::{self, format_size, Limits, DEFAULT_SIZE};
 
 pub const DEFAULT_PATH: &str = "/etc/hostchan/config.toml";
@@ -124,9 +124,11 @@ impl Machine {
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(4096);
         let meminfo = std::fs::read_to_string("/proc/meminfo")
-            .map_err(|e| Error::io("cannot read /proc/meminfo to find the maximum size", e))?;
+            .context("cannot read /proc/meminfo to find the maximum size")?;
         let mem_total = mem_total_bytes(&meminfo).ok_or_else(|| {
-            Error::Runtime("cannot find MemTotal in /proc/meminfo to find the maximum size".into())
+            Error::runtime(
+                "cannot find MemTotal in /proc/meminfo to find the maximum size".to_owned(),
+            )
         })?;
         Ok(Machine {
             mem_total,
@@ -167,7 +169,7 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named_by_caller => {
                 Ok(Config::builtin(&machine))
             }
-            Err(e) => Err(Error::Config(format!(
+            Err(e) => Err(Error::config(format!(
                 "cannot read configuration file {}: {e}; give an existing file to --config",
                 path.display()
             ))),
@@ -472,7 +474,7 @@ struct Location<'a> {
 
 impl Location<'_> {
     fn error(&self, value: &str, reason: impl fmt::Display) -> Error {
-        Error::Config(format!(
+        Error::config(format!(
             "{}:{}: {} {:?} {reason}",
             self.origin.display(),
             self.line,
@@ -484,10 +486,7 @@ impl Location<'_> {
 
 /// `invalid size "x": reason` from the spec parser, as just the reason.
 fn strip_invalid_prefix(err: &Error) -> String {
-    match err {
-        Error::Invalid { reason, .. } => reason.clone(),
-        other => other.to_string(),
-    }
+    err.reason()
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -498,7 +497,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 fn syntax_error(err: &toml::de::Error, text: &str, origin: &Path) -> Error {
     let message = err.message().trim().replace('\n', " ");
     let Some(span) = err.span() else {
-        return Error::Config(format!("{}: {message}", origin.display()));
+        return Error::config(format!("{}: {message}", origin.display()));
     };
     let line = line_of(text, span.start);
     let key = key_at(text, span.start);
@@ -506,7 +505,7 @@ fn syntax_error(err: &toml::de::Error, text: &str, origin: &Path) -> Error {
         Some(key) => format!("{key}: "),
         None => String::new(),
     };
-    Error::Config(format!(
+    Error::config(format!(
         "{}:{line}: {key}{message}; the keys are described in hostchan-config(8)",
         origin.display()
     ))

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 
 /// Checks on disk that the host path is free: nothing exists there (not even a dangling
 /// symlink), no existing ancestor is a symlink, and every existing ancestor is a directory.
@@ -100,7 +100,7 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
             use std::os::unix::fs::MetadataExt;
             let parent = path.parent().unwrap_or(Path::new("/"));
             let parent_dev = std::fs::symlink_metadata(parent)
-                .map_err(|e| Error::io(format!("cannot look at {}", parent.display()), e))?
+                .with_context(|| format!("cannot look at {}", parent.display()))?
                 .dev();
             Ok(
                 nix::sys::stat::makedev(stat.stx_dev_major.into(), stat.stx_dev_minor.into())

@@ -12,7 +12,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags, CWD};
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::spec::Access;
 
 /// Where in which container a channel goes.
@@ -29,47 +29,49 @@ pub struct AttachPoint<'a> {
 }
 
 pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
-    let shown = point.container_path.display();
-    let fail = |what: &str, e: io::Error| {
-        Error::Runtime(format!(
-            "cannot attach channel {} at {shown} in the container of pid {}: {what}: {e}",
+    attach_clone(host_path, point).with_context(|| {
+        format!(
+            "cannot attach channel {} at {} in the container of pid {}",
             host_path.display(),
+            point.container_path.display(),
             point.pid
-        ))
-    };
+        )
+    })
+}
+
+fn attach_clone(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
     let tree = open_tree(
         CWD,
         host_path,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
-    .map_err(|e| fail("cloning the host mount", e.into()))?;
+    .context("cloning the host mount")?;
     if point.access == Access::Ro {
-        set_read_only(&tree).map_err(|e| fail("making the clone read-only", e))?;
+        set_read_only(&tree).context("making the clone read-only")?;
     }
     // Both are opened before entering the namespace: afterwards /proc is the container's view.
-    let proc_root =
-        File::open(format!("/proc/{}/root", point.pid)).map_err(|e| fail("opening its root", e))?;
-    let mount_ns = File::open(format!("/proc/{}/ns/mnt", point.pid))
-        .map_err(|e| fail("opening its mount namespace", e))?;
+    let proc_root = File::open(format!("/proc/{}/root", point.pid)).context("opening its root")?;
+    let mount_ns =
+        File::open(format!("/proc/{}/ns/mnt", point.pid)).context("opening its mount namespace")?;
 
     let rootfs = point.rootfs.map(relative_to_root);
     let container_path = relative_to_root(point.container_path);
     let outcome = std::thread::scope(|scope| {
         scope
-            .spawn(|| -> std::result::Result<(), (&'static str, io::Error)> {
+            .spawn(|| -> Result<()> {
                 // setns(CLONE_NEWNS) refuses a thread that shares its fs_struct; this thread
                 // stops sharing it, and ends with the namespace it entered.
-                unshare(CloneFlags::CLONE_FS).map_err(|e| ("leaving the shared fs", e.into()))?;
+                unshare(CloneFlags::CLONE_FS).context("leaving the shared fs")?;
                 setns(mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
-                    .map_err(|e| ("entering its mount namespace", e.into()))?;
+                    .context("entering its mount namespace")?;
                 let root = match &rootfs {
                     Some(rootfs) => open_in_root(proc_root.as_fd(), rootfs)
-                        .map_err(|e| ("opening the container's rootfs", e))?,
+                        .context("opening the container's rootfs")?,
                     None => open_in_root(proc_root.as_fd(), Path::new(""))
-                        .map_err(|e| ("opening the container's root", e))?,
+                        .context("opening the container's root")?,
                 };
                 let target = open_or_create_dirs(&root, &container_path)
-                    .map_err(|e| ("resolving the container path", e))?;
+                    .context("resolving the container path")?;
                 move_mount(
                     tree.as_fd(),
                     "",
@@ -78,18 +80,11 @@ pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
                     MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
                         | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
                 )
-                .map_err(|e| ("mounting", e.into()))
+                .context("mounting")
             })
             .join()
     });
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err((what, e))) => Err(fail(what, e)),
-        Err(_) => Err(fail(
-            "the attaching thread panicked",
-            io::Error::other("panic"),
-        )),
-    }
+    outcome.unwrap_or_else(|_| Err(Error::runtime("the attaching thread panicked")))
 }
 
 /// `/a/b` -> `a/b`: paths are resolved relative to a root directory file descriptor.

@@ -8,9 +8,9 @@ use std::io::Read;
 use hostchan::channel::{AttachTo, Channels, CreateOptions, Target};
 use hostchan::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use hostchan::config::{self, Config};
-use hostchan::error::{Error, Result, EXIT_USAGE};
+use hostchan::error::{Context, Error, Result, EXIT_USAGE};
 use hostchan::oci;
-use hostchan::output::{error_json, Report};
+use hostchan::output::Report;
 use hostchan::owner::{self, NoScope, OwnerRequest};
 
 fn main() -> ExitCode {
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         Err(err) => {
             tracing::debug!("failed: {err:?}");
             match cli.output {
-                OutputFormat::Json => emit(&format!("{}\n", error_json(&err.to_string()))),
+                OutputFormat::Json => emit(&format!("{}\n", err.json())),
                 OutputFormat::Text => eprintln!("hostchan: {err}"),
             }
             ExitCode::from(err.exit_code() as u8)
@@ -113,7 +113,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             let mut input = String::new();
             std::io::stdin()
                 .read_to_string(&mut input)
-                .map_err(|e| Error::io("cannot read the OCI state on stdin", e))?;
+                .context("cannot read the OCI state on stdin")?;
             let state = oci::State::parse(&input)?;
             let stage = state.stage(stage)?;
             oci::run_hook(&channels, &|| config.load(), &state, stage).map(Report::Hook)
@@ -147,8 +147,8 @@ fn usage_error(err: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if json_requested(std::env::args()) {
-        let message = Error::Usage(first_line(&err.to_string())).to_string();
-        emit(&format!("{}\n", error_json(&message)));
+        let error = Error::usage(first_line(&err.to_string()));
+        emit(&format!("{}\n", error.json()));
         return ExitCode::from(EXIT_USAGE as u8);
     }
     let _ = err.print();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::owner::{self, NoScope, OwnerRequest};
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
@@ -37,7 +37,7 @@ pub enum Stage {
 impl State {
     pub fn parse(text: &str) -> Result<State> {
         serde_json::from_str(text)
-            .map_err(|e| Error::Usage(format!("the OCI state on stdin is not valid: {e}")))
+            .map_err(|e| Error::usage("the OCI state on stdin is not valid").caused_by(e))
     }
 
     /// The stage a hook runs in, from the container's status when the caller did not say.
@@ -46,7 +46,7 @@ impl State {
             (Some(stage), _) => Ok(stage),
             (None, "creating" | "created") => Ok(Stage::CreateRuntime),
             (None, "stopped") => Ok(Stage::Poststop),
-            (None, status) => Err(Error::Usage(format!(
+            (None, status) => Err(Error::usage(format!(
                 "cannot tell the hook stage from container status {status:?}; pass --stage"
             ))),
         }
@@ -81,9 +81,10 @@ pub fn rootfs_of_bundle(bundle: &Path) -> Result<PathBuf> {
     }
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-    let config: Config = serde_json::from_str(&text)
-        .map_err(|e| Error::Runtime(format!("{} has no usable root.path: {e}", path.display())))?;
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let config: Config = serde_json::from_str(&text).map_err(|e| {
+        Error::runtime(format!("{} has no usable root.path", path.display())).caused_by(e)
+    })?;
     Ok(if config.root.path.is_absolute() {
         config.root.path
     } else {
@@ -121,7 +122,7 @@ pub fn run_hook(
 /// removed again and the failure is reported, naming the annotation.
 fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<HookOutcome> {
     let pid = state.pid.ok_or_else(|| {
-        Error::Usage(format!(
+        Error::usage(format!(
             "the OCI state of container {} has no pid; run the hook at createRuntime or prestart",
             state.id
         ))
@@ -161,7 +162,12 @@ fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<Hoo
                         );
                     }
                 }
-                return Err(prefix_error(e, &format!("{annotation}={spec}: ")));
+                // A broken configuration is not about this annotation.
+                return Err(if e.kind() == Kind::Config {
+                    e
+                } else {
+                    e.context(format!("annotation {annotation}"))
+                });
             }
         }
     }
@@ -173,28 +179,6 @@ fn outcome(state: &State, channels: Vec<ChannelInfo>) -> HookOutcome {
         stage: "createRuntime",
         container: state.id.clone(),
         channels,
-    }
-}
-
-fn prefix_error(err: Error, prefix: &str) -> Error {
-    match err {
-        Error::Invalid {
-            field,
-            value,
-            reason,
-        } => Error::invalid(
-            field,
-            value.0,
-            format!("{reason} (in {})", prefix.trim_end_matches(": ")),
-        ),
-        Error::Usage(m) => Error::Usage(format!("{prefix}{m}")),
-        Error::Owner(m) => Error::Owner(format!("{prefix}{m}")),
-        Error::AlreadyExists(m) => Error::AlreadyExists(format!("{prefix}{m}")),
-        Error::NotFound(m) => Error::NotFound(format!("{prefix}{m}")),
-        Error::Systemd(m) => Error::Systemd(format!("{prefix}{m}")),
-        Error::Runtime(m) => Error::Runtime(format!("{prefix}{m}")),
-        // A broken configuration is not about this annotation.
-        Error::Config(m) => Error::Config(m),
     }
 }
 

@@ -38,7 +38,11 @@ pub enum Report {
 
 impl Report {
     pub fn json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| error_json(&e.to_string()))
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| {
+            crate::error::Error::io("cannot show the result", e)
+                .json()
+                .to_string()
+        })
     }
 
     pub fn text(&self) -> String {
@@ -125,11 +129,6 @@ impl Report {
             ),
         }
     }
-}
-
-/// The JSON engines get on failure: `{"error": "..."}`.
-pub fn error_json(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
 }
 
 fn owner_text(info: &ChannelInfo) -> String {

@@ -64,14 +64,14 @@ pub fn resolve(request: &OwnerRequest, config: &Config, no_scope: NoScope) -> Re
         OwnerRequest::Pid(pid) => match (owner_of_pid(*pid)?, no_scope) {
             (Some(scope), _) => Ok(Owner::Unit(scope)),
             (None, NoScope::Unbound) => Ok(Owner::Unbound),
-            (None, NoScope::Refuse) => Err(Error::Owner(format!(
+            (None, NoScope::Refuse) => Err(Error::owner(format!(
                 "pid {pid} is not in a systemd scope; pass --unbound for a channel that lives until hostchan delete"
             ))),
         },
         OwnerRequest::Default => match config.owner.default {
             DefaultOwner::Unbound => Ok(Owner::Unbound),
-            DefaultOwner::Require => Err(Error::Usage(
-                "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)".into(),
+            DefaultOwner::Require => Err(Error::usage(
+                "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)",
             )),
         },
     }
@@ -106,7 +106,7 @@ pub fn owner_of_pid(pid: i32) -> Result<Option<String>> {
 pub fn scope_of_pid(pid: i32) -> Result<Option<String>> {
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::Owner(format!(
+        Error::owner(format!(
             "cannot read {path} to find the scope of pid {pid}: {e}"
         ))
     })?;
@@ -132,11 +132,11 @@ pub fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
     let states = systemd.unit_states(&[owner])?;
     match states.get(owner) {
         Some(status) if status.exists() && status.active_state == "active" => Ok(()),
-        Some(status) if status.exists() => Err(Error::Owner(format!(
+        Some(status) if status.exists() => Err(Error::owner(format!(
             "owner unit {owner} is {} ({}); a channel can only be bound to a running unit",
             status.active_state, status.sub_state
         ))),
-        _ => Err(Error::Owner(format!(
+        _ => Err(Error::owner(format!(
             "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
         ))),
     }

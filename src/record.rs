@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::spec::Access;
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
@@ -73,7 +73,7 @@ impl Record {
 impl Record {
     /// The error for a create at a path that already has a channel.
     pub fn already_a_channel(&self) -> Error {
-        Error::AlreadyExists(format!(
+        Error::already_exists(format!(
             "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
             self.host_path.display(),
             self.unit,
@@ -178,8 +178,7 @@ impl Store {
         };
         let mut records = Vec::new();
         for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io(format!("cannot read {}", self.dir.display()), e))?;
+            let entry = entry.with_context(|| format!("cannot read {}", self.dir.display()))?;
             let path = entry.path();
             if path.extension().is_none_or(|ext| ext != "toml") {
                 continue;
@@ -198,7 +197,7 @@ impl Store {
 /// The records are root's: say so rather than leave a bare EACCES.
 fn fs_error(context: String, err: io::Error) -> Error {
     if err.kind() == io::ErrorKind::PermissionDenied {
-        Error::Runtime(format!(
+        Error::runtime(format!(
             "{context}: permission denied; run hostchan as root"
         ))
     } else {
@@ -222,14 +221,14 @@ fn read_record(path: &Path) -> Result<Option<Record>> {
         Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
     };
     let record: Record = toml::from_str(&text).map_err(|e| {
-        Error::Runtime(format!(
+        Error::runtime(format!(
             "channel record {} is damaged: {}",
             path.display(),
             e.message()
         ))
     })?;
     if record.version != RECORD_VERSION {
-        return Err(Error::Runtime(format!(
+        return Err(Error::runtime(format!(
             "channel record {} has version {}, this hostchan reads version {RECORD_VERSION}",
             path.display(),
             record.version
@@ -265,7 +264,7 @@ mod tests {
         assert_eq!(store.path_of(&r.unit), dir.join("run-chan-c1.toml"));
         assert_eq!(store.load(&r.unit).unwrap(), Some(r.clone()));
         let err = store.create(&r).unwrap_err();
-        assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
+        assert_eq!(err.kind(), crate::error::Kind::AlreadyExists, "{err}");
         assert_eq!(store.all().unwrap(), vec![r.clone()]);
         assert!(store.remove(&r.unit).unwrap());
         assert!(!store.remove(&r.unit).unwrap());

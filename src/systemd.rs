@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use zbus::zvariant::{OwnedObjectPath, Type, Value};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::units::{PropertyValue, TransientUnit};
 
 #[zbus::proxy(
@@ -92,7 +92,7 @@ impl JobOutcome {
             ("timeout", _) => ", because it timed out".to_owned(),
             _ => String::new(),
         };
-        Error::Systemd(format!(
+        Error::systemd(format!(
             "systemd could not {verb} {} (job result: {}){why}; see: journalctl -u {}",
             self.unit, self.result, self.unit
         ))
@@ -113,11 +113,11 @@ impl Systemd {
             .map(|builder| builder.method_timeout(std::time::Duration::from_secs(25)))
             .and_then(|builder| builder.build())
             .map_err(|e| {
-                Error::Systemd(format!(
+                Error::systemd(format!(
                     "cannot connect to the system bus: {e}; is systemd running with D-Bus?"
                 ))
             })?;
-        let manager = ManagerProxy::new(&connection).map_err(dbus_error)?;
+        let manager = ManagerProxy::new(&connection)?;
         Ok(Systemd { manager })
     }
 
@@ -127,10 +127,7 @@ impl Systemd {
         if names.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = self
-            .manager
-            .list_units_by_names(names)
-            .map_err(dbus_error)?;
+        let rows = self.manager.list_units_by_names(names)?;
         Ok(rows
             .into_iter()
             .map(|row| (row.name.clone(), row))
@@ -144,22 +141,19 @@ impl Systemd {
             Some("service") => "org.freedesktop.systemd1.Service",
             Some("slice") => "org.freedesktop.systemd1.Slice",
             _ => {
-                return Err(Error::Usage(format!(
+                return Err(Error::usage(format!(
                 "{unit} has no memory limit to change: only scopes, services and slices have one"
             )))
             }
         };
-        let path = self.manager.get_unit(unit).map_err(dbus_error)?;
+        let path = self.manager.get_unit(unit)?;
         let properties =
             zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
                 .destination("org.freedesktop.systemd1")
                 .and_then(|b| b.path(path))
-                .and_then(|b| b.build())
-                .map_err(dbus_error)?;
+                .and_then(|b| b.build())?;
         let interface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
-        let all = properties
-            .get_all(interface)
-            .map_err(|e| dbus_error(e.into()))?;
+        let all = properties.get_all(interface).map_err(zbus::Error::from)?;
         let read = |name: &str| -> u64 {
             all.get(name)
                 .and_then(|v| u64::try_from(v).ok())
@@ -177,7 +171,7 @@ impl Systemd {
     pub fn set_memory_limit(&self, unit: &str, property: &'static str, bytes: u64) -> Result<()> {
         self.manager
             .set_unit_properties(unit, true, &[(property, Value::from(bytes))])
-            .map_err(dbus_error)
+            .map_err(Error::from)
     }
 
     /// Starts `main` with `aux` loaded beside it (pulled in by `main`'s dependencies), with job
@@ -205,7 +199,7 @@ impl Systemd {
     pub fn stop(&self, name: &str) -> Result<Option<JobOutcome>> {
         match self.run_job(|manager| manager.stop_unit(name, "replace")) {
             Ok(outcome) => Ok(Some(outcome)),
-            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) if e.kind() == Kind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -223,26 +217,24 @@ impl Systemd {
             .msg_type(zbus::message::Type::Signal)
             .path("/org/freedesktop/systemd1")
             .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
-            .and_then(|b| b.member("JobRemoved"))
-            .map_err(dbus_error)?
+            .and_then(|b| b.member("JobRemoved"))?
             .build();
         let removed = zbus::blocking::MessageIterator::for_match_rule(
             rule,
             self.manager.inner().connection(),
             None,
-        )
-        .map_err(dbus_error)?;
-        let job = call(&self.manager).map_err(dbus_error)?;
+        )?;
+        let job = call(&self.manager)?;
         for message in removed {
-            let message = message.map_err(dbus_error)?;
+            let message = message?;
             let (_id, removed_job, unit, result): (u32, OwnedObjectPath, String, String) =
-                message.body().deserialize().map_err(dbus_error)?;
+                message.body().deserialize()?;
             if removed_job == job {
                 return Ok(JobOutcome { unit, result });
             }
         }
-        Err(Error::Systemd(
-            "the connection to systemd closed while waiting for a job".into(),
+        Err(Error::systemd(
+            "the connection to systemd closed while waiting for a job",
         ))
     }
 }
@@ -276,21 +268,27 @@ fn value_of(value: &PropertyValue) -> Value<'_> {
     }
 }
 
-/// Maps a D-Bus failure to hostchan's error kinds, keeping systemd's own words.
+/// A D-Bus failure in hostchan's error kinds, keeping systemd's own words.
+impl From<zbus::Error> for Error {
+    fn from(err: zbus::Error) -> Error {
+        dbus_error(err)
+    }
+}
+
 fn dbus_error(err: zbus::Error) -> Error {
     if let zbus::Error::MethodError(name, detail, _) = &err {
         let detail = detail.clone().unwrap_or_default();
         return match name.as_str() {
-            "org.freedesktop.systemd1.NoSuchUnit" => Error::NotFound(detail),
-            "org.freedesktop.systemd1.UnitExists" => Error::AlreadyExists(detail),
+            "org.freedesktop.systemd1.NoSuchUnit" => Error::not_found(detail),
+            "org.freedesktop.systemd1.UnitExists" => Error::already_exists(detail),
             "org.freedesktop.DBus.Error.AccessDenied"
-            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::Systemd(
+            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::systemd(
                 format!("permission denied by systemd ({detail}); run hostchan as root"),
             ),
-            _ => Error::Systemd(format!("systemd refused: {detail} ({name})")),
+            _ => Error::systemd(format!("systemd refused: {detail} ({name})")),
         };
     }
-    Error::Systemd(format!("D-Bus error talking to systemd: {err}"))
+    Error::systemd("D-Bus error talking to systemd").caused_by(err)
 }
 
 #[cfg(test)]

@@ -438,7 +438,8 @@ fn podman_with_the_shipped_hook_file() {
     ]);
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(
-        out.stderr.contains("hostchan: invalid size \"lots\""),
+        out.stderr
+            .contains("hostchan: annotation io.hostchan.channel.zbad: invalid size \"lots\""),
         "{out:#?}"
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");

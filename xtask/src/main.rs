@@ -3,7 +3,9 @@
 //! definitions in hostchan's `cli` module, so that they never drift from the binary.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io::Write;
+
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,13 +29,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("xtask: {e}");
+            eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn docs(out: &Path) -> io::Result<Vec<PathBuf>> {
+fn docs(out: &Path) -> Result<Vec<PathBuf>> {
     let mut written = man_pages(&out.join("man"))?;
     written.extend(completions(&out.join("completions"))?);
     Ok(written)
@@ -94,8 +96,8 @@ fn see_also(pages: &[String], this: &str) -> String {
     format!(".SH \"SEE ALSO\"\n{}\n", refs.join(",\n"))
 }
 
-fn man_pages(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir)?;
+fn man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut root = hostchan::cli::Cli::command();
     root.build();
     let version = leak(root.get_version().unwrap_or_default().to_owned());
@@ -121,7 +123,8 @@ fn man_pages(dir: &Path) -> io::Result<Vec<PathBuf>> {
             &[EXIT_STATUS, &see_also]
         };
         let command = command.name(leak(page)).version(version);
-        write_page(&path, command, extra)?;
+        write_page(&path, command, extra)
+            .with_context(|| format!("cannot write the man page {}", path.display()))?;
         written.push(path);
     }
     Ok(written)
@@ -159,7 +162,7 @@ fn verbatim_section(command: &clap::Command) -> Option<String> {
     ))
 }
 
-fn write_page(path: &Path, command: clap::Command, extra: &[&str]) -> io::Result<()> {
+fn write_page(path: &Path, command: clap::Command, extra: &[&str]) -> Result<()> {
     let man = clap_mangen::Man::new(command.clone())
         .section("8")
         .manual("System Manager's Manual")
@@ -183,7 +186,8 @@ fn write_page(path: &Path, command: clap::Command, extra: &[&str]) -> io::Result
         page.write_all(section.as_bytes())?;
     }
     man.render_version_section(&mut page)?;
-    fs::write(path, page)
+    fs::write(path, page)?;
+    Ok(())
 }
 
 /// clap_complete offers hidden subcommands too (`cleanup`, which only the cleanup units run);
@@ -201,8 +205,8 @@ fn without_hidden_commands(command: clap::Command) -> clap::Command {
     bare.subcommands(visible)
 }
 
-fn completions(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir)?;
+fn completions(dir: &Path) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut written = Vec::new();
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let mut command = without_hidden_commands(hostchan::cli::Cli::command());

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
@@ -45,27 +47,99 @@ pub enum Created {
     Channel(Box<ChannelInfo>),
 }
 
-/// A channel as `list` and `status` show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ChannelInfo {
-    pub host_path: PathBuf,
-    pub container_path: PathBuf,
-    pub mode: spec::Access,
-    pub size: u64,
-    /// Bytes in use; only known while the channel is mounted.
-    pub used: Option<u64>,
+/// One channel: what was asked for, who owns it and which units carry it. The same value is
+/// recorded, listed, shown and reported by gc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    #[serde(flatten)]
+    pub spec: ChannelSpec,
+    /// The unit the channel is bound to; absent for an unbound channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     pub unit: String,
     pub cleanup_unit: String,
-    /// systemd's active state of the mount unit, or `gone` when systemd no longer has it (a
-    /// leftover of a crash or reboot).
-    pub state: String,
-    pub sub_state: String,
+    /// Seconds since the epoch.
     pub created: u64,
+}
+
+/// Where a channel stands: systemd's active state of its mount unit, or what hostchan knows
+/// beyond it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Active,
+    Activating,
+    Deactivating,
+    Reloading,
+    Inactive,
+    Failed,
+    /// An active state this hostchan does not know by name.
+    Other(String),
+    /// systemd no longer has the unit: a leftover of a crash or reboot.
+    Gone,
+    /// `delete` just removed it.
+    Deleted,
+}
+
+impl State {
+    pub fn of_unit(active_state: &str) -> State {
+        match active_state {
+            "active" => State::Active,
+            "activating" => State::Activating,
+            "deactivating" => State::Deactivating,
+            "reloading" => State::Reloading,
+            "inactive" => State::Inactive,
+            "failed" => State::Failed,
+            other => State::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            State::Active => "active",
+            State::Activating => "activating",
+            State::Deactivating => "deactivating",
+            State::Reloading => "reloading",
+            State::Inactive => "inactive",
+            State::Failed => "failed",
+            State::Other(state) => state,
+            State::Gone => "gone",
+            State::Deleted => "deleted",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// A channel as `list` and `status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    #[serde(flatten)]
+    pub channel: Channel,
+    /// Bytes in use; only known while the channel is mounted.
+    pub used: Option<u64>,
+    pub state: State,
+    pub sub_state: String,
     /// Set by `create --grow-memory-limit` when it changed a limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<MemoryChange>,
+}
+
+impl ChannelInfo {
+    pub fn host_path(&self) -> &Path {
+        &self.channel.spec.host_path
+    }
 }
 
 /// A channel named on the command line: by host path or by mount unit name.
@@ -162,14 +236,14 @@ impl Channels {
         // leftover.
         let _creating = self.store.lock(false)?;
         let record = Record::new(
-            spec.host_path.clone(),
-            spec.container_path.clone(),
-            spec.access,
-            spec.size,
-            options.owner.unit().map(str::to_owned),
-            options.container.clone(),
-            units.mount.name.clone(),
-            units.cleanup.name.clone(),
+            Channel {
+                spec: spec.clone(),
+                owner: options.owner.unit().map(str::to_owned),
+                container: options.container.clone(),
+                unit: units.mount.name.clone(),
+                cleanup_unit: units.cleanup.name.clone(),
+                created: seconds_since_epoch(),
+            },
             new_dirs_from,
         );
         self.store.create(&record)?;
@@ -182,10 +256,10 @@ impl Channels {
             }
             Err(e) if e.kind() == Kind::AlreadyExists => {
                 // Someone else's unit has this name: leave it alone, take back only our record.
-                let _ = self.store.remove(&record.unit);
+                let _ = self.store.remove(record.unit());
                 return Err(Error::already_exists(format!(
                     "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
-                    record.host_path.display()
+                    record.host_path().display()
                 )));
             }
             Err(e) => {
@@ -201,20 +275,20 @@ impl Channels {
             }
         };
         tracing::info!(
-            OBJECT_SYSTEMD_UNIT = %record.unit,
+            OBJECT_SYSTEMD_UNIT = %record.unit(),
             "created channel {} -> {} ({}, {} bytes), owner {}",
-            record.host_path.display(),
-            record.container_path.display(),
-            record.mode,
-            record.size,
+            spec.host_path.display(),
+            spec.container_path.display(),
+            spec.access,
+            spec.size,
             options.owner,
         );
-        let info = self.info(&record, None);
         Ok(Created::Channel(Box::new(ChannelInfo {
-            state: "active".into(),
+            used: hostfs::used_bytes(&spec.host_path),
+            state: State::Active,
             sub_state: "mounted".into(),
             memory_limit,
-            ..info
+            channel: record.channel,
         })))
     }
 
@@ -224,21 +298,21 @@ impl Channels {
         let mut highest = new_dirs_from;
         for record in self.store.all()? {
             // A racing create for the same path wrote its record since ours was looked for.
-            if host_path == record.host_path {
+            if host_path == record.host_path() {
                 return Err(record.already_a_channel());
             }
-            if host_path.starts_with(&record.host_path) {
+            if host_path.starts_with(record.host_path()) {
                 return Err(Error::invalid(
                     "host path",
                     host_path.display().to_string(),
                     format!(
                         "is inside the channel {}; choose a path outside it",
-                        record.host_path.display()
+                        record.host_path().display()
                     ),
                 ));
             }
             let made = &record.new_dirs_from;
-            if made != &record.host_path
+            if made != record.host_path()
                 && host_path.starts_with(made)
                 && made.components().count() < highest.components().count()
             {
@@ -285,46 +359,48 @@ impl Channels {
     /// Undoes a create that failed after its record was written: stops whatever systemd still
     /// has of it, then removes the directory (only if empty) and the record.
     fn roll_back(&self, systemd: &Systemd, record: &Record) {
-        for unit in [&record.unit, &record.cleanup_unit] {
+        for unit in [record.unit(), &record.channel.cleanup_unit] {
             if let Err(e) = systemd.stop(unit) {
-                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: cannot stop {unit}: {e}");
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: cannot stop {unit}: {e}");
             }
         }
         // Unless the cleanup unit's stop already did it.
-        let removed = match self.store.load(&record.unit) {
+        let removed = match self.store.load(record.unit()) {
             Ok(Some(left)) => self.remove_leftovers(&left).map(drop),
             Ok(None) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = removed {
-            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "rolling back: {e}");
+            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
         }
     }
 
     pub fn delete(&self, target: &Target) -> Result<ChannelInfo> {
         let record = self.load(target)?;
         let systemd = Systemd::connect()?;
-        if let Some(outcome) = systemd.stop(&record.unit)? {
+        if let Some(outcome) = systemd.stop(record.unit())? {
             if !outcome.succeeded() {
                 return Err(outcome.error("stop", None));
             }
         }
         // The cleanup unit stops after the mount in the same transaction; waiting for it means
         // the directory is gone when delete returns.
-        systemd.stop(&record.cleanup_unit)?;
+        systemd.stop(&record.channel.cleanup_unit)?;
         // The cleanup unit may have been gone already (a crash, a reboot): do its work here.
-        if let Some(left) = self.store.load(&record.unit)? {
+        if let Some(left) = self.store.load(record.unit())? {
             self.remove_leftovers(&left)?;
         }
         tracing::info!(
-            OBJECT_SYSTEMD_UNIT = %record.unit,
+            OBJECT_SYSTEMD_UNIT = %record.unit(),
             "deleted channel {}",
-            record.host_path.display()
+            record.host_path().display()
         );
         Ok(ChannelInfo {
-            state: "deleted".into(),
+            used: None,
+            state: State::Deleted,
             sub_state: String::new(),
-            ..self.info(&record, None)
+            memory_limit: None,
+            channel: record.channel,
         })
     }
 
@@ -332,8 +408,8 @@ impl Channels {
     pub fn delete_container(&self, container: &str) -> Result<Vec<ChannelInfo>> {
         let mut deleted = Vec::new();
         for record in self.store.all()? {
-            if record.container.as_deref() == Some(container) {
-                match self.delete(&Target::of_unit(&record.unit)) {
+            if record.channel.container.as_deref() == Some(container) {
+                match self.delete(&Target::of_unit(record.unit())) {
                     Ok(info) => deleted.push(info),
                     // Gone meanwhile: its owner stopped and systemd cleaned it up.
                     Err(e) if e.kind() == Kind::NotFound => {}
@@ -350,19 +426,23 @@ impl Channels {
             return Ok(Vec::new());
         }
         let systemd = Systemd::connect()?;
-        let names: Vec<&str> = records.iter().map(|r| r.unit.as_str()).collect();
+        let names: Vec<&str> = records.iter().map(Record::unit).collect();
         let states = systemd.unit_states(&names)?;
         Ok(records
-            .iter()
-            .map(|record| self.info(record, states.get(&record.unit)))
+            .into_iter()
+            .map(|record| {
+                let status = states.get(record.unit());
+                info(record, status)
+            })
             .collect())
     }
 
     pub fn status(&self, target: &Target) -> Result<ChannelInfo> {
         let record = self.load(target)?;
         let systemd = Systemd::connect()?;
-        let states = systemd.unit_states(&[&record.unit])?;
-        Ok(self.info(&record, states.get(&record.unit)))
+        let states = systemd.unit_states(&[record.unit()])?;
+        let status = states.get(record.unit());
+        Ok(info(record, status))
     }
 
     /// The cleanup unit's `ExecStop=`: removes the directory of a channel, and the parents that
@@ -384,17 +464,17 @@ impl Channels {
     /// The work of [`Channels::cleanup`] for a record in hand: the directory and the parents
     /// made for it (only while empty), then the record.
     fn remove_leftovers(&self, record: &Record) -> Result<Cleanup> {
-        let host_path = &record.host_path;
+        let host_path = record.host_path();
         let removed_directory = hostfs::remove_channel_dir(host_path)?;
         hostfs::remove_new_parents(host_path, &record.new_dirs_from);
-        self.store.remove(&record.unit)?;
+        self.store.remove(record.unit())?;
         tracing::info!(
-            OBJECT_SYSTEMD_UNIT = %record.unit,
+            OBJECT_SYSTEMD_UNIT = %record.unit(),
             "removed channel directory {} and its record",
             host_path.display()
         );
         Ok(Cleanup {
-            host_path: host_path.clone(),
+            host_path: host_path.to_owned(),
             removed_directory,
         })
     }
@@ -406,7 +486,7 @@ impl Channels {
         let _exclusive = self.store.lock(true)?;
         let mut leftovers = Vec::new();
         for record in self.store.all()? {
-            if hostfs::is_mount_point(&record.host_path)? {
+            if hostfs::is_mount_point(record.host_path())? {
                 continue;
             }
             let outcome = if dry_run {
@@ -417,7 +497,7 @@ impl Channels {
                         directory: done.removed_directory,
                     },
                     Err(e) => {
-                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit, "gc kept {}: {e}", record.host_path.display());
+                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "gc kept {}: {e}", record.host_path().display());
                         LeftoverOutcome::Kept {
                             reason: e.to_string(),
                         }
@@ -425,9 +505,7 @@ impl Channels {
                 }
             };
             leftovers.push(Leftover {
-                host_path: record.host_path,
-                unit: record.unit,
-                container: record.container,
+                channel: record.channel,
                 outcome,
             });
         }
@@ -442,33 +520,31 @@ impl Channels {
             ))
         })
     }
+}
 
-    fn info(&self, record: &Record, status: Option<&UnitStatus>) -> ChannelInfo {
-        let (state, sub_state) = match status {
-            Some(s) if s.exists() => (s.active_state.clone(), s.sub_state.clone()),
-            _ => ("gone".to_owned(), String::new()),
-        };
-        let used = if state == "active" {
-            hostfs::used_bytes(&record.host_path)
-        } else {
-            None
-        };
-        ChannelInfo {
-            host_path: record.host_path.clone(),
-            container_path: record.container_path.clone(),
-            mode: record.mode,
-            size: record.size,
-            used,
-            owner: record.owner.clone(),
-            container: record.container.clone(),
-            unit: record.unit.clone(),
-            cleanup_unit: record.cleanup_unit.clone(),
-            state,
-            sub_state,
-            created: record.created,
-            memory_limit: None,
-        }
+fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
+    let (state, sub_state) = match status {
+        Some(s) if s.exists() => (State::of_unit(&s.active_state), s.sub_state.clone()),
+        _ => (State::Gone, String::new()),
+    };
+    let used = if state == State::Active {
+        hostfs::used_bytes(record.host_path())
+    } else {
+        None
+    };
+    ChannelInfo {
+        channel: record.channel,
+        used,
+        state,
+        sub_state,
+        memory_limit: None,
     }
+}
+
+fn seconds_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[derive(Debug, Serialize)]
@@ -480,9 +556,8 @@ pub struct Cleanup {
 /// A channel `gc` found without its mount.
 #[derive(Debug, Serialize)]
 pub struct Leftover {
-    pub host_path: PathBuf,
-    pub unit: String,
-    pub container: Option<String>,
+    #[serde(flatten)]
+    pub channel: Channel,
     #[serde(flatten)]
     pub outcome: LeftoverOutcome,
 }

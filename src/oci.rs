@@ -26,8 +26,9 @@ pub struct State {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[clap(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub enum Stage {
     Prestart,
     CreateRuntime,
@@ -95,7 +96,7 @@ pub fn rootfs_of_bundle(bundle: &Path) -> Result<PathBuf> {
 /// What the hook did.
 #[derive(Debug, serde::Serialize)]
 pub struct HookOutcome {
-    pub stage: &'static str,
+    pub stage: Stage,
     pub container: String,
     pub channels: Vec<ChannelInfo>,
 }
@@ -109,9 +110,11 @@ pub fn run_hook(
     stage: Stage,
 ) -> Result<HookOutcome> {
     match stage {
-        Stage::Prestart | Stage::CreateRuntime => create_all(channels, &load_config()?, state),
+        Stage::Prestart | Stage::CreateRuntime => {
+            create_all(channels, &load_config()?, state, stage)
+        }
         Stage::Poststop => Ok(HookOutcome {
-            stage: "poststop",
+            stage,
             container: state.id.clone(),
             channels: channels.delete_container(&state.id)?,
         }),
@@ -120,7 +123,12 @@ pub fn run_hook(
 
 /// Creates every channel of the container, or none: on the first failure the ones made are
 /// removed again and the failure is reported, naming the annotation.
-fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<HookOutcome> {
+fn create_all(
+    channels: &Channels,
+    config: &Config,
+    state: &State,
+    stage: Stage,
+) -> Result<HookOutcome> {
     let pid = state.pid.ok_or_else(|| {
         Error::usage(format!(
             "the OCI state of container {} has no pid; run the hook at createRuntime or prestart",
@@ -130,7 +138,7 @@ fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<Hoo
     let specs = state.channel_specs();
     let mut made: Vec<ChannelInfo> = Vec::new();
     if specs.is_empty() {
-        return Ok(outcome(state, made));
+        return Ok(outcome(state, stage, made));
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
     // Engines on the cgroupfs driver have no scope: their channels live until poststop.
@@ -155,10 +163,10 @@ fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<Hoo
             Ok(Created::DryRun(_)) => {}
             Err(e) => {
                 for info in &made {
-                    if let Err(undo) = channels.delete(&Target::of_unit(&info.unit)) {
+                    if let Err(undo) = channels.delete(&Target::of_unit(&info.channel.unit)) {
                         tracing::warn!(
                             "cannot remove channel {}: {undo}",
-                            info.host_path.display()
+                            info.channel.spec.host_path.display()
                         );
                     }
                 }
@@ -171,12 +179,12 @@ fn create_all(channels: &Channels, config: &Config, state: &State) -> Result<Hoo
             }
         }
     }
-    Ok(outcome(state, made))
+    Ok(outcome(state, stage, made))
 }
 
-fn outcome(state: &State, channels: Vec<ChannelInfo>) -> HookOutcome {
+fn outcome(state: &State, stage: Stage, channels: Vec<ChannelInfo>) -> HookOutcome {
     HookOutcome {
-        stage: "createRuntime",
+        stage,
         container: state.id.clone(),
         channels,
     }

@@ -51,11 +51,11 @@ impl Report {
             Report::Created(Created::Channel(info)) => {
                 let mut text = format!(
                     "Created channel {} ({}): {} tmpfs, container path {} ({}), {}\n",
-                    info.host_path.display(),
-                    info.unit,
-                    format_size(info.size),
-                    info.container_path.display(),
-                    info.mode,
+                    info.channel.spec.host_path.display(),
+                    info.channel.unit,
+                    format_size(info.channel.spec.size),
+                    info.channel.spec.container_path.display(),
+                    info.channel.spec.access,
                     owner_text(info)
                 );
                 if let Some(change) = &info.memory_limit {
@@ -69,15 +69,15 @@ impl Report {
             }
             Report::Deleted(info) => format!(
                 "Deleted channel {} ({})\n",
-                info.host_path.display(),
-                info.unit
+                info.channel.spec.host_path.display(),
+                info.channel.unit
             ),
             Report::List(channels) => list_text(channels),
             Report::Status(info) => status_text(info),
             Report::Hook(hook) => {
                 let mut text = String::new();
                 for channel in &hook.channels {
-                    let verb = if hook.stage == "poststop" {
+                    let verb = if hook.stage == crate::oci::Stage::Poststop {
                         "Deleted"
                     } else {
                         "Created"
@@ -85,8 +85,8 @@ impl Report {
                     let _ = writeln!(
                         text,
                         "{verb} channel {} -> {} for container {}",
-                        channel.host_path.display(),
-                        channel.container_path.display(),
+                        channel.channel.spec.host_path.display(),
+                        channel.channel.spec.container_path.display(),
                         hook.container
                     );
                 }
@@ -103,8 +103,8 @@ impl Report {
                     let _ = writeln!(
                         text,
                         "Deleted channel {} ({}) of container {container}",
-                        info.host_path.display(),
-                        info.unit
+                        info.channel.spec.host_path.display(),
+                        info.channel.unit
                     );
                 }
                 text
@@ -132,7 +132,7 @@ impl Report {
 }
 
 fn owner_text(info: &ChannelInfo) -> String {
-    match &info.owner {
+    match &info.channel.owner {
         Some(owner) => format!("bound to {owner}"),
         None => "unbound (lives until hostchan delete)".to_owned(),
     }
@@ -173,12 +173,12 @@ fn gc_text(dry_run: bool, leftovers: &[Leftover]) -> String {
     }
     let mut text = String::new();
     for leftover in leftovers {
-        let path = leftover.host_path.display();
+        let path = leftover.channel.spec.host_path.display();
         let _ = match &leftover.outcome {
             LeftoverOutcome::WouldRemove => writeln!(
                 text,
                 "Would remove leftover channel {path} ({}): its directory if empty, and its record",
-                leftover.unit
+                leftover.channel.unit
             ),
             LeftoverOutcome::Removed { directory: true } => {
                 writeln!(
@@ -220,12 +220,12 @@ fn list_text(channels: &[ChannelInfo]) -> String {
         .iter()
         .map(|c| {
             [
-                c.host_path.display().to_string(),
-                c.container_path.display().to_string(),
-                c.mode.to_string(),
-                format_size(c.size),
+                c.channel.spec.host_path.display().to_string(),
+                c.channel.spec.container_path.display().to_string(),
+                c.channel.spec.access.to_string(),
+                format_size(c.channel.spec.size),
                 used_text(c),
-                c.owner.clone().unwrap_or_else(|| "-".to_owned()),
+                c.channel.owner.clone().unwrap_or_else(|| "-".to_owned()),
                 state_text(c),
             ]
         })
@@ -258,7 +258,7 @@ fn list_text(channels: &[ChannelInfo]) -> String {
 
 fn state_text(info: &ChannelInfo) -> String {
     if info.sub_state.is_empty() {
-        info.state.clone()
+        info.state.to_string()
     } else {
         format!("{} ({})", info.state, info.sub_state)
     }
@@ -266,15 +266,20 @@ fn state_text(info: &ChannelInfo) -> String {
 
 fn status_text(info: &ChannelInfo) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} - host channel", info.host_path.display());
-    let _ = writeln!(out, "      Unit: {}", info.unit);
+    let _ = writeln!(
+        out,
+        "{} - host channel",
+        info.channel.spec.host_path.display()
+    );
+    let _ = writeln!(out, "      Unit: {}", info.channel.unit);
     let _ = writeln!(out, "     State: {}", state_text(info));
     let _ = writeln!(
         out,
         " Container: {} ({}){}",
-        info.container_path.display(),
-        info.mode,
-        info.container
+        info.channel.spec.container_path.display(),
+        info.channel.spec.access,
+        info.channel
+            .container
             .as_deref()
             .map(|id| format!(" in container {id}"))
             .unwrap_or_default()
@@ -282,22 +287,22 @@ fn status_text(info: &ChannelInfo) -> String {
     let _ = writeln!(
         out,
         "      Size: {} ({} bytes), used {}",
-        format_size(info.size),
-        info.size,
+        format_size(info.channel.spec.size),
+        info.channel.spec.size,
         used_text(info)
     );
     let _ = writeln!(out, "     Owner: {}", owner_text(info));
-    let _ = writeln!(out, "   Cleanup: {}", info.cleanup_unit);
+    let _ = writeln!(out, "   Cleanup: {}", info.channel.cleanup_unit);
     let _ = writeln!(
         out,
         "   Created: {} (seconds since the epoch)",
-        info.created
+        info.channel.created
     );
-    if info.state == "gone" {
+    if info.state == crate::channel::State::Gone {
         let _ = writeln!(
             out,
             "      Note: systemd no longer has this channel (a crash or reboot?); remove the leftovers with: hostchan delete {}",
-            info.host_path.display()
+            info.channel.spec.host_path.display()
         );
     }
     out

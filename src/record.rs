@@ -8,76 +8,50 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::channel::Channel;
 use crate::error::{Context, Error, Result};
-use crate::spec::Access;
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
 
 /// Bumped when a record's meaning changes; readers refuse versions they do not know.
 const RECORD_VERSION: u32 = 1;
 
+/// A channel's record: the channel, and what cleaning up after it needs. The file is flat TOML
+/// (`version`, the channel's fields, `new_dirs_from`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Record {
     pub version: u32,
-    pub host_path: PathBuf,
-    pub container_path: PathBuf,
-    pub mode: Access,
-    pub size: u64,
-    /// The unit the channel is bound to; absent for an unbound channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<String>,
-    pub unit: String,
-    pub cleanup_unit: String,
+    #[serde(flatten)]
+    pub channel: Channel,
     /// The highest directory that did not exist before the channel (systemd creates missing
     /// parents of a mount point); cleanup removes empty directories up to it.
     pub new_dirs_from: PathBuf,
-    /// Seconds since the epoch.
-    pub created: u64,
 }
 
 impl Record {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        host_path: PathBuf,
-        container_path: PathBuf,
-        mode: Access,
-        size: u64,
-        owner: Option<String>,
-        container: Option<String>,
-        unit: String,
-        cleanup_unit: String,
-        new_dirs_from: PathBuf,
-    ) -> Record {
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+    pub fn new(channel: Channel, new_dirs_from: PathBuf) -> Record {
         Record {
             version: RECORD_VERSION,
-            host_path,
-            container_path,
-            mode,
-            size,
-            owner,
-            container,
-            unit,
-            cleanup_unit,
+            channel,
             new_dirs_from,
-            created,
         }
     }
-}
 
-impl Record {
+    pub fn host_path(&self) -> &Path {
+        &self.channel.spec.host_path
+    }
+
+    pub fn unit(&self) -> &str {
+        &self.channel.unit
+    }
+
     /// The error for a create at a path that already has a channel.
     pub fn already_a_channel(&self) -> Error {
         Error::already_exists(format!(
             "host path {} is already a channel ({}); delete it first with: hostchan delete {}",
-            self.host_path.display(),
-            self.unit,
-            self.host_path.display()
+            self.host_path().display(),
+            self.unit(),
+            self.host_path().display()
         ))
     }
 }
@@ -115,7 +89,7 @@ impl Store {
         let context = || format!("cannot write channel record in {}", self.dir.display());
         fs::create_dir_all(&self.dir).map_err(|e| fs_error(context(), e))?;
         let text = toml::to_string(record).map_err(|e| Error::io(context(), e))?;
-        let target = self.path_of(&record.unit);
+        let target = self.path_of(record.unit());
         let temp = self.temp_path();
         let written =
             write_synced(&temp, text.as_bytes()).and_then(|()| fs::hard_link(&temp, &target));
@@ -189,7 +163,7 @@ impl Store {
                 Err(e) => tracing::warn!("skipping unreadable channel record: {e}"),
             }
         }
-        records.sort_by(|a, b| a.host_path.cmp(&b.host_path));
+        records.sort_by(|a, b| a.host_path().cmp(b.host_path()));
         Ok(records)
     }
 }
@@ -240,19 +214,34 @@ fn read_record(path: &Path) -> Result<Option<Record>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{Access, ChannelSpec};
 
     fn record(unit: &str) -> Record {
         Record::new(
-            "/run/chan/c1".into(),
-            "/chan".into(),
-            Access::Ro,
-            4096,
-            Some("ctr.scope".into()),
-            None,
-            unit.into(),
-            format!("hostchan-cleanup@{unit}.service"),
+            Channel {
+                spec: ChannelSpec {
+                    host_path: "/run/chan/c1".into(),
+                    container_path: "/chan".into(),
+                    access: Access::Ro,
+                    size: 4096,
+                },
+                owner: Some("ctr.scope".into()),
+                container: None,
+                unit: unit.into(),
+                cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
+                created: 1,
+            },
             "/run/chan".into(),
         )
+    }
+
+    #[test]
+    fn the_file_is_flat_toml() {
+        let text = toml::to_string(&record("run-chan-c1.mount")).unwrap();
+        assert_eq!(
+            text,
+            "version = 1\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\nnew_dirs_from = \"/run/chan\"\n"
+        );
     }
 
     #[test]
@@ -261,14 +250,14 @@ mod tests {
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
         store.create(&r).unwrap();
-        assert_eq!(store.path_of(&r.unit), dir.join("run-chan-c1.toml"));
-        assert_eq!(store.load(&r.unit).unwrap(), Some(r.clone()));
+        assert_eq!(store.path_of(r.unit()), dir.join("run-chan-c1.toml"));
+        assert_eq!(store.load(r.unit()).unwrap(), Some(r.clone()));
         let err = store.create(&r).unwrap_err();
         assert_eq!(err.kind(), crate::error::Kind::AlreadyExists, "{err}");
         assert_eq!(store.all().unwrap(), vec![r.clone()]);
-        assert!(store.remove(&r.unit).unwrap());
-        assert!(!store.remove(&r.unit).unwrap());
-        assert_eq!(store.load(&r.unit).unwrap(), None);
+        assert!(store.remove(r.unit()).unwrap());
+        assert!(!store.remove(r.unit()).unwrap());
+        assert_eq!(store.load(r.unit()).unwrap(), None);
         assert_eq!(
             fs::read_dir(&dir).unwrap().count(),
             0,

@@ -66,10 +66,11 @@ impl fmt::Display for Access {
 }
 
 /// A validated channel request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelSpec {
     pub host_path: PathBuf,
     pub container_path: PathBuf,
+    #[serde(rename = "mode")]
     pub access: Access,
     /// tmpfs `size=` in bytes.
     pub size: u64,

@@ -11,7 +11,7 @@ use hostchan::config::{self, Config};
 use hostchan::error::{Context, Error, Result, EXIT_USAGE};
 use hostchan::oci;
 use hostchan::output::Report;
-use hostchan::owner::{self, NoScope, OwnerRequest};
+use hostchan::owner::{self, OwnerRequest};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -70,7 +70,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 (None, false, Some(pid)) => OwnerRequest::Pid(pid),
                 (None, false, None) => OwnerRequest::Default,
             };
-            let owner = owner::resolve(&request, &config, NoScope::Refuse)?;
+            let owner = owner::resolve(&request, &config)?;
             let container = args
                 .container
                 .map(|id| hostchan::units::validate_container_id(&id))

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
 use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
-use crate::owner::{self, NoScope, OwnerRequest};
+use crate::owner::{self, OwnerRequest};
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
 pub const ANNOTATION: &str = "io.hostchan.channel";
@@ -142,7 +142,7 @@ fn create_all(
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
     // Engines on the cgroupfs driver have no scope: their channels live until poststop.
-    let owner = owner::resolve(&OwnerRequest::Pid(pid), config, NoScope::Unbound)?;
+    let owner = owner::resolve(&OwnerRequest::Pid(pid), config)?;
     for (annotation, spec) in specs {
         let created = channels.create(
             config,

@@ -49,31 +49,133 @@ pub enum OwnerRequest {
     Default,
 }
 
-/// What to do with a pid that is in no scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoScope {
-    Refuse,
-    Unbound,
+/// The owner policy, one decision table for the CLI and the OCI hook alike. For `--pid` (and
+/// the hook, which has the container's pid), the innermost unit on the process's systemd
+/// cgroup path decides:
+///
+/// | innermost unit                                              | decision                    |
+/// |-------------------------------------------------------------|-----------------------------|
+/// | `libpod-*`, `docker-*`, `crio-*`, `cri-containerd-*`,        | the container's owner       |
+/// | `isulad-*`, `machine-*`, `runc-*`, `crun-*` `.scope`;         |                             |
+/// | `systemd-nspawn@*.service`                                  |                             |
+/// | `session-*.scope`, `user@*.service`, anything in `user.slice` | refused: a login or a user  |
+/// | `init.scope`                                                | refused: PID 1's own        |
+/// | any other unit                                              | refused: name it (--scope)  |
+/// | none (the cgroupfs driver)                                  | no owner: `owner.default`   |
+///
+/// A unit named explicitly (`--scope`) is the owner if it is a unit name, is not one of the
+/// refused kinds above, and (checked against systemd before anything is made) runs outside
+/// `user.slice`.
+pub const CONTAINER_UNIT_PREFIXES: &[&str] = &[
+    "libpod-",
+    "docker-",
+    "crio-",
+    "cri-containerd-",
+    "isulad-",
+    "machine-",
+    "runc-",
+    "crun-",
+];
+
+/// What the systemd cgroup path of a process says about its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathOwner {
+    /// The process is in a container engine's unit.
+    Container(String),
+    /// The process is in a unit that is never a container's owner; the reason says which.
+    Refused { unit: String, reason: &'static str },
+    /// The path has no unit at all (a cgroupfs-driver container).
+    NoUnit,
+}
+
+/// The decision table above, for one systemd cgroup path (`/machine.slice/libpod-x.scope/...`).
+pub fn owner_of_cgroup(path: &str) -> PathOwner {
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    let innermost = components
+        .iter()
+        .rev()
+        .find(|c| is_unit_with_processes(c))
+        .copied();
+    let Some(unit) = innermost else {
+        return PathOwner::NoUnit;
+    };
+    match never_an_owner(unit) {
+        Some(reason) => PathOwner::Refused {
+            unit: unit.to_owned(),
+            reason,
+        },
+        None if components.first() == Some(&"user.slice") => PathOwner::Refused {
+            unit: unit.to_owned(),
+            reason: "runs under user.slice, a user's own units",
+        },
+        None if is_container_unit(unit) => PathOwner::Container(unit.to_owned()),
+        None => PathOwner::Refused {
+            unit: unit.to_owned(),
+            reason:
+                "is not a container engine's unit; if it is the container's, name it with --scope",
+        },
+    }
+}
+
+/// Scopes and services hold processes; slices only group them.
+fn is_unit_with_processes(component: &str) -> bool {
+    component.ends_with(".scope") || component.ends_with(".service")
+}
+
+fn is_container_unit(unit: &str) -> bool {
+    (unit.ends_with(".scope")
+        && CONTAINER_UNIT_PREFIXES
+            .iter()
+            .any(|prefix| unit.starts_with(prefix)))
+        || (unit.starts_with("systemd-nspawn@") && unit.ends_with(".service"))
+}
+
+/// Units that are never a container's owner, whoever names them.
+fn never_an_owner(unit: &str) -> Option<&'static str> {
+    if unit.starts_with("session-") && unit.ends_with(".scope") {
+        Some("is a login session, which lives as long as someone stays logged in")
+    } else if unit.starts_with("user@") && unit.ends_with(".service") {
+        Some("is a user's service manager")
+    } else if unit == "user.slice" || (unit.starts_with("user-") && unit.ends_with(".slice")) {
+        Some("is a user's slice")
+    } else if unit == "init.scope" {
+        Some("is PID 1's own scope")
+    } else if unit.ends_with(".slice") {
+        Some("is a slice, which holds units rather than a container")
+    } else {
+        None
+    }
 }
 
 /// The one place that turns what the caller said into an owner.
-pub fn resolve(request: &OwnerRequest, config: &Config, no_scope: NoScope) -> Result<Owner> {
+pub fn resolve(request: &OwnerRequest, config: &Config) -> Result<Owner> {
     match request {
         OwnerRequest::Unit(unit) => Ok(Owner::Unit(validate_owner_unit(unit)?)),
         OwnerRequest::Unbound => Ok(Owner::Unbound),
-        OwnerRequest::Pid(pid) => match (owner_of_pid(*pid)?, no_scope) {
-            (Some(scope), _) => Ok(Owner::Unit(scope)),
-            (None, NoScope::Unbound) => Ok(Owner::Unbound),
-            (None, NoScope::Refuse) => Err(Error::owner(format!(
-                "pid {pid} is not in a systemd scope; pass --unbound for a channel that lives until hostchan delete"
-            ))),
-        },
-        OwnerRequest::Default => match config.owner.default {
-            DefaultOwner::Unbound => Ok(Owner::Unbound),
-            DefaultOwner::Require => Err(Error::usage(
-                "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)",
-            )),
-        },
+        OwnerRequest::Pid(pid) => {
+            let path = systemd_cgroup_of_pid(*pid)?;
+            match owner_of_cgroup(&path) {
+                PathOwner::Container(unit) => Ok(Owner::Unit(unit)),
+                PathOwner::Refused { unit, reason } => Err(Error::owner(format!(
+                    "pid {pid} is in {unit}, which {reason}; give the pid of a container's process"
+                ))),
+                PathOwner::NoUnit => default_owner(config).map_err(|_| {
+                    Error::owner(format!(
+                        "pid {pid} is in no systemd unit (cgroup {path}; a cgroupfs-driver engine?); pass --unbound for a channel that lives until hostchan delete, or set owner.default = \"unbound\""
+                    ))
+                }),
+            }
+        }
+        OwnerRequest::Default => default_owner(config),
+    }
+}
+
+fn default_owner(config: &Config) -> Result<Owner> {
+    match config.owner.default {
+        DefaultOwner::Unbound => Ok(Owner::Unbound),
+        DefaultOwner::Require => Err(Error::usage(
+            "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)",
+        )),
     }
 }
 
@@ -92,46 +194,55 @@ pub fn validate_owner_unit(name: &str) -> Result<String> {
             "is not a unit name; give the container's unit, e.g. libpod-<id>.scope",
         ));
     }
+    if let Some(reason) = never_an_owner(name) {
+        return Err(Error::invalid(
+            "scope",
+            name,
+            format!("{reason}, never a container's owner; give the container's unit"),
+        ));
+    }
     Ok(name.to_owned())
 }
 
-/// The scope a container's process lives in, for `create --pid`.
-pub fn owner_of_pid(pid: i32) -> Result<Option<String>> {
-    // PID 1's own scope is no container's.
-    Ok(scope_of_pid(pid)?.filter(|scope| scope != "init.scope"))
-}
-
-/// The systemd scope a process lives in, from /proc/<pid>/cgroup: the `name=systemd` line on
-/// cgroup v1 and hybrid hosts, the `0::` line on v2; the innermost `.scope` on the path.
-pub fn scope_of_pid(pid: i32) -> Result<Option<String>> {
+/// The systemd cgroup path of a process, from /proc/<pid>/cgroup: the `name=systemd` line on
+/// cgroup v1 and hybrid hosts, the `0::` line on v2.
+pub fn systemd_cgroup_of_pid(pid: i32) -> Result<String> {
     let path = format!("/proc/{pid}/cgroup");
     let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::owner(format!(
-            "cannot read {path} to find the scope of pid {pid}: {e}"
-        ))
+        Error::owner(format!("cannot read {path} to find the unit of pid {pid}")).caused_by(e)
     })?;
-    Ok(scope_in_cgroup_file(&text))
+    systemd_cgroup(&text).ok_or_else(|| {
+        Error::owner(format!(
+            "{path} has no systemd cgroup line (name=systemd or 0::)"
+        ))
+    })
 }
 
-pub fn scope_in_cgroup_file(text: &str) -> Option<String> {
-    let cgroup_path = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .map(str::to_owned)
-    };
-    let path = text
+pub fn systemd_cgroup(text: &str) -> Option<String> {
+    let named = text
         .lines()
-        .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p.to_owned()))
-        .or_else(|| cgroup_path("0::"))?;
-    path.rsplit('/')
-        .find(|component| component.ends_with(".scope"))
+        .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p));
+    named
+        .or_else(|| text.lines().find_map(|line| line.strip_prefix("0::")))
         .map(str::to_owned)
 }
 
 pub fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
     let states = systemd.unit_states(&[owner])?;
     match states.get(owner) {
-        Some(status) if status.exists() && status.active_state == "active" => Ok(()),
+        Some(status) if status.exists() && status.active_state == "active" => {
+            let cgroup = if is_unit_with_processes(owner) {
+                systemd.control_group(owner)?
+            } else {
+                String::new()
+            };
+            if cgroup.starts_with("/user.slice/") {
+                return Err(Error::owner(format!(
+                    "owner unit {owner} runs under user.slice ({cgroup}), a user's own units, never a container's owner"
+                )));
+            }
+            Ok(())
+        }
         Some(status) if status.exists() => Err(Error::owner(format!(
             "owner unit {owner} is {} ({}); a channel can only be bound to a running unit",
             status.active_state, status.sub_state
@@ -199,32 +310,137 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scopes_from_cgroup_files() {
+    fn cgroup_paths_from_cgroup_files() {
         let hybrid = "12:memory:/system.slice/runc-ctr1.scope\n1:name=systemd:/system.slice/runc-ctr1.scope\n0::/system.slice/runc-ctr1.scope\n";
         assert_eq!(
-            scope_in_cgroup_file(hybrid).as_deref(),
-            Some("runc-ctr1.scope")
+            systemd_cgroup(hybrid).as_deref(),
+            Some("/system.slice/runc-ctr1.scope")
         );
         let v2 = "0::/machine.slice/libpod-4f2a.scope/container\n";
         assert_eq!(
-            scope_in_cgroup_file(v2).as_deref(),
-            Some("libpod-4f2a.scope")
+            systemd_cgroup(v2).as_deref(),
+            Some("/machine.slice/libpod-4f2a.scope/container")
         );
-        let service = "0::/system.slice/sshd.service\n";
-        assert_eq!(scope_in_cgroup_file(service), None);
-        let v1_named_first = "1:name=systemd:/user.slice/user-0.slice/session-3.scope\n0::/\n";
-        assert_eq!(
-            scope_in_cgroup_file(v1_named_first).as_deref(),
-            Some("session-3.scope")
-        );
-        assert_eq!(scope_in_cgroup_file(""), None);
+        assert_eq!(systemd_cgroup("3:cpu:/x\n"), None);
+    }
+
+    /// The decision table of [`owner_of_cgroup`], row by row.
+    #[test]
+    fn owner_policy_table() {
+        use PathOwner::*;
+        let container = |unit: &str| Container(unit.to_owned());
+        let rows: &[(&str, PathOwner)] = &[
+            (
+                "/machine.slice/libpod-4f2a.scope/container",
+                container("libpod-4f2a.scope"),
+            ),
+            (
+                "/system.slice/docker-ab12.scope",
+                container("docker-ab12.scope"),
+            ),
+            (
+                "/kubepods.slice/kubepods-pod1.slice/crio-ab.scope",
+                container("crio-ab.scope"),
+            ),
+            (
+                "/kubepods.slice/kubepods-pod1.slice/cri-containerd-ab.scope",
+                container("cri-containerd-ab.scope"),
+            ),
+            (
+                "/system.slice/isulad-ab.scope",
+                container("isulad-ab.scope"),
+            ),
+            (
+                "/machine.slice/machine-web.scope/payload",
+                container("machine-web.scope"),
+            ),
+            (
+                "/system.slice/runc-ctr1.scope",
+                container("runc-ctr1.scope"),
+            ),
+            (
+                "/system.slice/crun-ctr1.scope",
+                container("crun-ctr1.scope"),
+            ),
+            (
+                "/machine.slice/systemd-nspawn@web.service/payload",
+                container("systemd-nspawn@web.service"),
+            ),
+            // The innermost unit decides: a container's scope inside a service.
+            (
+                "/system.slice/engine.service/libpod-1.scope",
+                container("libpod-1.scope"),
+            ),
+        ];
+        for (path, expected) in rows {
+            assert_eq!(&owner_of_cgroup(path), expected, "{path}");
+        }
+        let refused: &[(&str, &str, &str)] = &[
+            (
+                "/user.slice/user-0.slice/session-3.scope",
+                "session-3.scope",
+                "login session",
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/app.slice/x.service",
+                "x.service",
+                "user.slice",
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-1.scope",
+                "libpod-1.scope",
+                "user.slice",
+            ),
+            (
+                "/user.slice/user-1000.slice/user@1000.service",
+                "user@1000.service",
+                "user's service manager",
+            ),
+            ("/init.scope", "init.scope", "PID 1"),
+            (
+                "/system.slice/sshd.service",
+                "sshd.service",
+                "not a container engine's unit",
+            ),
+            (
+                "/system.slice/run-r1.scope",
+                "run-r1.scope",
+                "name it with --scope",
+            ),
+        ];
+        for (path, unit, why) in refused {
+            match owner_of_cgroup(path) {
+                Refused { unit: got, reason } => {
+                    assert_eq!(&got, unit, "{path}");
+                    assert!(reason.contains(why), "{path}: {reason}");
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+        for path in ["/", "/docker/ab12", "/kubepods/besteffort/pod1/ab", ""] {
+            assert_eq!(owner_of_cgroup(path), NoUnit, "{path}");
+        }
     }
 
     #[test]
     fn owner_unit_checks() {
         assert!(validate_owner_unit("libpod-4f2a.scope").is_ok());
         assert!(validate_owner_unit("runc-c\\x2d1.scope").is_ok());
-        for bad in ["", "ctr1", ".scope", "a b.scope", "a/b.scope", "x.scope\n"] {
+        assert!(validate_owner_unit("ctr1.scope").is_ok());
+        assert!(validate_owner_unit("systemd-nspawn@web.service").is_ok());
+        for bad in [
+            "",
+            "ctr1",
+            ".scope",
+            "a b.scope",
+            "a/b.scope",
+            "x.scope\n",
+            "session-3.scope",
+            "user@1000.service",
+            "user-1000.slice",
+            "init.scope",
+            "machine.slice",
+        ] {
             let err = validate_owner_unit(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }

@@ -134,15 +134,16 @@ impl Systemd {
             .collect())
     }
 
-    /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
-    pub fn memory(&self, unit: &str) -> Result<Memory> {
+    /// The properties of a unit's type interface (`org.freedesktop.systemd1.Scope`, ...), in
+    /// one call.
+    fn type_properties(&self, unit: &str) -> Result<HashMap<String, zbus::zvariant::OwnedValue>> {
         let interface = match unit.rsplit_once('.').map(|(_, suffix)| suffix) {
             Some("scope") => "org.freedesktop.systemd1.Scope",
             Some("service") => "org.freedesktop.systemd1.Service",
             Some("slice") => "org.freedesktop.systemd1.Slice",
             _ => {
                 return Err(Error::usage(format!(
-                "{unit} has no memory limit to change: only scopes, services and slices have one"
+                "{unit} is not a scope, service or slice: only those hold a container's processes"
             )))
             }
         };
@@ -153,7 +154,16 @@ impl Systemd {
                 .and_then(|b| b.path(path))
                 .and_then(|b| b.build())?;
         let interface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
-        let all = properties.get_all(interface).map_err(zbus::Error::from)?;
+        Ok(properties
+            .get_all(interface)
+            .map_err(zbus::Error::from)?
+            .into_iter()
+            .collect())
+    }
+
+    /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
+    pub fn memory(&self, unit: &str) -> Result<Memory> {
+        let all = self.type_properties(unit)?;
         let read = |name: &str| -> u64 {
             all.get(name)
                 .and_then(|v| u64::try_from(v).ok())
@@ -164,6 +174,15 @@ impl Systemd {
             limit: read("MemoryLimit"),
             current: read("MemoryCurrent"),
         })
+    }
+
+    /// A unit's cgroup path (`/machine.slice/libpod-x.scope`); empty while it has none.
+    pub fn control_group(&self, unit: &str) -> Result<String> {
+        let all = self.type_properties(unit)?;
+        Ok(all
+            .get("ControlGroup")
+            .and_then(|v| String::try_from(v.clone()).ok())
+            .unwrap_or_default())
     }
 
     /// Sets a unit's memory limit at runtime (a drop-in under /run/systemd/transient or

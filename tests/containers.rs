@@ -307,13 +307,33 @@ fn grow_memory_limit_lets_the_container_fill_its_channel() {
 #[test]
 fn create_pid_refuses_what_it_cannot_do_and_leaves_nothing() {
     let sb = Sandbox::boot();
-    // A process outside any scope (a service's).
+    // PID 1, a login session and a scope no engine made are never a container's owner.
     let out = sb.hostchan(&["create", "--pid", "1", "/run/np:/chan"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(
-        out.stderr.contains("pid 1 is not in a systemd scope"),
+        out.stderr
+            .contains("pid 1 is in init.scope, which is PID 1's own scope"),
         "{out:#?}"
     );
+    let session = sb.start_scope("session-7.scope").to_string();
+    let out = sb.hostchan(&["create", "--pid", &session, "/run/np:/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is in session-7.scope, which is a login session"),
+        "{out:#?}"
+    );
+    let out = sb.hostchan(&["create", "--scope", "session-7.scope", "/run/np:/chan"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("is a login session"), "{out:#?}");
+    let other = sb.start_scope("run-r1.scope").to_string();
+    let out = sb.hostchan(&["create", "--pid", &other, "/run/np:/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("name it with --scope"), "{out:#?}");
+    // Named explicitly, the same scope is the owner.
+    sb.hostchan(&["create", "--scope", "run-r1.scope", "/run/np/named:/chan"])
+        .ok();
+    sb.hostchan(&["delete", "/run/np/named"]).ok();
     let out = sb.hostchan(&["create", "--pid", "999999", "--unbound", "/run/np:/chan"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("pid 999999 does not exist"), "{out:#?}");

@@ -51,6 +51,7 @@ struct Exit {
 
 /// Spawns and reaps with wait4, which reports the child's own peak RSS.
 #[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know about
+#[allow(unsafe_code)]
 fn measure(argv: &[&str]) -> Exit {
     let started = Instant::now();
     let mut child = Command::new(argv[0])

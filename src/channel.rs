@@ -292,34 +292,8 @@ impl Channels {
         })))
     }
 
-    /// Refuses a host path inside another channel, and extends `new_dirs_from` to the parents
-    /// other channels' creation made, so that the last channel to go removes them.
     fn shared_new_dirs(&self, host_path: &Path, new_dirs_from: PathBuf) -> Result<PathBuf> {
-        let mut highest = new_dirs_from;
-        for record in self.store.all()? {
-            // A racing create for the same path wrote its record since ours was looked for.
-            if host_path == record.host_path() {
-                return Err(record.already_a_channel());
-            }
-            if host_path.starts_with(record.host_path()) {
-                return Err(Error::invalid(
-                    "host path",
-                    host_path.display().to_string(),
-                    format!(
-                        "is inside the channel {}; choose a path outside it",
-                        record.host_path().display()
-                    ),
-                ));
-            }
-            let made = &record.new_dirs_from;
-            if made != record.host_path()
-                && host_path.starts_with(made)
-                && made.components().count() < highest.components().count()
-            {
-                highest = made.clone();
-            }
-        }
-        Ok(highest)
+        shared_new_dirs(host_path, new_dirs_from, &self.store.all()?)
     }
 
     /// The steps after the host side is up; a failure here rolls the host side back.
@@ -522,6 +496,40 @@ impl Channels {
     }
 }
 
+/// Refuses a host path that is, or is inside, another channel, and extends `new_dirs_from` to
+/// the parents other channels' creation made, so that the last channel to go removes them.
+fn shared_new_dirs(
+    host_path: &Path,
+    new_dirs_from: PathBuf,
+    records: &[Record],
+) -> Result<PathBuf> {
+    let mut highest = new_dirs_from;
+    for record in records {
+        // A racing create for the same path wrote its record since ours was looked for.
+        if host_path == record.host_path() {
+            return Err(record.already_a_channel());
+        }
+        if host_path.starts_with(record.host_path()) {
+            return Err(Error::invalid(
+                "host path",
+                host_path.display().to_string(),
+                format!(
+                    "is inside the channel {}; choose a path outside it",
+                    record.host_path().display()
+                ),
+            ));
+        }
+        let made = &record.new_dirs_from;
+        if made != record.host_path()
+            && host_path.starts_with(made)
+            && made.components().count() < highest.components().count()
+        {
+            highest = made.clone();
+        }
+    }
+    Ok(highest)
+}
+
 fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
     let (state, sub_state) = match status {
         Some(s) if s.exists() => (State::of_unit(&s.active_state), s.sub_state.clone()),
@@ -574,8 +582,84 @@ pub enum LeftoverOutcome {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::spec::Access;
+
+    pub(crate) fn channel(host_path: &str, owner: Option<&str>) -> Channel {
+        let unit = unit_name::mount_unit_name(Path::new(host_path));
+        Channel {
+            spec: ChannelSpec {
+                host_path: host_path.into(),
+                container_path: "/chan".into(),
+                access: Access::Rw,
+                size: 1 << 20,
+            },
+            owner: owner.map(str::to_owned),
+            container: Some("c0ffee".into()),
+            cleanup_unit: unit_name::cleanup_unit_name(&unit),
+            unit,
+            created: 1_700_000_000,
+        }
+    }
+
+    fn record(host_path: &str, new_dirs_from: &str) -> Record {
+        Record::new(channel(host_path, None), new_dirs_from.into())
+    }
+
+    #[test]
+    fn channels_inside_channels_and_shared_parents() {
+        let records = [
+            record("/run/a/b/c1", "/run/a"),
+            record("/run/x/c2", "/run/x/c2"),
+        ];
+        // A sibling under the parents c1's creation made: the last one to go removes them.
+        assert_eq!(
+            shared_new_dirs(Path::new("/run/a/b/c3"), "/run/a/b/c3".into(), &records).unwrap(),
+            Path::new("/run/a")
+        );
+        // A deeper new directory of its own stays its own when higher than the shared one.
+        assert_eq!(
+            shared_new_dirs(Path::new("/run/q/r"), "/run/q".into(), &records).unwrap(),
+            Path::new("/run/q")
+        );
+        // Next to a channel whose own directory was all it made: nothing shared.
+        assert_eq!(
+            shared_new_dirs(Path::new("/run/x/c4"), "/run/x/c4".into(), &records).unwrap(),
+            Path::new("/run/x/c4")
+        );
+        let inside =
+            shared_new_dirs(Path::new("/run/x/c2/d"), "/run/x/c2/d".into(), &records).unwrap_err();
+        assert_eq!(inside.kind(), Kind::Invalid);
+        assert!(
+            inside
+                .to_string()
+                .contains("is inside the channel /run/x/c2"),
+            "{inside}"
+        );
+        let same =
+            shared_new_dirs(Path::new("/run/x/c2"), "/run/x/c2".into(), &records).unwrap_err();
+        assert_eq!(same.kind(), Kind::AlreadyExists);
+        assert!(same.to_string().contains("is already a channel"), "{same}");
+    }
+
+    #[test]
+    fn states_from_systemd_and_beyond() {
+        for word in [
+            "active",
+            "activating",
+            "deactivating",
+            "reloading",
+            "inactive",
+            "failed",
+            "maintenance",
+        ] {
+            assert_eq!(State::of_unit(word).as_str(), word);
+        }
+        assert_eq!(State::of_unit("active"), State::Active);
+        assert_eq!(serde_json::to_value(State::Gone).unwrap(), "gone");
+        assert_eq!(State::Deleted.to_string(), "deleted");
+    }
 
     #[test]
     fn targets() {

@@ -148,6 +148,7 @@ fn open_or_create_dirs(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// mount_setattr(2) with MOUNT_ATTR_RDONLY on a detached mount: neither nix nor rustix has it.
+#[allow(unsafe_code)]
 fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {

@@ -307,3 +307,146 @@ fn status_text(info: &ChannelInfo) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{tests::channel, State};
+
+    fn info(host_path: &str, owner: Option<&str>, state: State, used: Option<u64>) -> ChannelInfo {
+        ChannelInfo {
+            channel: channel(host_path, owner),
+            used,
+            sub_state: if state == State::Active {
+                "mounted".into()
+            } else {
+                String::new()
+            },
+            state,
+            memory_limit: None,
+        }
+    }
+
+    #[test]
+    fn list_is_a_table_with_aligned_columns() {
+        let report = Report::List(vec![
+            info(
+                "/run/chan/web",
+                Some("libpod-1.scope"),
+                State::Active,
+                Some(8192),
+            ),
+            info("/run/c2", None, State::Gone, None),
+        ]);
+        assert_eq!(
+            report.text(),
+            "\
+HOST PATH      CONTAINER PATH  MODE  SIZE  USED  OWNER           STATE
+/run/chan/web  /chan           rw    1M    8K    libpod-1.scope  active (mounted)
+/run/c2        /chan           rw    1M    -     -               gone
+"
+        );
+        assert_eq!(Report::List(Vec::new()).text(), "No channels.\n");
+    }
+
+    #[test]
+    fn json_is_flat_and_typed() {
+        let report = Report::Status(info("/run/c2", None, State::Gone, None));
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(json["host_path"], "/run/c2");
+        assert_eq!(json["mode"], "rw");
+        assert_eq!(json["size"], 1 << 20);
+        assert_eq!(json["state"], "gone");
+        assert_eq!(json["unit"], "run-c2.mount");
+        assert_eq!(json["container"], "c0ffee");
+        assert!(json.get("owner").is_none(), "{json}");
+        assert!(json["used"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn status_of_a_leftover_says_what_to_do() {
+        let text = Report::Status(info("/run/c2", None, State::Gone, None)).text();
+        assert!(
+            text.starts_with(
+                "/run/c2 - host channel\n      Unit: run-c2.mount\n     State: gone\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Owner: unbound (lives until hostchan delete)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("remove the leftovers with: hostchan delete /run/c2"),
+            "{text}"
+        );
+        let live = Report::Status(info("/run/c3", Some("x.scope"), State::Active, Some(0))).text();
+        assert!(live.contains("State: active (mounted)"), "{live}");
+        assert!(!live.contains("Note:"), "{live}");
+    }
+
+    #[test]
+    fn gc_says_what_it_did_to_each() {
+        let leftover = |path: &str, outcome| Leftover {
+            channel: channel(path, None),
+            outcome,
+        };
+        let report = Report::Gc {
+            dry_run: false,
+            leftovers: vec![
+                leftover("/run/a", LeftoverOutcome::Removed { directory: true }),
+                leftover("/run/b", LeftoverOutcome::Removed { directory: false }),
+                leftover(
+                    "/run/c",
+                    LeftoverOutcome::Kept {
+                        reason: "not empty".into(),
+                    },
+                ),
+            ],
+        };
+        assert_eq!(
+            report.text(),
+            "\
+Removed leftover channel /run/a: directory and record
+Removed leftover channel /run/b: record (the directory was already gone)
+Kept /run/c: not empty
+"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
+        assert_eq!(json["leftovers"][2]["outcome"], "kept");
+        assert_eq!(json["leftovers"][2]["reason"], "not empty");
+        assert_eq!(json["leftovers"][0]["host_path"], "/run/a");
+        let dry = Report::Gc {
+            dry_run: true,
+            leftovers: vec![leftover("/run/a", LeftoverOutcome::WouldRemove)],
+        };
+        assert!(dry.text().ends_with("Nothing was removed (--dry-run).\n"));
+        let none = Report::Gc {
+            dry_run: false,
+            leftovers: vec![],
+        };
+        assert!(none.text().starts_with("No leftovers"));
+    }
+
+    #[test]
+    fn hook_reports_name_the_stage() {
+        let hook = |stage| {
+            Report::Hook(crate::oci::HookOutcome {
+                stage,
+                container: "c0ffee".into(),
+                channels: vec![info("/run/h", Some("x.scope"), State::Active, None)],
+            })
+        };
+        assert_eq!(
+            hook(crate::oci::Stage::Prestart).text(),
+            "Created channel /run/h -> /chan for container c0ffee\n"
+        );
+        assert_eq!(
+            hook(crate::oci::Stage::Poststop).text(),
+            "Deleted channel /run/h -> /chan for container c0ffee\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&hook(crate::oci::Stage::CreateRuntime).json()).unwrap();
+        assert_eq!(json["stage"], "createRuntime");
+    }
+}

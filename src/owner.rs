@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
-use crate::systemd::Systemd;
+use crate::systemd::{Memory, Systemd};
 
 /// Who a channel lives with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -262,9 +262,58 @@ pub struct MemoryChange {
     pub to: u64,
 }
 
+/// What to do about the owner's memory limit for a channel of `size` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryPlan {
+    /// No limit, or room enough.
+    Nothing,
+    /// `--grow-memory-limit`: raise `property` from `from` to `to`.
+    Raise {
+        property: &'static str,
+        from: u64,
+        to: u64,
+    },
+    /// The container can be OOM-killed by filling its channel.
+    Warn {
+        property: &'static str,
+        limit: u64,
+        current: u64,
+    },
+}
+
 /// The container's own writes into the channel count against its memory limit (tmpfs pages
 /// are charged to the writer): raise the limit by the channel's size when asked, and warn when
 /// the limit leaves no room for a full channel.
+pub fn memory_plan(memory: Memory, size: u64, grow: bool) -> MemoryPlan {
+    let (property, limit) = match (memory.max, memory.limit) {
+        (max, _) if max != u64::MAX => ("MemoryMax", max),
+        (_, limit) if limit != u64::MAX => ("MemoryLimit", limit),
+        _ => return MemoryPlan::Nothing,
+    };
+    if grow {
+        return MemoryPlan::Raise {
+            property,
+            from: limit,
+            to: limit.saturating_add(size),
+        };
+    }
+    let current = if memory.current == u64::MAX {
+        0
+    } else {
+        memory.current
+    };
+    if limit < current.saturating_add(size) {
+        MemoryPlan::Warn {
+            property,
+            limit,
+            current,
+        }
+    } else {
+        MemoryPlan::Nothing
+    }
+}
+
+/// Carries out [`memory_plan`] on the owner unit.
 pub fn memory_headroom(
     systemd: &Systemd,
     owner: &str,
@@ -276,33 +325,29 @@ pub fn memory_headroom(
         Err(e) if grow => return Err(e),
         Err(_) => return Ok(None),
     };
-    let (property, limit) = match (memory.max, memory.limit) {
-        (max, _) if max != u64::MAX => ("MemoryMax", max),
-        (_, limit) if limit != u64::MAX => ("MemoryLimit", limit),
-        _ => return Ok(None),
-    };
-    if grow {
-        let raised = limit.saturating_add(size);
-        systemd.set_memory_limit(owner, property, raised)?;
-        tracing::info!("raised {property} of {owner} from {limit} to {raised} bytes");
-        return Ok(Some(MemoryChange {
-            unit: owner.to_owned(),
+    match memory_plan(memory, size, grow) {
+        MemoryPlan::Nothing => Ok(None),
+        MemoryPlan::Raise { property, from, to } => {
+            systemd.set_memory_limit(owner, property, to)?;
+            tracing::info!("raised {property} of {owner} from {from} to {to} bytes");
+            Ok(Some(MemoryChange {
+                unit: owner.to_owned(),
+                property,
+                from,
+                to,
+            }))
+        }
+        MemoryPlan::Warn {
             property,
-            from: limit,
-            to: raised,
-        }));
+            limit,
+            current,
+        } => {
+            tracing::warn!(
+                "{owner} can be OOM-killed by writing into this channel: its {property} is {limit} bytes, below its usage ({current}) plus the channel's size ({size}); use --grow-memory-limit or raise it"
+            );
+            Ok(None)
+        }
     }
-    let current = if memory.current == u64::MAX {
-        0
-    } else {
-        memory.current
-    };
-    if limit < current.saturating_add(size) {
-        tracing::warn!(
-            "{owner} can be OOM-killed by writing into this channel: its {property} is {limit} bytes, below its usage ({current}) plus the channel's size ({size}); use --grow-memory-limit or raise it"
-        );
-    }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -419,6 +464,69 @@ mod tests {
         }
         for path in ["/", "/docker/ab12", "/kubepods/besteffort/pod1/ab", ""] {
             assert_eq!(owner_of_cgroup(path), NoUnit, "{path}");
+        }
+    }
+
+    #[test]
+    fn memory_plans() {
+        const NONE: u64 = u64::MAX;
+        let memory = |max, limit, current| Memory {
+            max,
+            limit,
+            current,
+        };
+        let cases = [
+            (memory(NONE, NONE, 10), 100, false, MemoryPlan::Nothing),
+            (memory(NONE, NONE, 10), 100, true, MemoryPlan::Nothing),
+            (memory(1000, NONE, 10), 100, false, MemoryPlan::Nothing),
+            (memory(1000, NONE, 900), 100, false, MemoryPlan::Nothing),
+            (
+                memory(1000, NONE, 901),
+                100,
+                false,
+                MemoryPlan::Warn {
+                    property: "MemoryMax",
+                    limit: 1000,
+                    current: 901,
+                },
+            ),
+            (
+                memory(1000, 500, 0),
+                100,
+                true,
+                MemoryPlan::Raise {
+                    property: "MemoryMax",
+                    from: 1000,
+                    to: 1100,
+                },
+            ),
+            (
+                memory(NONE, 500, NONE),
+                600,
+                false,
+                MemoryPlan::Warn {
+                    property: "MemoryLimit",
+                    limit: 500,
+                    current: 0,
+                },
+            ),
+            (
+                memory(NONE, u64::MAX - 1, 0),
+                10,
+                true,
+                MemoryPlan::Raise {
+                    property: "MemoryLimit",
+                    from: u64::MAX - 1,
+                    to: u64::MAX,
+                },
+            ),
+        ];
+        for (memory, size, grow, expected) in cases {
+            assert_eq!(
+                memory_plan(memory, size, grow),
+                expected,
+                "{memory:?} {size} {grow}"
+            );
         }
     }
 

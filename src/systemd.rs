@@ -85,11 +85,20 @@ impl JobOutcome {
 
     /// The error for a job that did not succeed, explaining systemd's result word.
     pub fn error(&self, verb: &str, owner: Option<&str>) -> Error {
+        // The result words of JobRemoved, as systemd's bus-wait-for-jobs.c explains them.
         let why = match (self.result.as_str(), owner) {
             ("dependency", Some(unit)) => {
                 format!(", because its owner {unit} stopped or failed")
             }
+            ("dependency", None) => ", because a unit it depends on failed".to_owned(),
             ("timeout", _) => ", because it timed out".to_owned(),
+            ("canceled", _) => ", because another job replaced it".to_owned(),
+            ("failed", _) => ", because the operation itself failed".to_owned(),
+            ("assert", _) => ", because an assertion of the unit failed".to_owned(),
+            ("unsupported", _) => ", because the unit type is not supported here".to_owned(),
+            ("collected", _) => ", because the unit was unloaded meanwhile".to_owned(),
+            ("once", _) => ", because the unit may only start once".to_owned(),
+            ("invalid", _) => ", because the job does not apply to the unit".to_owned(),
             _ => String::new(),
         };
         Error::systemd(format!(
@@ -296,18 +305,22 @@ impl From<zbus::Error> for Error {
 
 fn dbus_error(err: zbus::Error) -> Error {
     if let zbus::Error::MethodError(name, detail, _) = &err {
-        let detail = detail.clone().unwrap_or_default();
-        return match name.as_str() {
-            "org.freedesktop.systemd1.NoSuchUnit" => Error::not_found(detail),
-            "org.freedesktop.systemd1.UnitExists" => Error::already_exists(detail),
-            "org.freedesktop.DBus.Error.AccessDenied"
-            | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::systemd(
-                format!("permission denied by systemd ({detail}); run hostchan as root"),
-            ),
-            _ => Error::systemd(format!("systemd refused: {detail} ({name})")),
-        };
+        return method_error(name.as_str(), detail.as_deref().unwrap_or_default());
     }
     Error::systemd("D-Bus error talking to systemd").caused_by(err)
+}
+
+/// An error reply from systemd (or the bus) in hostchan's kinds, with systemd's own words.
+fn method_error(name: &str, detail: &str) -> Error {
+    match name {
+        "org.freedesktop.systemd1.NoSuchUnit" => Error::not_found(detail),
+        "org.freedesktop.systemd1.UnitExists" => Error::already_exists(detail),
+        "org.freedesktop.DBus.Error.AccessDenied"
+        | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::systemd(format!(
+            "permission denied by systemd ({detail}); run hostchan as root"
+        )),
+        _ => Error::systemd(format!("systemd refused: {detail} ({name})")),
+    }
 }
 
 #[cfg(test)]
@@ -325,5 +338,67 @@ mod tests {
             message,
             "systemd could not start run-x.mount (job result: dependency), because its owner c.scope stopped or failed; see: journalctl -u run-x.mount"
         );
+        for (result, because) in [
+            ("failed", "the operation itself failed"),
+            ("timeout", "it timed out"),
+            ("canceled", "another job replaced it"),
+            ("collected", "the unit was unloaded meanwhile"),
+            ("dependency", "a unit it depends on failed"),
+        ] {
+            let outcome = JobOutcome {
+                unit: "run-x.mount".into(),
+                result: result.into(),
+            };
+            assert!(!outcome.succeeded());
+            let error = outcome.error("stop", None);
+            assert_eq!(error.kind(), Kind::Systemd);
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("systemd could not stop run-x.mount (job result: {result}), because {because}; see: journalctl -u run-x.mount")),
+                "{message}"
+            );
+        }
+        let done = JobOutcome {
+            unit: "x".into(),
+            result: "done".into(),
+        };
+        assert!(done.succeeded());
+    }
+
+    #[test]
+    fn systemd_replies_map_to_kinds() {
+        let cases = [
+            (
+                "org.freedesktop.systemd1.NoSuchUnit",
+                Kind::NotFound,
+                "Unit x not loaded.",
+            ),
+            (
+                "org.freedesktop.systemd1.UnitExists",
+                Kind::AlreadyExists,
+                "Unit x already exists.",
+            ),
+            (
+                "org.freedesktop.DBus.Error.AccessDenied",
+                Kind::Systemd,
+                "permission denied by systemd (Access denied); run hostchan as root",
+            ),
+            (
+                "org.freedesktop.DBus.Error.InvalidArgs",
+                Kind::Systemd,
+                "systemd refused: Bad (org.freedesktop.DBus.Error.InvalidArgs)",
+            ),
+        ];
+        for (name, kind, expected) in cases {
+            let detail = match kind {
+                Kind::NotFound => "Unit x not loaded.",
+                Kind::AlreadyExists => "Unit x already exists.",
+                _ if name.ends_with("AccessDenied") => "Access denied",
+                _ => "Bad",
+            };
+            let error = method_error(name, detail);
+            assert_eq!(error.kind(), kind, "{name}");
+            assert_eq!(error.to_string(), expected, "{name}");
+        }
     }
 }

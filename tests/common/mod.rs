@@ -140,13 +140,7 @@ impl Sandbox {
         if let Some(dir) = &options.extra_units {
             command.env("HOSTCHAN_EXTRA_UNITS", dir);
         }
-        // If the test thread dies without dropping the sandbox, the kernel kills unshare, and
-        // unshare's --kill-child kills systemd and so the namespace.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
+        die_with_parent(&mut command);
         let unshare = command.spawn().expect("spawn unshare");
         let mut sandbox = Sandbox {
             pid: 0,
@@ -379,6 +373,18 @@ impl Drop for Sandbox {
         if !std::thread::panicking() {
             let _ = fs::remove_file(&self.log);
         }
+    }
+}
+
+/// If the test thread dies without dropping the sandbox, the kernel kills unshare, and
+/// unshare's --kill-child kills systemd and so the namespace.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes one syscall (prctl).
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
     }
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Requester};
 use crate::error::{Error, Kind, Result};
 use crate::hostfs;
 use crate::inject::{self, AttachPoint};
@@ -29,6 +29,7 @@ pub struct CreateOptions {
     pub attach: Option<AttachTo>,
     /// Raise the owner's memory limit by the channel's size.
     pub grow_memory_limit: bool,
+    pub requester: Requester,
 }
 
 /// The container a channel is attached in.
@@ -195,7 +196,7 @@ impl Channels {
 
     pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
-        config.check_host_path(&spec.host_path)?;
+        config.check_host_path(&spec.host_path, options.requester)?;
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
             return Err(Error::usage(format!(
                 "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
@@ -227,6 +228,8 @@ impl Channels {
                     attach.pid
                 )));
             }
+            owner::check_container_process(attach.pid)?;
+            inject::check_other_mount_namespace(attach.pid)?;
         }
         let systemd = Systemd::connect()?;
         if let Owner::Unit(owner) = &options.owner {

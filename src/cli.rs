@@ -39,6 +39,10 @@ Configuration file:
   default = \"require\"      without --scope, --pid or --unbound: \"require\" refuses,
                            \"unbound\" makes an unbound channel
   allow_unbound = true     whether channels bound to no unit may be made at all
+[hook]
+  allowed_roots = [\"/run/hostchan\"]
+                           host paths from container annotations must lie under one of
+                           these (never empty); the CLI uses [channels] allowed_roots
 
 A wrong key, type or value is reported with the file, line and key, and create does nothing
 (exit 2). delete, gc and the cleanup units never read the file.";

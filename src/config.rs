@@ -19,6 +19,15 @@ pub const DEFAULT_PATH: &str = "/etc/hostchan/config.toml";
 /// The upper bound on any channel, whatever the file says.
 const MAX_PERCENT_OF_MEMORY: u64 = 50;
 
+/// Who asks for a channel: a person or engine on the command line (trusted with any path the
+/// configuration allows), or a container's annotations through the hook (confined to the hook's
+/// roots).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requester {
+    Cli,
+    Hook,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -31,6 +40,18 @@ pub struct Config {
     pub channels: Channels,
     pub tmpfs: Tmpfs,
     pub owner: OwnerPolicy,
+    pub hook: Hook,
+}
+
+/// The root hook channels go under when the configuration names none: hostchan's own, made
+/// `0755 root` when missing.
+pub const DEFAULT_HOOK_ROOT: &str = "/run/hostchan";
+
+/// Channels asked for by container annotations, which whoever creates a container writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hook {
+    /// Host paths from annotations must lie under one of these; never empty.
+    pub allowed_roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -158,6 +179,9 @@ impl Config {
                 default: DefaultOwner::Require,
                 allow_unbound: true,
             },
+            hook: Hook {
+                allowed_roots: vec![PathBuf::from(DEFAULT_HOOK_ROOT)],
+            },
         }
     }
 
@@ -246,25 +270,17 @@ impl Config {
 
         if let Some(roots) = &file.channels.allowed_roots {
             let location = at(roots.span(), "channels.allowed_roots");
-            let mut parsed = Vec::new();
-            for root in roots.get_ref() {
-                let path = spec::normalize_absolute("allowed root", root)
-                    .map_err(|e| location.error(root, strip_invalid_prefix(&e)))?;
-                if let Some(tree) = spec::protected_tree(&path) {
-                    return Err(location.error(
-                        root,
-                        format!("is inside {tree}, which stays protected whatever the configuration says"),
-                    ));
-                }
-                if path == Path::new("/") {
-                    return Err(location.error(
-                        root,
-                        "would allow everything; leave allowed_roots out (or empty) for that",
-                    ));
-                }
-                parsed.push(path);
+            config.channels.allowed_roots = parse_roots(roots.get_ref(), &location)?;
+        }
+        if let Some(roots) = &file.hook.allowed_roots {
+            let location = at(roots.span(), "hook.allowed_roots");
+            if roots.get_ref().is_empty() {
+                return Err(location.error(
+                    "[]",
+                    "would let container annotations pick any host path; name the roots hook channels may use",
+                ));
             }
-            config.channels.allowed_roots = parsed;
+            config.hook.allowed_roots = parse_roots(roots.get_ref(), &location)?;
         }
 
         if let Some(noexec) = file.tmpfs.noexec {
@@ -310,9 +326,15 @@ impl Config {
 
     /// Refuses a host path outside the allowed roots (the protected trees are refused by the
     /// spec parser whatever this says).
-    pub fn check_host_path(&self, host_path: &Path) -> Result<()> {
-        let roots = &self.channels.allowed_roots;
-        if roots.is_empty() || roots.iter().any(|root| host_path.starts_with(root)) {
+    /// `[channels] allowed_roots` for the CLI, `[hook] allowed_roots` for channels that
+    /// container annotations ask for.
+    pub fn check_host_path(&self, host_path: &Path, requester: Requester) -> Result<()> {
+        let (roots, key) = match requester {
+            Requester::Cli => (&self.channels.allowed_roots, "channels.allowed_roots"),
+            Requester::Hook => (&self.hook.allowed_roots, "hook.allowed_roots"),
+        };
+        let inside = |root: &PathBuf| host_path.starts_with(root) && host_path != root;
+        if (requester == Requester::Cli && roots.is_empty()) || roots.iter().any(inside) {
             return Ok(());
         }
         let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
@@ -320,7 +342,7 @@ impl Config {
             "host path",
             host_path.display().to_string(),
             format!(
-                "is outside the allowed roots ({}) set in {}; choose a path under one of them",
+                "is outside the allowed roots ({}) of {key} in {}; choose a path under one of them",
                 shown.join(", "),
                 self.origin()
             ),
@@ -352,6 +374,28 @@ impl Config {
     }
 }
 
+fn parse_roots(roots: &[String], location: &Location<'_>) -> Result<Vec<PathBuf>> {
+    let mut parsed = Vec::new();
+    for root in roots {
+        let path = spec::normalize_absolute("allowed root", root)
+            .map_err(|e| location.error(root, strip_invalid_prefix(&e)))?;
+        if let Some(tree) = spec::protected_tree(&path) {
+            return Err(location.error(
+                root,
+                format!("is inside {tree}, which stays protected whatever the configuration says"),
+            ));
+        }
+        if path == Path::new("/") {
+            return Err(location.error(
+                root,
+                "would allow everything; leave allowed_roots out (or empty) for that",
+            ));
+        }
+        parsed.push(path);
+    }
+    Ok(parsed)
+}
+
 /// The file as written; every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -359,6 +403,13 @@ struct File {
     channels: ChannelsIn,
     tmpfs: TmpfsIn,
     owner: OwnerIn,
+    hook: HookIn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HookIn {
+    allowed_roots: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -440,6 +491,7 @@ struct FileOut {
     channels: ChannelsOut,
     tmpfs: Tmpfs,
     owner: OwnerPolicy,
+    hook: Hook,
 }
 
 #[derive(Serialize)]
@@ -462,6 +514,7 @@ impl From<&Config> for FileOut {
             },
             tmpfs: config.tmpfs.clone(),
             owner: config.owner.clone(),
+            hook: config.hook.clone(),
         }
     }
 }
@@ -697,19 +750,58 @@ allow_unbound = true
 
     #[test]
     fn allowed_roots() {
+        use Requester::{Cli, Hook};
         let config = parse("[channels]\nallowed_roots = [\"/run/chan\"]\n").unwrap();
-        assert!(config.check_host_path(Path::new("/run/chan/c1")).is_ok());
+        assert!(config
+            .check_host_path(Path::new("/run/chan/c1"), Cli)
+            .is_ok());
         let refused = config
-            .check_host_path(Path::new("/run/chance"))
+            .check_host_path(Path::new("/run/chance"), Cli)
             .unwrap_err()
             .to_string();
         assert_eq!(
             refused,
-            "invalid host path \"/run/chance\": is outside the allowed roots (/run/chan) set in /etc/hostchan/config.toml; choose a path under one of them"
+            "invalid host path \"/run/chance\": is outside the allowed roots (/run/chan) of channels.allowed_roots in /etc/hostchan/config.toml; choose a path under one of them"
         );
-        assert!(Config::builtin(&MACHINE)
-            .check_host_path(Path::new("/anywhere"))
+        assert!(config.check_host_path(Path::new("/run/chan"), Cli).is_err());
+        // The hook has its own roots, /run/hostchan by default, whatever [channels] says.
+        assert!(config
+            .check_host_path(Path::new("/run/chan/c1"), Hook)
+            .is_err());
+        assert!(config
+            .check_host_path(Path::new("/run/hostchan/c1"), Hook)
             .is_ok());
+        let builtin = Config::builtin(&MACHINE);
+        assert!(builtin.check_host_path(Path::new("/anywhere"), Cli).is_ok());
+        let refused = builtin
+            .check_host_path(Path::new("/anywhere"), Hook)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("(/run/hostchan) of hook.allowed_roots in the built-in defaults"),
+            "{refused}"
+        );
+        assert!(builtin
+            .check_host_path(Path::new("/run/hostchan"), Hook)
+            .is_err());
+        let hook = parse("[hook]\nallowed_roots = [\"/srv/chan\", \"/run/k8s\"]\n").unwrap();
+        assert!(hook.check_host_path(Path::new("/run/k8s/p1"), Hook).is_ok());
+        assert!(hook
+            .check_host_path(Path::new("/run/hostchan/p1"), Hook)
+            .is_err());
+        let empty = parse("[hook]\nallowed_roots = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            empty.contains(
+                "hook.allowed_roots \"[]\" would let container annotations pick any host path"
+            ),
+            "{empty}"
+        );
+        let protected = parse("[hook]\nallowed_roots = [\"/etc/x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(protected.contains("is inside /etc"), "{protected}");
     }
 
     /// The shipped file documents every key with its default: uncommented, it is the built-in
@@ -750,6 +842,10 @@ allow_unbound = true
         ] {
             assert!(uncommented.contains(&format!("\n{key} = ")), "{key}");
         }
+        assert!(
+            uncommented.contains("\n[hook]\nallowed_roots = [\"/run/hostchan\"]")
+                || uncommented.contains("\nallowed_roots = [\"/run/hostchan\"]")
+        );
     }
 
     #[test]

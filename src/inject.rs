@@ -46,9 +46,8 @@ fn attach_clone(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )
     .context("cloning the host mount")?;
-    if point.access == Access::Ro {
-        set_read_only(&tree).context("making the clone read-only")?;
-    }
+    set_clone_attributes(&tree, point.access == Access::Ro)
+        .context("making the clone private (and read-only for ro)")?;
     // Both are opened before entering the namespace: afterwards /proc is the container's view.
     let proc_root = File::open(format!("/proc/{}/root", point.pid)).context("opening its root")?;
     let mount_ns =
@@ -85,6 +84,27 @@ fn attach_clone(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
             .join()
     });
     outcome.unwrap_or_else(|_| Err(Error::runtime("the attaching thread panicked")))
+}
+
+/// Refuses a process that shares hostchan's mount namespace: it is on the host, not in a
+/// container, and its "container path" would be a host path.
+pub fn check_other_mount_namespace(pid: i32) -> Result<()> {
+    let identity = |path: &str| -> Result<(u64, u64)> {
+        let stat = rustix::fs::stat(path).map_err(|e| {
+            Error::owner(format!(
+                "pid {pid} cannot be looked at ({path}); give the pid of the container's init"
+            ))
+            .caused_by(e)
+        })?;
+        Ok((stat.st_dev, stat.st_ino))
+    };
+    let theirs = identity(&format!("/proc/{pid}/ns/mnt"))?;
+    if theirs == identity("/proc/self/ns/mnt")? {
+        return Err(Error::owner(format!(
+            "pid {pid} shares the host's mount namespace, so it is in no container; --pid attaches only inside a container"
+        )));
+    }
+    Ok(())
 }
 
 /// `/a/b` -> `a/b`: paths are resolved relative to a root directory file descriptor.
@@ -147,9 +167,12 @@ fn open_or_create_dirs(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
     open_in_root(root, &parent)
 }
 
-/// mount_setattr(2) with MOUNT_ATTR_RDONLY on a detached mount: neither nix nor rustix has it.
+/// mount_setattr(2) on the detached clone, which neither nix nor rustix has: private
+/// propagation always (a clone of the host mount is otherwise its peer, so a container with
+/// CAP_SYS_ADMIN that mounts under its channel would mount on the host too), and read-only for
+/// `ro`.
 #[allow(unsafe_code)]
-fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
+fn set_clone_attributes(tree: &OwnedFd, read_only: bool) -> io::Result<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -159,9 +182,9 @@ fn set_read_only(tree: &OwnedFd) -> io::Result<()> {
     }
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
+        attr_set: if read_only { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
-        propagation: 0,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     // SAFETY: the path is a valid NUL-terminated string, `attr` lives across the call and its

@@ -7,7 +7,7 @@ use std::io::Read;
 
 use hostchan::channel::{AttachTo, Channels, CreateOptions, Target};
 use hostchan::cli::{Cli, Command, ConfigCommand, OutputFormat};
-use hostchan::config::{self, Config};
+use hostchan::config::{self, Config, Requester};
 use hostchan::error::{Context, Error, Result, EXIT_USAGE};
 use hostchan::oci;
 use hostchan::output::Report;
@@ -85,6 +85,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                         dry_run: args.dry_run,
                         attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
                         grow_memory_limit: args.grow_memory_limit,
+                        requester: Requester::Cli,
                     },
                 )
                 .map(Report::Created)

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
-use crate::config::Config;
+use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::owner::{self, OwnerRequest};
+use crate::units::validate_container_id;
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
 pub const ANNOTATION: &str = "io.hostchan.channel";
@@ -53,19 +54,45 @@ impl State {
         }
     }
 
-    /// The channel specs in the annotations, by annotation name.
-    pub fn channel_specs(&self) -> Vec<(&str, &str)> {
-        self.annotations
-            .iter()
-            .filter(|(key, _)| {
-                key.as_str() == ANNOTATION
-                    || key
-                        .strip_prefix(ANNOTATION)
-                        .and_then(|rest| rest.strip_prefix('.'))
-                        .is_some_and(|name| !name.is_empty())
-            })
-            .map(|(key, spec)| (key.as_str(), spec.as_str()))
-            .collect()
+    /// The container id, checked as `create --container` checks it.
+    pub fn container_id(&self) -> Result<String> {
+        validate_container_id(&self.id)
+    }
+
+    /// The channel specs in the annotations, by annotation name. hostchan's own annotations
+    /// (`io.hostchan.channel.*`) with a name that is not letters, digits and `_.-` are an error,
+    /// not ignored: the container asked for a channel it would not get.
+    pub fn channel_specs(&self) -> Result<Vec<(&str, &str)>> {
+        let mut specs = Vec::new();
+        for (key, spec) in &self.annotations {
+            let name = match key.strip_prefix(ANNOTATION) {
+                Some("") => None,
+                Some(rest) => match rest.strip_prefix('.') {
+                    Some(name) => Some(name),
+                    // io.hostchan.channelx: another annotation.
+                    None => continue,
+                },
+                None => continue,
+            };
+            if let Some(name) = name {
+                let valid = !name.is_empty()
+                    && name.len() <= 63
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !valid {
+                    return Err(Error::invalid(
+                        "annotation",
+                        key,
+                        format!(
+                            "the name after {ANNOTATION}. must be 1 to 63 letters, digits and _.-"
+                        ),
+                    ));
+                }
+            }
+            specs.push((key.as_str(), spec.as_str()));
+        }
+        Ok(specs)
     }
 }
 
@@ -113,11 +140,14 @@ pub fn run_hook(
         Stage::Prestart | Stage::CreateRuntime => {
             create_all(channels, &load_config()?, state, stage)
         }
-        Stage::Poststop => Ok(HookOutcome {
-            stage,
-            container: state.id.clone(),
-            channels: channels.delete_container(&state.id)?,
-        }),
+        Stage::Poststop => {
+            let container = state.container_id()?;
+            Ok(HookOutcome {
+                stage,
+                channels: channels.delete_container(&container)?,
+                container,
+            })
+        }
     }
 }
 
@@ -135,7 +165,8 @@ fn create_all(
             state.id
         ))
     })?;
-    let specs = state.channel_specs();
+    let container = state.container_id()?;
+    let specs = state.channel_specs()?;
     let mut made: Vec<ChannelInfo> = Vec::new();
     if specs.is_empty() {
         return Ok(outcome(state, stage, made));
@@ -149,13 +180,14 @@ fn create_all(
             &CreateOptions {
                 spec: spec.to_owned(),
                 owner: owner.clone(),
-                container: Some(state.id.clone()),
+                container: Some(container.clone()),
                 dry_run: false,
                 attach: Some(AttachTo {
                     pid,
                     rootfs: Some(rootfs.clone()),
                 }),
                 grow_memory_limit: false,
+                requester: Requester::Hook,
             },
         );
         match created {
@@ -197,19 +229,33 @@ mod tests {
     const STATE: &str = r#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":42,
         "bundle":"/b","annotations":{"io.hostchan.channel":"/run/a:/a",
         "io.hostchan.channel.logs":"/run/b:/b:ro","io.hostchan.channelx":"no",
-        "io.hostchan.channel.":"no","other":"x"}}"#;
+        "other":"x"}}"#;
 
     #[test]
     fn specs_from_annotations() {
         let state = State::parse(STATE).unwrap();
         assert_eq!(
-            state.channel_specs(),
+            state.channel_specs().unwrap(),
             vec![
                 ("io.hostchan.channel", "/run/a:/a"),
                 ("io.hostchan.channel.logs", "/run/b:/b:ro")
             ]
         );
         assert_eq!(state.pid, Some(42));
+        for bad in [
+            "io.hostchan.channel.",
+            "io.hostchan.channel.a b",
+            "io.hostchan.channel.x\ny",
+        ] {
+            let mut state = State::parse(STATE).unwrap();
+            state.annotations.insert(bad.into(), "/run/c:/c".into());
+            let err = state.channel_specs().unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        let mut state = State::parse(STATE).unwrap();
+        state.id = "c1\nWants=x.service".into();
+        assert!(state.container_id().is_err());
     }
 
     #[test]

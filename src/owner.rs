@@ -147,6 +147,20 @@ fn never_an_owner(unit: &str) -> Option<&'static str> {
     }
 }
 
+/// For `--pid` whatever the owner: the process must be a container's. One in a login session,
+/// a user's units or PID 1's scope is refused even when the owner is named or unbound.
+pub fn check_container_process(pid: i32) -> Result<()> {
+    let path = systemd_cgroup_of_pid(pid)?;
+    if let PathOwner::Refused { unit, reason } = owner_of_cgroup(&path) {
+        if never_an_owner(&unit).is_some() || path.starts_with("/user.slice/") {
+            return Err(Error::owner(format!(
+                "pid {pid} is in {unit}, which {reason}; --pid attaches only inside a container"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The one place that turns what the caller said into an owner.
 pub fn resolve(request: &OwnerRequest, config: &Config) -> Result<Owner> {
     match request {

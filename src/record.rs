@@ -3,8 +3,13 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use rustix::fs::{
+    fchmod, fstat, linkat, openat, openat2, unlinkat, AtFlags, Mode, OFlags, ResolveFlags, CWD,
+};
+use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
@@ -56,10 +61,15 @@ impl Record {
     }
 }
 
-/// The directory of channel records, one TOML file per channel named after its mount unit.
-/// Released when dropped.
+/// Held while it lives: creates hold it shared, `gc` exclusively.
 pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
+/// The directory of channel records, one TOML file per channel named after its mount unit.
+///
+/// Records decide what root's cleanup removes, so they are root's alone: the directory is made
+/// 0700 and each file 0600 whatever the umask, every file is opened relative to the directory
+/// without following symlinks, and a directory or record that is not owned by hostchan's user
+/// or that group or others can write is refused, never acted on.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
@@ -78,22 +88,69 @@ impl Store {
 
     /// A mount unit name is at most 255 bytes; with `.mount` replaced by `.toml` it stays a
     /// valid file name.
-    pub fn path_of(&self, unit: &str) -> PathBuf {
+    fn file_name(unit: &str) -> String {
         let stem = unit.strip_suffix(".mount").unwrap_or(unit);
-        self.dir.join(format!("{stem}.toml"))
+        format!("{stem}.toml")
+    }
+
+    pub fn path_of(&self, unit: &str) -> PathBuf {
+        self.dir.join(Store::file_name(unit))
+    }
+
+    /// The records directory, made (with its parent) when `create` and missing; `None` when
+    /// missing and not to be made.
+    fn open_dir(&self, create: bool) -> Result<Option<OwnedFd>> {
+        let context = || format!("cannot open the channel records in {}", self.dir.display());
+        match open_dir_nofollow(&self.dir) {
+            Ok(fd) => {
+                check_owned(&fd, &self.dir)?;
+                Ok(Some(fd))
+            }
+            Err(e) if e == Errno::NOENT && create => {
+                if let Some(parent) = self.dir.parent() {
+                    make_dir(parent, 0o755).map_err(|e| fs_error(context(), e.into()))?;
+                }
+                make_dir(&self.dir, 0o700).map_err(|e| fs_error(context(), e.into()))?;
+                let fd = open_dir_nofollow(&self.dir).map_err(|e| fs_error(context(), e.into()))?;
+                check_owned(&fd, &self.dir)?;
+                Ok(Some(fd))
+            }
+            Err(e) if e == Errno::NOENT => Ok(None),
+            Err(e) => Err(fs_error(context(), e.into())),
+        }
     }
 
     /// Writes a new record; fails with `AlreadyExists` if the channel already has one, which
-    /// makes the record the arbiter between two creates racing for one path.
+    /// makes the record the arbiter between two creates racing for one path. The file is
+    /// written unnamed (O_TMPFILE) and linked in whole: a kill leaves no temporary file.
     pub fn create(&self, record: &Record) -> Result<()> {
         let context = || format!("cannot write channel record in {}", self.dir.display());
-        fs::create_dir_all(&self.dir).map_err(|e| fs_error(context(), e))?;
         let text = toml::to_string(record).map_err(|e| Error::io(context(), e))?;
-        let target = self.path_of(record.unit());
-        let temp = self.temp_path();
-        let written =
-            write_synced(&temp, text.as_bytes()).and_then(|()| fs::hard_link(&temp, &target));
-        let _ = fs::remove_file(&temp);
+        let dir = self
+            .open_dir(true)?
+            .ok_or_else(|| Error::runtime(context()))?;
+        let file = openat(
+            &dir,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| fs_error(context(), e.into()))?;
+        let mut file = fs::File::from(file);
+        let written = fchmod(&file, Mode::from_raw_mode(0o600))
+            .map_err(io::Error::from)
+            .and_then(|()| file.write_all(text.as_bytes()))
+            .and_then(|()| file.sync_all())
+            .and_then(|()| {
+                linkat(
+                    &file,
+                    "",
+                    &dir,
+                    Store::file_name(record.unit()),
+                    AtFlags::EMPTY_PATH,
+                )
+                .map_err(io::Error::from)
+            });
         match written {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
@@ -106,66 +163,112 @@ impl Store {
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
-        fs::create_dir_all(&self.dir).map_err(|e| fs_error(context(), e))?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(".lock"))
-            .map_err(|e| fs_error(context(), e))?;
+        let dir = self
+            .open_dir(true)?
+            .ok_or_else(|| Error::runtime(context()))?;
+        let fd = openat(
+            &dir,
+            ".lock",
+            OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| fs_error(context(), e.into()))?;
+        check_owned(&fd, &self.dir.join(".lock"))?;
         let mode = if exclusive {
             FlockArg::LockExclusive
         } else {
             FlockArg::LockShared
         };
-        Flock::lock(file, mode)
+        Flock::lock(fs::File::from(fd), mode)
             .map(StoreLock)
             .map_err(|(_, errno)| Error::io(context(), errno))
     }
 
-    fn temp_path(&self) -> PathBuf {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.dir.join(format!(".tmp-{}-{n}", std::process::id()))
-    }
-
     pub fn load(&self, unit: &str) -> Result<Option<Record>> {
-        read_record(&self.path_of(unit))
+        match self.open_dir(false)? {
+            Some(dir) => read_record(&dir, &Store::file_name(unit), &self.path_of(unit)),
+            None => Ok(None),
+        }
     }
 
     /// Removes a record; `false` when there was none.
     pub fn remove(&self, unit: &str) -> Result<bool> {
-        let path = self.path_of(unit);
-        match fs::remove_file(&path) {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(false);
+        };
+        match unlinkat(&dir, Store::file_name(unit), AtFlags::empty()) {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(Error::io(format!("cannot remove {}", path.display()), e)),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io(
+                format!("cannot remove {}", self.path_of(unit).display()),
+                e,
+            )),
         }
     }
 
-    /// Every record, sorted by host path. Unreadable records are reported, not skipped silently.
+    /// Every record, sorted by host path. Records that cannot be read or trusted are reported,
+    /// not acted on.
     pub fn all(&self) -> Result<Vec<Record>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(format!("cannot read {}", self.dir.display()), e)),
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(Vec::new());
         };
+        let context = || format!("cannot read {}", self.dir.display());
         let mut records = Vec::new();
+        let entries = rustix::fs::Dir::read_from(&dir).with_context(context)?;
         for entry in entries {
-            let entry = entry.with_context(|| format!("cannot read {}", self.dir.display()))?;
-            let path = entry.path();
-            if path.extension().is_none_or(|ext| ext != "toml") {
+            let entry = entry.with_context(context)?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if !name.ends_with(".toml") || name.starts_with('.') {
                 continue;
             }
-            match read_record(&path) {
+            match read_record(&dir, name, &self.dir.join(name)) {
                 Ok(Some(record)) => records.push(record),
                 Ok(None) => {}
-                Err(e) => tracing::warn!("skipping unreadable channel record: {e}"),
+                Err(e) => tracing::warn!("skipping channel record: {e}"),
             }
         }
         records.sort_by(|a, b| a.host_path().cmp(b.host_path()));
         Ok(records)
     }
+}
+
+fn open_dir_nofollow(path: &Path) -> rustix::io::Result<OwnedFd> {
+    openat2(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+}
+
+/// `mkdir` with exactly `mode` (the umask does not count); an existing directory is left as is.
+fn make_dir(path: &Path, mode: u32) -> rustix::io::Result<()> {
+    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
+        Ok(()) => {
+            let fd = open_dir_nofollow(path)?;
+            fchmod(&fd, Mode::from_raw_mode(mode))
+        }
+        Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses a file or directory that someone other than hostchan's user could have written.
+fn check_owned(fd: &OwnedFd, path: &Path) -> Result<()> {
+    let stat = fstat(fd).with_context(|| format!("cannot look at {}", path.display()))?;
+    let owner = rustix::process::geteuid().as_raw();
+    let mode = stat.st_mode & 0o7777;
+    if stat.st_uid != owner || mode & 0o022 != 0 {
+        return Err(Error::runtime(format!(
+            "{} is owned by uid {} with mode {mode:04o}: channel records must be root's alone (owner {owner}, not writable by group or others); hostchan does not act on it",
+            path.display(),
+            stat.st_uid
+        )));
+    }
+    Ok(())
 }
 
 /// The records are root's: say so rather than leave a bare EACCES.
@@ -179,21 +282,29 @@ fn fs_error(context: String, err: io::Error) -> Error {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-fn read_record(path: &Path) -> Result<Option<Record>> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+fn read_record(dir: &OwnedFd, name: &str, path: &Path) -> Result<Option<Record>> {
+    // O_NONBLOCK: a FIFO planted under a record's name must not hang the reader.
+    let fd = match openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
     };
+    check_owned(&fd, path)?;
+    let stat = fstat(&fd).with_context(|| format!("cannot look at {}", path.display()))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(Error::runtime(format!(
+            "{} is not a regular file; hostchan does not act on it",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let record: Record = toml::from_str(&text).map_err(|e| {
         Error::runtime(format!(
             "channel record {} is damaged: {}",
@@ -267,10 +378,57 @@ mod tests {
     }
 
     #[test]
+    fn records_are_their_owners_alone() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = std::env::temp_dir().join(format!("hostchan-record-own-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::new(dir.clone());
+        let r = record("run-chan-c1.mount");
+        store.create(&r).unwrap();
+        let mode = |path: &Path| fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&store.path_of(r.unit())), 0o600);
+
+        // Writable by others: refused by load, skipped by all, whatever it says.
+        fs::set_permissions(store.path_of(r.unit()), fs::Permissions::from_mode(0o666)).unwrap();
+        let err = store.load(r.unit()).unwrap_err().to_string();
+        assert!(err.contains("must be root's alone"), "{err}");
+        assert!(err.contains("mode 0666"), "{err}");
+        assert_eq!(store.all().unwrap(), vec![]);
+        fs::remove_file(store.path_of(r.unit())).unwrap();
+
+        // A symlink or a FIFO under a record's name is never followed nor waited on.
+        fs::write(dir.join("elsewhere"), toml::to_string(&r).unwrap()).unwrap();
+        symlink(dir.join("elsewhere"), store.path_of(r.unit())).unwrap();
+        assert!(store.load(r.unit()).is_err());
+        fs::remove_file(store.path_of(r.unit())).unwrap();
+        nix::unistd::mkfifo(
+            &store.path_of(r.unit()),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = store.load(r.unit()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        fs::remove_file(store.path_of(r.unit())).unwrap();
+
+        // A directory others can write: nothing in it is trusted.
+        store.create(&r).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(store.load(r.unit()).is_err());
+        assert!(store.all().is_err());
+        assert!(store.remove(r.unit()).is_err());
+        assert!(store.path_of(r.unit()).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn damaged_record_is_an_error_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("hostchan-record-bad-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("x.toml"), "version = 1\nbogus = true\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(dir.join("x.toml"), fs::Permissions::from_mode(0o600)).unwrap();
         let err = Store::new(dir.clone())
             .load("x.mount")
             .unwrap_err()

@@ -255,8 +255,35 @@ pub fn normalize_absolute(field: &'static str, text: &str) -> Result<PathBuf> {
     Ok(normalized)
 }
 
+/// Characters systemd or mount(8) would not pass on literally: `$` is expanded in the argv of
+/// the `/bin/mount` systemd runs for a mount unit (systemd 252), `%` is a unit-file specifier,
+/// and `\`, `;`, `"` and `'` come back rewritten from the transient unit file after a
+/// `daemon-reload`, so the cleanup would be told another path.
+pub const REWRITTEN_CHARACTERS: &[char] = &['$', '%', '\\', ';', '"', '\''];
+
+/// Refuses what would not reach systemd and the kernel exactly as written.
+pub fn check_literal(field: &'static str, text: &str) -> Result<()> {
+    if let Some(c) = text.chars().find(|c| REWRITTEN_CHARACTERS.contains(c)) {
+        return Err(Error::invalid(
+            field,
+            text,
+            format!("contains {c:?}, which systemd would not pass on literally; choose a path without $ % \\ ; \" '"),
+        ));
+    }
+    // A unit file value loses its trailing whitespace when systemd reads it back.
+    if text.ends_with(|c: char| c.is_whitespace()) {
+        return Err(Error::invalid(
+            field,
+            text,
+            "ends with whitespace, which systemd drops when it reads the unit back",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_host_path(text: &str) -> Result<PathBuf> {
     let path = normalize_absolute("host path", text)?;
+    check_literal("host path", &path.to_string_lossy())?;
     if path == Path::new("/") {
         return Err(Error::invalid("host path", text, "must not be /"));
     }
@@ -285,6 +312,7 @@ pub fn protected_tree(path: &Path) -> Option<String> {
 
 fn parse_container_path(text: &str) -> Result<PathBuf> {
     let path = normalize_absolute("container path", text)?;
+    check_literal("container path", &path.to_string_lossy())?;
     if path == Path::new("/") {
         return Err(Error::invalid(
             "container path",
@@ -443,6 +471,18 @@ mod tests {
             ("/a:/b:rw:4095", "below the minimum of one page (4096 bytes)"),
             ("/a:/b:rw:9g", "invalid size \"9g\": is 9663676416 bytes, above the maximum of half the physical memory (8589934592 bytes)"),
             ("/a:/b:rw:lots", "invalid size \"lots\""),
+            ("/run/sys${X}temd:/b", "contains '$', which systemd would not pass on literally"),
+            ("/run/a$$b:/b", "contains '$'"),
+            ("/run/a%n:/b", "contains '%'"),
+            ("/run/a\\x2d:/b", "contains '\\\\'"),
+            ("/run/a;b:/b", "contains ';'"),
+            ("/run/a\"b:/b", "contains '\"'"),
+            ("/run/a'b:/b", "contains '\\''"),
+            ("/run/a :/b", "ends with whitespace"),
+            ("/run/a /:/b", "invalid host path \"/run/a \": ends with whitespace"),
+            ("/run/a\t:/b", "control character"),
+            ("/run/a:/b$c", "invalid container path \"/b$c\": contains '$'"),
+            ("/run/a:/b%i", "invalid container path \"/b%i\": contains '%'"),
         ];
         for (text, expected) in cases {
             let message = rejection(text);

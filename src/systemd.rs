@@ -110,6 +110,8 @@ impl JobOutcome {
 
 pub struct Systemd {
     manager: ManagerProxy<'static>,
+    /// systemd's unique name on the bus, looked up once, for the jobs this connection waits on.
+    unique_name: std::cell::OnceCell<zbus::names::OwnedUniqueName>,
 }
 
 impl Systemd {
@@ -127,7 +129,30 @@ impl Systemd {
                 ))
             })?;
         let manager = ManagerProxy::new(&connection)?;
-        Ok(Systemd { manager })
+        Ok(Systemd {
+            manager,
+            unique_name: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// The unique name that owns `org.freedesktop.systemd1`: any client of the system bus can
+    /// emit a signal named `JobRemoved`, only systemd can send one from this name.
+    fn unique_name(&self) -> Result<zbus::names::UniqueName<'_>> {
+        if self.unique_name.get().is_none() {
+            let bus = zbus::blocking::fdo::DBusProxy::new(self.manager.inner().connection())?;
+            let owner = bus
+                .get_name_owner(zbus::names::BusName::WellKnown(
+                    zbus::names::WellKnownName::from_static_str_unchecked(
+                        "org.freedesktop.systemd1",
+                    ),
+                ))
+                .map_err(zbus::Error::from)?;
+            let _ = self.unique_name.set(owner);
+        }
+        match self.unique_name.get() {
+            Some(name) => Ok(name.inner().as_ref()),
+            None => Err(Error::systemd("cannot find systemd on the system bus")),
+        }
     }
 
     /// States of the named units in one call; units systemd does not know come back with the
@@ -243,6 +268,7 @@ impl Systemd {
         // round trips less per job.
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
+            .sender(self.unique_name()?)?
             .path("/org/freedesktop/systemd1")
             .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
             .and_then(|b| b.member("JobRemoved"))?

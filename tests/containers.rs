@@ -121,8 +121,11 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
         with_hooks(
             c,
             &[
-                ("io.hostchan.channel", "/run/hk/a:/a:rw:1M"),
-                ("io.hostchan.channel.logs", "/run/hk/b:/var/b:ro:2M"),
+                ("io.hostchan.channel", "/run/hostchan/hk/a:/a:rw:1M"),
+                (
+                    "io.hostchan.channel.logs",
+                    "/run/hostchan/hk/b:/var/b:ro:2M",
+                ),
             ],
         )
     });
@@ -135,8 +138,11 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
         assert_eq!(channel["owner"], "runc-hk1.scope");
     }
     sb.runc_exec("hk1", "echo in > /a/x").ok();
-    assert_eq!(fs::read_to_string(sb.path("/run/hk/a/x")).unwrap(), "in\n");
-    fs::write(sb.path("/run/hk/b/y"), "out").unwrap();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/hostchan/hk/a/x")).unwrap(),
+        "in\n"
+    );
+    fs::write(sb.path("/run/hostchan/hk/b/y"), "out").unwrap();
     assert_eq!(sb.runc_exec("hk1", "cat /var/b/y").ok().stdout, "out");
     let out = sb.runc_exec("hk1", "touch /var/b/z");
     assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
@@ -152,9 +158,9 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
     );
     sb.runc(&["delete", "hk1"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/hk/a");
-    sb.assert_no_trace("/run/hk/b");
-    assert!(!sb.path("/run/hk").exists());
+    sb.assert_no_trace("/run/hostchan/hk/a");
+    sb.assert_no_trace("/run/hostchan/hk/b");
+    assert!(!sb.path("/run/hostchan/hk").exists());
 }
 
 #[test]
@@ -165,8 +171,8 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
         with_hooks(
             c,
             &[
-                ("io.hostchan.channel.a", "/run/bad/a:/a:rw:1M"),
-                ("io.hostchan.channel.b", "/run/bad/b:/b:rw:lots"),
+                ("io.hostchan.channel.a", "/run/hostchan/bad/a:/a:rw:1M"),
+                ("io.hostchan.channel.b", "/run/hostchan/bad/b:/b:rw:lots"),
             ],
         )
     });
@@ -178,8 +184,8 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
         "{out:#?}"
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/bad/a");
-    assert!(!sb.path("/run/bad").exists());
+    sb.assert_no_trace("/run/hostchan/bad/a");
+    assert!(!sb.path("/run/hostchan/bad").exists());
     let _ = sb.runc(&["delete", "--force", "bad1"]);
 }
 
@@ -190,7 +196,10 @@ fn symlinks_in_the_rootfs_never_reach_the_host() {
     let bundle = runc_bundle(&dir.0, "sym1", |c| {
         with_hooks(
             c,
-            &[("io.hostchan.channel", "/run/sym/hook:/hook-escape/x:rw:1M")],
+            &[(
+                "io.hostchan.channel",
+                "/run/hostchan/sym-hook:/hook-escape/x:rw:1M",
+            )],
         )
     });
     let rootfs = dir.path("rootfs");
@@ -230,7 +239,7 @@ fn symlinks_in_the_rootfs_never_reach_the_host() {
         "1\n"
     );
     assert_eq!(
-        fs::read_to_string(sb.path("/run/sym/hook/f")).unwrap(),
+        fs::read_to_string(sb.path("/run/hostchan/sym-hook/f")).unwrap(),
         "2\n"
     );
     assert!(rootfs.join("run/hostdir/x").is_dir());
@@ -404,9 +413,9 @@ fn podman_with_the_shipped_hook_file() {
         "--network",
         "none",
         "--annotation",
-        "io.hostchan.channel=/run/pchan/a:/a:rw:1M",
+        "io.hostchan.channel=/run/hostchan/pchan/a:/a:rw:1M",
         "--annotation",
-        "io.hostchan.channel.two=/run/pchan/b:/b:ro:1M",
+        "io.hostchan.channel.two=/run/hostchan/pchan/b:/b:ro:1M",
         "--rootfs",
         &rootfs,
         "sleep",
@@ -425,10 +434,10 @@ fn podman_with_the_shipped_hook_file() {
     }
     podman(&["exec", "pc", "sh", "-c", "echo from-podman > /a/x"]).ok();
     assert_eq!(
-        fs::read_to_string(sb.path("/run/pchan/a/x")).unwrap(),
+        fs::read_to_string(sb.path("/run/hostchan/pchan/a/x")).unwrap(),
         "from-podman\n"
     );
-    fs::write(sb.path("/run/pchan/b/y"), "from-host").unwrap();
+    fs::write(sb.path("/run/hostchan/pchan/b/y"), "from-host").unwrap();
     assert_eq!(
         podman(&["exec", "pc", "cat", "/b/y"]).ok().stdout,
         "from-host"
@@ -438,9 +447,9 @@ fn podman_with_the_shipped_hook_file() {
 
     podman(&["rm", "-f", "-t", "0", "pc"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/pchan/a");
-    sb.assert_no_trace("/run/pchan/b");
-    assert!(!sb.path("/run/pchan").exists());
+    sb.assert_no_trace("/run/hostchan/pchan/a");
+    sb.assert_no_trace("/run/hostchan/pchan/b");
+    assert!(!sb.path("/run/hostchan/pchan").exists());
 
     // A bad spec: podman run fails with hostchan's message, and nothing is left.
     let out = podman(&[
@@ -449,9 +458,9 @@ fn podman_with_the_shipped_hook_file() {
         "--network",
         "none",
         "--annotation",
-        "io.hostchan.channel.ok=/run/pbad/ok:/ok:rw:1M",
+        "io.hostchan.channel.ok=/run/hostchan/pbad/ok:/ok:rw:1M",
         "--annotation",
-        "io.hostchan.channel.zbad=/run/pbad/x:/x:rw:lots",
+        "io.hostchan.channel.zbad=/run/hostchan/pbad/x:/x:rw:lots",
         "--rootfs",
         &rootfs,
         "true",
@@ -463,6 +472,6 @@ fn podman_with_the_shipped_hook_file() {
         "{out:#?}"
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/pbad/ok");
-    assert!(!sb.path("/run/pbad").exists());
+    sb.assert_no_trace("/run/hostchan/pbad/ok");
+    assert!(!sb.path("/run/hostchan/pbad").exists());
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Requester};
 use crate::error::{Error, Kind, Result};
-use crate::hostfs;
+use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
 use crate::record::{Record, Store};
@@ -214,8 +214,8 @@ impl Channels {
         if let Some(record) = self.store.load(&units.mount.name)? {
             return Err(record.already_a_channel());
         }
-        let new_dirs_from = hostfs::check_free(&spec.host_path)?;
-        let new_dirs_from = self.shared_new_dirs(&spec.host_path, new_dirs_from)?;
+        hostfs::check_free(&spec.host_path)?;
+        shared_made_dirs(&spec.host_path, &self.store.all()?)?;
         if options.dry_run {
             return Ok(Created::DryRun(units));
         }
@@ -238,18 +238,35 @@ impl Channels {
         // Held until the channel is up, so that a concurrent `gc` does not take it for a
         // leftover.
         let _creating = self.store.lock(false)?;
-        let record = Record::new(
-            Channel {
-                spec: spec.clone(),
-                owner: options.owner.unit().map(str::to_owned),
-                container: options.container.clone(),
-                unit: units.mount.name.clone(),
-                cleanup_unit: units.cleanup.name.clone(),
-                created: seconds_since_epoch(),
-            },
-            new_dirs_from,
-        );
-        self.store.create(&record)?;
+        // hostchan makes the directories itself, so that systemd's mount finds them and never
+        // follows a symlink someone put on the way; making the last one decides between two
+        // creates racing for one path.
+        let made = hostfs::make_host_path(&spec.host_path)?;
+        let recorded = shared_made_dirs(&spec.host_path, &self.store.all()?)
+            .map(|shared| shared.into_iter().chain(made.iter().cloned()).collect());
+        let written = recorded.and_then(|made| {
+            let record = Record::new(
+                Channel {
+                    spec: spec.clone(),
+                    owner: options.owner.unit().map(str::to_owned),
+                    container: options.container.clone(),
+                    unit: units.mount.name.clone(),
+                    cleanup_unit: units.cleanup.name.clone(),
+                    created: seconds_since_epoch(),
+                },
+                made,
+            );
+            self.store.create(&record).map(|()| record)
+        });
+        let record = match written {
+            Ok(record) => record,
+            Err(e) => {
+                if let Err(undo) = hostfs::remove_made(&made) {
+                    tracing::warn!("{undo}");
+                }
+                return Err(e);
+            }
+        };
 
         match systemd.start_transient(&units.mount, &[&units.cleanup]) {
             Ok(outcome) if outcome.succeeded() => {}
@@ -258,8 +275,9 @@ impl Channels {
                 return Err(outcome.error("start", options.owner.unit()));
             }
             Err(e) if e.kind() == Kind::AlreadyExists => {
-                // Someone else's unit has this name: leave it alone, take back only our record.
+                // Someone else's unit has this name: leave it alone, take back only what we made.
                 let _ = self.store.remove(record.unit());
+                let _ = hostfs::remove_made(&made);
                 return Err(Error::already_exists(format!(
                     "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
                     record.host_path().display()
@@ -293,10 +311,6 @@ impl Channels {
             memory_limit,
             channel: record.channel,
         })))
-    }
-
-    fn shared_new_dirs(&self, host_path: &Path, new_dirs_from: PathBuf) -> Result<PathBuf> {
-        shared_new_dirs(host_path, new_dirs_from, &self.store.all()?)
     }
 
     /// The steps after the host side is up; a failure here rolls the host side back.
@@ -442,8 +456,7 @@ impl Channels {
     /// made for it (only while empty), then the record.
     fn remove_leftovers(&self, record: &Record) -> Result<Cleanup> {
         let host_path = record.host_path();
-        let removed_directory = hostfs::remove_channel_dir(host_path)?;
-        hostfs::remove_new_parents(host_path, &record.new_dirs_from);
+        let removed_directory = hostfs::remove_made(&record.made)?.removed_directory;
         self.store.remove(record.unit())?;
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
@@ -499,14 +512,11 @@ impl Channels {
     }
 }
 
-/// Refuses a host path that is, or is inside, another channel, and extends `new_dirs_from` to
-/// the parents other channels' creation made, so that the last channel to go removes them.
-fn shared_new_dirs(
-    host_path: &Path,
-    new_dirs_from: PathBuf,
-    records: &[Record],
-) -> Result<PathBuf> {
-    let mut highest = new_dirs_from;
+/// Refuses a host path that is, or is inside, another channel, and returns the directories
+/// other channels' creation made above it: recorded with this channel too, so that whichever
+/// channel goes last removes them (each goes only while empty).
+fn shared_made_dirs(host_path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
+    let mut shared: Vec<MadeDir> = Vec::new();
     for record in records {
         // A racing create for the same path wrote its record since ours was looked for.
         if host_path == record.host_path() {
@@ -522,15 +532,16 @@ fn shared_new_dirs(
                 ),
             ));
         }
-        let made = &record.new_dirs_from;
-        if made != record.host_path()
-            && host_path.starts_with(made)
-            && made.components().count() < highest.components().count()
-        {
-            highest = made.clone();
+        for made in &record.made {
+            if made.path != record.host_path()
+                && host_path.starts_with(&made.path)
+                && !shared.iter().any(|s| s.path == made.path)
+            {
+                shared.push(made.clone());
+            }
         }
     }
-    Ok(highest)
+    Ok(shared)
 }
 
 fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
@@ -606,33 +617,52 @@ pub(crate) mod tests {
         }
     }
 
-    fn record(host_path: &str, new_dirs_from: &str) -> Record {
-        Record::new(channel(host_path, None), new_dirs_from.into())
+    fn made(paths: &[&str]) -> Vec<MadeDir> {
+        paths
+            .iter()
+            .zip(1..)
+            .map(|(path, ino)| MadeDir {
+                path: path.into(),
+                dev: 1,
+                ino,
+            })
+            .collect()
+    }
+
+    fn record(host_path: &str, made_dirs: &[&str]) -> Record {
+        Record::new(channel(host_path, None), made(made_dirs))
     }
 
     #[test]
     fn channels_inside_channels_and_shared_parents() {
         let records = [
-            record("/run/a/b/c1", "/run/a"),
-            record("/run/x/c2", "/run/x/c2"),
+            record("/run/a/b/c1", &["/run/a", "/run/a/b", "/run/a/b/c1"]),
+            record("/run/x/c2", &["/run/x/c2"]),
         ];
+        let paths =
+            |dirs: Vec<MadeDir>| -> Vec<PathBuf> { dirs.into_iter().map(|d| d.path).collect() };
         // A sibling under the parents c1's creation made: the last one to go removes them.
         assert_eq!(
-            shared_new_dirs(Path::new("/run/a/b/c3"), "/run/a/b/c3".into(), &records).unwrap(),
-            Path::new("/run/a")
+            paths(shared_made_dirs(Path::new("/run/a/b/c3"), &records).unwrap()),
+            [PathBuf::from("/run/a"), PathBuf::from("/run/a/b")]
         );
-        // A deeper new directory of its own stays its own when higher than the shared one.
         assert_eq!(
-            shared_new_dirs(Path::new("/run/q/r"), "/run/q".into(), &records).unwrap(),
-            Path::new("/run/q")
+            shared_made_dirs(Path::new("/run/a/b/c3"), &records).unwrap()[0],
+            records[0].made[0],
+            "the identity comes along"
+        );
+        assert_eq!(
+            paths(shared_made_dirs(Path::new("/run/a/q"), &records).unwrap()),
+            [PathBuf::from("/run/a")]
         );
         // Next to a channel whose own directory was all it made: nothing shared.
-        assert_eq!(
-            shared_new_dirs(Path::new("/run/x/c4"), "/run/x/c4".into(), &records).unwrap(),
-            Path::new("/run/x/c4")
-        );
-        let inside =
-            shared_new_dirs(Path::new("/run/x/c2/d"), "/run/x/c2/d".into(), &records).unwrap_err();
+        assert!(shared_made_dirs(Path::new("/run/x/c4"), &records)
+            .unwrap()
+            .is_empty());
+        assert!(shared_made_dirs(Path::new("/srv/q"), &records)
+            .unwrap()
+            .is_empty());
+        let inside = shared_made_dirs(Path::new("/run/x/c2/d"), &records).unwrap_err();
         assert_eq!(inside.kind(), Kind::Invalid);
         assert!(
             inside
@@ -640,8 +670,7 @@ pub(crate) mod tests {
                 .contains("is inside the channel /run/x/c2"),
             "{inside}"
         );
-        let same =
-            shared_new_dirs(Path::new("/run/x/c2"), "/run/x/c2".into(), &records).unwrap_err();
+        let same = shared_made_dirs(Path::new("/run/x/c2"), &records).unwrap_err();
         assert_eq!(same.kind(), Kind::AlreadyExists);
         assert!(same.to_string().contains("is already a channel"), "{same}");
     }

@@ -1,87 +1,318 @@
-//! Everything hostchan does on the host path itself: checking that it is free, finding out
-//! whether it is mounted and how full it is, and removing the directories made for it.
+//! Everything hostchan does on the host path itself: making it, one component at a time and
+//! never through a symlink; finding out whether it is mounted and how full it is; and removing
+//! the directories it made, only while each is still the directory it made.
+//!
+//! The threat: a local user who can write an ancestor of a channel's path swaps a directory for
+//! a symlink between hostchan's check and systemd's `mount` (which follows symlinks), or between
+//! the unmount and the cleanup's `rmdir`. So every existing ancestor must be one only root can
+//! change (a root-owned sticky directory such as /tmp counts only as the parent of a directory
+//! hostchan makes itself, which others then cannot rename), each step is taken from the parent's
+//! file descriptor with `RESOLVE_NO_SYMLINKS`, and each directory hostchan makes is recorded by
+//! device and inode and removed only while it is still that directory.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{
+    fchmod, fstat, mkdirat, openat2, statat, unlinkat, AtFlags, Mode, OFlags, ResolveFlags, CWD,
+};
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 
-/// Checks on disk that the host path is free: nothing exists there (not even a dangling
-/// symlink), no existing ancestor is a symlink, and every existing ancestor is a directory.
-/// Returns the highest directory that mounting will create (the path itself when its parent
-/// exists): cleanup removes the empty directories up to it and no further.
-pub fn check_free(path: &Path) -> Result<PathBuf> {
-    let shown = path.display().to_string();
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            let kind = if meta.file_type().is_symlink() {
-                "a symlink"
-            } else if meta.is_dir() {
-                "a directory"
-            } else {
-                "a file"
-            };
-            return Err(Error::invalid(
-                "host path",
-                shown,
-                format!("already exists ({kind}); a channel needs a path that does not exist yet"),
-            ));
+/// A directory hostchan made for a channel, as it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MadeDir {
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Opens a directory below `parent` without following any symlink (read-only rather than
+/// O_PATH: hostchan sets the mode of those it makes through it).
+fn open_beneath(parent: &OwnedFd, name: &std::ffi::OsStr) -> rustix::io::Result<OwnedFd> {
+    openat2(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH,
+    )
+}
+
+fn open_root() -> Result<OwnedFd> {
+    openat2(
+        CWD,
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::empty(),
+    )
+    .context("cannot open /")
+}
+
+/// Who can change an existing directory, for the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Only root (hostchan's user) can add, remove or rename entries.
+    OnlyRoot,
+    /// Root's, but sticky and writable by others (/tmp): others can add entries, but cannot
+    /// rename or remove root's. Fine as the parent of a directory hostchan makes now.
+    StickyRoot,
+}
+
+fn trust_of(fd: &OwnedFd, shown: &Path, host_path: &Path) -> Result<Trust> {
+    let stat = fstat(fd).with_context(|| format!("cannot look at {}", shown.display()))?;
+    let root = rustix::process::geteuid().as_raw();
+    let mode = stat.st_mode & 0o7777;
+    let writable_by_others = mode & 0o022 != 0;
+    match (stat.st_uid == root, writable_by_others, mode & 0o1000 != 0) {
+        (true, false, _) => Ok(Trust::OnlyRoot),
+        (true, true, true) => Ok(Trust::StickyRoot),
+        _ => Err(Error::invalid(
+            "host path",
+            host_path.display().to_string(),
+            format!(
+                "has an ancestor others can change ({}: uid {}, mode {mode:04o}); choose a path whose existing directories only root can write",
+                shown.display(),
+                stat.st_uid
+            ),
+        )),
+    }
+}
+
+/// Walks `path` from `/`, component by component, checking what exists; with `make`, creates
+/// what is missing (mode 0755, whatever the umask) and adds it to `made`, the path itself last.
+/// Without `make` it only checks.
+fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
+    let invalid = |reason: String| Error::invalid("host path", path.display().to_string(), reason);
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let mut parent = open_root()?;
+    let mut parent_trust = trust_of(&parent, Path::new("/"), path)?;
+    let mut shown = PathBuf::from("/");
+    for (i, name) in names.iter().enumerate() {
+        shown.push(name);
+        let last = i + 1 == names.len();
+        let existing = if made.is_empty() {
+            match open_beneath(&parent, name) {
+                Ok(fd) => Some(fd),
+                Err(Errno::NOENT) => None,
+                Err(Errno::LOOP) | Err(Errno::NOTDIR) if last => {
+                    let kind = match statat(&parent, *name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(stat)
+                            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                                == rustix::fs::FileType::Symlink =>
+                        {
+                            "a symlink"
+                        }
+                        _ => "a file",
+                    };
+                    return Err(invalid(format!(
+                        "already exists ({kind}); a channel needs a path that does not exist yet"
+                    )));
+                }
+                Err(Errno::LOOP) => {
+                    return Err(invalid(format!(
+                        "has a symlink as ancestor ({}); give the resolved path",
+                        shown.display()
+                    )))
+                }
+                Err(Errno::NOTDIR) => {
+                    return Err(invalid(format!(
+                        "has an ancestor that is not a directory ({})",
+                        shown.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(invalid(format!("cannot check {}: {e}", shown.display())));
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(fd) = existing {
+            if last {
+                return Err(invalid(
+                    "already exists (a directory); a channel needs a path that does not exist yet"
+                        .into(),
+                ));
+            }
+            if parent_trust == Trust::StickyRoot {
+                return Err(invalid(format!(
+                    "has {} in a directory anyone can write to; only a directory hostchan makes itself may sit there",
+                    shown.display()
+                )));
+            }
+            parent_trust = trust_of(&fd, &shown, path)?;
+            parent = fd;
+            continue;
         }
-        // ENOTDIR: an ancestor is a file; the walk below names it.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-            ) => {}
+        if !make {
+            return Ok(());
+        }
+        match mkdirat(&parent, *name, Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            // Made by someone else since we looked: not ours, and maybe not safe.
+            Err(Errno::EXIST) => {
+                return Err(invalid(format!(
+                    "{} appeared while hostchan was making the path; try again",
+                    shown.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Error::io(format!("cannot make {}", shown.display()), e));
+            }
+        }
+        let fd = open_beneath(&parent, name)
+            .with_context(|| format!("cannot open {}, just made", shown.display()))?;
+        fchmod(&fd, Mode::from_raw_mode(0o755))
+            .with_context(|| format!("cannot set the mode of {}", shown.display()))?;
+        let stat = fstat(&fd).with_context(|| format!("cannot look at {}", shown.display()))?;
+        made.push(MadeDir {
+            path: shown.clone(),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        });
+        parent_trust = Trust::OnlyRoot;
+        parent = fd;
+    }
+    Ok(())
+}
+
+/// Checks, without changing anything, that `path` could be made: it does not exist, nothing on
+/// its way is a symlink or a file, and its existing ancestors are root's alone.
+pub fn check_free(path: &Path) -> Result<()> {
+    walk(path, false, &mut Vec::new())
+}
+
+/// Makes `path` and its missing parents safely; returns what it made, the path itself last.
+/// On failure, whatever it made is removed again.
+pub fn make_host_path(path: &Path) -> Result<Vec<MadeDir>> {
+    let mut made = Vec::new();
+    match walk(path, true, &mut made) {
+        Ok(()) => Ok(made),
         Err(e) => {
-            return Err(Error::invalid(
-                "host path",
-                shown,
-                format!("cannot be checked: {e}"),
+            // The walk stops at its first failure; what it made before is ours to remove.
+            if let Err(undo) = remove_made(&made) {
+                tracing::warn!("{undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What removing the directories made for a channel did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Removed {
+    /// The channel's own directory (the deepest) was removed, or was already gone.
+    pub removed_directory: bool,
+}
+
+/// Removes what hostchan made, deepest first, each only while it is empty and still the
+/// directory hostchan made (same device and inode, reached without symlinks). A shared parent
+/// that is not empty stays (another channel uses it); anything else that stops the removal is
+/// an error naming the directory, and the rest stays.
+pub fn remove_made(made: &[MadeDir]) -> Result<Removed> {
+    let mut dirs: Vec<&MadeDir> = made.iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
+    let mut removed = Removed::default();
+    for (i, dir) in dirs.iter().enumerate() {
+        let deepest = i == 0;
+        match remove_one(dir)? {
+            Outcome::Removed | Outcome::Gone => {
+                if deepest {
+                    removed.removed_directory = true;
+                }
+            }
+            // Another channel's directory, or a file, is in it: it stays, and so do its parents.
+            Outcome::NotEmpty if !deepest => break,
+            Outcome::NotEmpty => {
+                return Err(Error::runtime(format!(
+                    "cannot remove channel directory {}: it is not empty (kept it and its record)",
+                    dir.path.display()
+                )))
+            }
+        }
+    }
+    Ok(removed)
+}
+
+enum Outcome {
+    Removed,
+    Gone,
+    NotEmpty,
+}
+
+fn remove_one(dir: &MadeDir) -> Result<Outcome> {
+    let (Some(parent_path), Some(name)) = (dir.path.parent(), dir.path.file_name()) else {
+        return Ok(Outcome::Gone);
+    };
+    let parent = match open_path(parent_path) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(Outcome::Gone),
+        Err(e) => {
+            return Err(Error::runtime(format!(
+                "cannot reach {} without following symlinks ({e}); left it as it is",
+                parent_path.display()
+            )))
+        }
+    };
+    let stat = match statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT) => return Ok(Outcome::Gone),
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot look at {}", dir.path.display()),
+                e,
             ))
         }
+    };
+    if (stat.st_dev, stat.st_ino) != (dir.dev, dir.ino) {
+        let why = if is_mount_point(&dir.path).unwrap_or(false) {
+            "something is mounted on it"
+        } else {
+            "it is no longer the directory hostchan made (another file or directory took its place)"
+        };
+        return Err(Error::runtime(format!(
+            "cannot remove channel directory {}: {why}; left it as it is",
+            dir.path.display()
+        )));
     }
-    let mut highest_new = path.to_path_buf();
-    for ancestor in path.ancestors().skip(1) {
-        match std::fs::symlink_metadata(ancestor) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!(
-                        "has a symlink as ancestor ({}); give the resolved path",
-                        ancestor.display()
-                    ),
-                ))
-            }
-            Ok(meta) if !meta.is_dir() => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!(
-                        "has an ancestor that is not a directory ({})",
-                        ancestor.display()
-                    ),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => highest_new = ancestor.to_path_buf(),
-            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {}
-            Err(e) => {
-                return Err(Error::invalid(
-                    "host path",
-                    shown,
-                    format!("cannot check its ancestor {}: {e}", ancestor.display()),
-                ))
-            }
-        }
+    match unlinkat(&parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) => Ok(Outcome::Removed),
+        Err(Errno::NOENT) => Ok(Outcome::Gone),
+        Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => Ok(Outcome::NotEmpty),
+        Err(e) => Err(Error::io(
+            format!(
+                "cannot remove channel directory {} (kept it and its record)",
+                dir.path.display()
+            ),
+            e,
+        )),
     }
-    Ok(highest_new)
+}
+
+/// Opens a directory by absolute path without following any symlink on the way.
+fn open_path(path: &Path) -> rustix::io::Result<OwnedFd> {
+    openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// Whether `path` is the root of a mount; a missing path is not.
 pub fn is_mount_point(path: &Path) -> Result<bool> {
-    use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags, CWD};
+    use rustix::fs::{statx, StatxAttributes, StatxFlags};
     match statx(
         CWD,
         path,
@@ -107,40 +338,8 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
                     != parent_dev,
             )
         }
-        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => Ok(false),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
         Err(e) => Err(Error::io(format!("cannot look at {}", path.display()), e)),
-    }
-}
-
-/// Removes a channel's directory while it is empty (an unmounted channel's is; `rmdir` refuses
-/// anything else, mount points included); `false` when there was none.
-pub fn remove_channel_dir(host_path: &Path) -> Result<bool> {
-    // Looked up first: rmdir reports EROFS rather than ENOENT on a read-only file system.
-    let exists = std::fs::symlink_metadata(host_path).is_ok();
-    match exists.then(|| std::fs::remove_dir(host_path)) {
-        None => Ok(false),
-        Some(Ok(())) => Ok(true),
-        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Some(Err(e)) => Err(Error::io(
-            format!(
-                "cannot remove channel directory {} (kept it and its record)",
-                host_path.display()
-            ),
-            e,
-        )),
-    }
-}
-
-/// Removes the parents of `host_path` up to `new_dirs_from` while they are empty; a parent
-/// that another channel or anyone else uses stays.
-pub fn remove_new_parents(host_path: &Path, new_dirs_from: &Path) {
-    if !host_path.starts_with(new_dirs_from) {
-        return;
-    }
-    for parent in host_path.ancestors().skip(1) {
-        if !parent.starts_with(new_dirs_from) || std::fs::remove_dir(parent).is_err() {
-            break;
-        }
     }
 }
 
@@ -154,37 +353,116 @@ pub fn used_bytes(path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A scratch directory hostchan's user owns, mode 0755, removed when dropped.
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            // Not under /tmp: a directory anyone can write to is refused as an ancestor.
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/unit-scratch")
+                .join(format!("{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            Scratch(dir)
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn error(result: Result<impl std::fmt::Debug>) -> String {
+        let err = result.unwrap_err();
+        err.to_string()
+    }
 
     #[test]
     fn host_path_on_disk() {
-        let dir = std::env::temp_dir().join(format!("hostchan-spec-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cleanup = Cleanup(dir.clone());
-        assert_eq!(check_free(&dir.join("free")).unwrap(), dir.join("free"));
-        assert_eq!(
-            check_free(&dir.join("free/deeper/still")).unwrap(),
-            dir.join("free")
-        );
-        let err = check_free(&dir).unwrap_err().to_string();
+        let scratch = Scratch::new("hostfs");
+        let dir = &scratch.0;
+        check_free(&dir.join("free")).unwrap();
+        check_free(&dir.join("free/deeper/still")).unwrap();
+        assert!(!dir.join("free").exists(), "check_free made something");
+        let err = error(check_free(dir));
         assert!(err.contains("already exists (a directory)"), "{err}");
         std::fs::write(dir.join("file"), "").unwrap();
-        let err = check_free(&dir.join("file")).unwrap_err().to_string();
-        assert!(err.contains("already exists (a file)"), "{err}");
-        let err = check_free(&dir.join("file/x")).unwrap_err().to_string();
-        assert!(err.contains("not a directory"), "{err}");
+        assert!(error(check_free(&dir.join("file"))).contains("already exists (a file)"));
+        assert!(error(check_free(&dir.join("file/x")))
+            .contains("has an ancestor that is not a directory"));
         std::os::unix::fs::symlink("/nonexistent-target", dir.join("dangling")).unwrap();
-        let err = check_free(&dir.join("dangling")).unwrap_err().to_string();
+        let err = error(check_free(&dir.join("dangling")));
         assert!(err.contains("already exists (a symlink)"), "{err}");
-        std::os::unix::fs::symlink(&dir, dir.join("link")).unwrap();
-        let err = check_free(&dir.join("link/x")).unwrap_err().to_string();
+        std::os::unix::fs::symlink(dir, dir.join("link")).unwrap();
+        let err = error(check_free(&dir.join("link/x")));
         assert!(err.contains("has a symlink as ancestor"), "{err}");
-        drop(cleanup);
     }
 
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+    #[test]
+    fn made_dirs_are_removed_only_while_they_are_what_was_made() {
+        let scratch = Scratch::new("hostfs-made");
+        let dir = &scratch.0;
+        let made = make_host_path(&dir.join("a/b/c")).unwrap();
+        let paths: Vec<&Path> = made.iter().map(|d| d.path.as_path()).collect();
+        assert_eq!(paths, [dir.join("a"), dir.join("a/b"), dir.join("a/b/c")]);
+        for d in &made {
+            let mode = std::fs::metadata(&d.path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{}", d.path.display());
         }
+        // A sibling in a shared parent keeps the parent.
+        std::fs::create_dir(dir.join("a/b/other")).unwrap();
+        let removed = remove_made(&made).unwrap();
+        assert!(removed.removed_directory);
+        assert!(!dir.join("a/b/c").exists());
+        assert!(dir.join("a/b/other").exists());
+        std::fs::remove_dir(dir.join("a/b/other")).unwrap();
+
+        // Swapped for another directory of the same name: left alone and reported. (The old
+        // one is kept, so that the new one cannot get its inode number.)
+        let made = make_host_path(&dir.join("x/y")).unwrap();
+        std::fs::rename(dir.join("x/y"), dir.join("y-old")).unwrap();
+        std::fs::create_dir(dir.join("x/y")).unwrap();
+        let err = error(remove_made(&made));
+        assert!(
+            err.contains("no longer the directory hostchan made"),
+            "{err}"
+        );
+        assert!(dir.join("x/y").exists());
+        // A parent swapped for a symlink is not followed.
+        std::fs::remove_dir(dir.join("x/y")).unwrap();
+        std::fs::rename(dir.join("x"), dir.join("x-moved")).unwrap();
+        std::fs::create_dir(dir.join("x-moved/y")).unwrap();
+        std::os::unix::fs::symlink(dir.join("x-moved"), dir.join("x")).unwrap();
+        let err = error(remove_made(&made));
+        assert!(err.contains("without following symlinks"), "{err}");
+        assert!(dir.join("x-moved/y").exists());
+        // Already gone: nothing to do.
+        std::fs::remove_file(dir.join("x")).unwrap();
+        assert!(remove_made(&made).unwrap().removed_directory);
+    }
+
+    #[test]
+    fn ancestors_others_can_write_are_refused() {
+        let scratch = Scratch::new("hostfs-trust");
+        let dir = &scratch.0;
+        std::fs::create_dir(dir.join("open")).unwrap();
+        std::fs::set_permissions(dir.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = error(check_free(&dir.join("open/c")));
+        assert!(err.contains("has an ancestor others can change"), "{err}");
+        assert!(err.contains("mode 0777"), "{err}");
+        // Sticky and ours (like /tmp): only for a directory made now.
+        std::fs::create_dir(dir.join("sticky")).unwrap();
+        std::fs::set_permissions(dir.join("sticky"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
+        let made = make_host_path(&dir.join("sticky/mine/c")).unwrap();
+        assert_eq!(made.len(), 2);
+        std::fs::create_dir(dir.join("sticky/theirs")).unwrap();
+        let err = error(check_free(&dir.join("sticky/theirs/c")));
+        assert!(err.contains("in a directory anyone can write to"), "{err}");
+        remove_made(&made).unwrap();
     }
 }

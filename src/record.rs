@@ -15,30 +15,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::error::{Context, Error, Result};
+use crate::hostfs::MadeDir;
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
 
 /// Bumped when a record's meaning changes; readers refuse versions they do not know.
-const RECORD_VERSION: u32 = 1;
+const RECORD_VERSION: u32 = 2;
 
-/// A channel's record: the channel, and what cleaning up after it needs. The file is flat TOML
-/// (`version`, the channel's fields, `new_dirs_from`).
+/// A channel's record: the channel, and what cleaning up after it needs. The file is TOML:
+/// `version`, the channel's fields, then one `[[made]]` table per directory made for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub version: u32,
     #[serde(flatten)]
     pub channel: Channel,
-    /// The highest directory that did not exist before the channel (systemd creates missing
-    /// parents of a mount point); cleanup removes empty directories up to it.
-    pub new_dirs_from: PathBuf,
+    /// The directories made for the channel (its own last), and the ones other channels'
+    /// creation made above it; cleanup removes each only while empty and still the same.
+    pub made: Vec<MadeDir>,
 }
 
 impl Record {
-    pub fn new(channel: Channel, new_dirs_from: PathBuf) -> Record {
+    pub fn new(channel: Channel, made: Vec<MadeDir>) -> Record {
         Record {
             version: RECORD_VERSION,
             channel,
-            new_dirs_from,
+            made,
         }
     }
 
@@ -342,16 +343,20 @@ mod tests {
                 cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
                 created: 1,
             },
-            "/run/chan".into(),
+            vec![MadeDir {
+                path: "/run/chan/c1".into(),
+                dev: 7,
+                ino: 42,
+            }],
         )
     }
 
     #[test]
-    fn the_file_is_flat_toml() {
+    fn the_file_is_readable_toml() {
         let text = toml::to_string(&record("run-chan-c1.mount")).unwrap();
         assert_eq!(
             text,
-            "version = 1\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\nnew_dirs_from = \"/run/chan\"\n"
+            "version = 2\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
         );
     }
 

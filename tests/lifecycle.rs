@@ -378,22 +378,35 @@ fn bad_specs_and_owners_leave_nothing_behind() {
         );
     }
 
-    // A job that fails inside systemd (it cannot make the mount point on a read-only file
-    // system) is rolled back too, and the error points at the journal.
+    // hostchan makes the mount point itself: on a read-only file system it says so.
     sb.sh("mkdir -p /run/ro && mount -t tmpfs -o ro tmpfs /run/ro")
         .ok();
     let out = sb.hostchan(&["create", "--scope", "ctr1.scope", "/run/ro/x:/a"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(
         out.stderr
-            .contains("systemd could not start run-ro-x.mount (job result: failed)"),
-        "{out:#?}"
-    );
-    assert!(
-        out.stderr.contains("journalctl -u run-ro-x.mount"),
+            .contains("cannot make /run/ro/x: Read-only file system"),
         "{out:#?}"
     );
     sb.run(&["umount", "/run/ro"]).ok();
+    sb.run(&["rmdir", "/run/ro"]).ok();
+
+    // A job that fails inside systemd (its /bin/mount fails, in this sandbox only) is rolled
+    // back, the directories hostchan made included, and the error points at the journal.
+    sb.sh("mount --bind /bin/false /usr/bin/mount").ok();
+    let out = sb.hostchan(&["create", "--scope", "ctr1.scope", "/run/jf/x:/a"]);
+    sb.run(&["umount", "/usr/bin/mount"]).ok();
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("systemd could not start run-jf-x.mount (job result: failed)"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains("journalctl -u run-jf-x.mount"),
+        "{out:#?}"
+    );
+    assert!(!sb.path("/run/jf").exists(), "made directories left");
 
     assert_eq!(sb.channel_units(), Vec::<String>::new());
     assert_eq!(sb.record_files(), Vec::<String>::new());

@@ -187,6 +187,23 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
     sb.assert_no_trace("/run/hostchan/bad/a");
     assert!(!sb.path("/run/hostchan/bad").exists());
     let _ = sb.runc(&["delete", "--force", "bad1"]);
+
+    // Annotations get the CLI's rules: what systemd would rewrite, and paths outside the hook's
+    // roots (/run/hostchan by default), are refused.
+    for (name, spec, expected) in [
+        ("bad2", "/run/hostchan/sys${X}temd:/a", "contains '$'"),
+        ("bad3", "/run/elsewhere/a:/a", "of hook.allowed_roots"),
+    ] {
+        let bundle = runc_bundle(&dir.path(name), name, |c| {
+            with_hooks(c, &[("io.hostchan.channel", spec)])
+        });
+        let out = sb.runc_start(&bundle, name);
+        assert_ne!(out.code, 0, "{out:#?}");
+        assert!(out.stderr.contains(expected), "{out:#?}");
+        let _ = sb.runc(&["delete", "--force", name]);
+        assert!(sb.channel_units().is_empty());
+        assert!(!sb.path("/run/elsewhere").exists());
+    }
 }
 
 #[test]
@@ -474,4 +491,37 @@ fn podman_with_the_shipped_hook_file() {
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
     sb.assert_no_trace("/run/hostchan/pbad/ok");
     assert!(!sb.path("/run/hostchan/pbad").exists());
+}
+
+/// One owner policy: for a container in a login session's scope (as the cgroupfs driver started
+/// from a shell leaves it), the CLI and the hook give the same answer.
+#[test]
+fn the_cli_and_the_hook_agree_on_owners() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-owners");
+    let bundle = runc_bundle(&dir.path("cli"), "s77", |c| {
+        c["linux"]["cgroupsPath"] = "user.slice:session:77".into();
+    });
+    sb.runc_start(&bundle, "s77").ok();
+    let pid = sb.runc_pid("s77");
+    let cli = sb.hostchan(&["create", "--pid", &pid, "/run/hostchan/s:/s"]);
+    assert_eq!(cli.code, 1, "{cli:#?}");
+    let expected = "is in session-77.scope, which is a login session";
+    assert!(cli.stderr.contains(expected), "{cli:#?}");
+    sb.runc(&["delete", "--force", "s77"]).ok();
+
+    let bundle = runc_bundle(&dir.path("hook"), "s78", |c| {
+        c["linux"]["cgroupsPath"] = "user.slice:session:78".into();
+        with_hooks(c, &[("io.hostchan.channel", "/run/hostchan/s:/s")]);
+    });
+    let hook = sb.runc_start(&bundle, "s78");
+    assert_ne!(hook.code, 0, "{hook:#?}");
+    assert!(
+        hook.stderr
+            .contains("is in session-78.scope, which is a login session"),
+        "{hook:#?}"
+    );
+    let _ = sb.runc(&["delete", "--force", "s78"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/hostchan/s").exists());
 }

@@ -1,0 +1,416 @@
+//! hostchan against an attacker: container creators (annotations, specs, container ids) and
+//! local users (racing the host path, planting records, forging D-Bus signals), on the
+//! sandboxed systemd. Each test names the promise of the README's security model it shows.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::{runc_bundle, Sandbox, TempDir, HOSTCHAN};
+
+fn as_nobody(sb: &Sandbox, script: &str) -> common::Run {
+    sb.run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// What systemd and the kernel get is exactly what was checked: characters that systemd would
+/// expand or rewrite are refused by name; every other character reaches systemd literally and
+/// stays literal through daemon-reload and daemon-reexec, up to the cleanup.
+#[test]
+fn paths_reach_systemd_literally_or_not_at_all() {
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr1.scope");
+    let before = sb.run(&["findmnt", "-rn", "-o", "TARGET"]).stdout;
+    let refused: &[(&str, &str)] = &[
+        ("/run/sys${X}temd:/c", "'$'"),
+        ("/run/chan/${X}../${X}../etc:/c", "'$'"),
+        ("/run/a$$b:/c", "'$'"),
+        ("/run/a%n:/c", "'%'"),
+        ("/run/a;b:/c", "';'"),
+        ("/run/a\\x2db:/c", "'\\\\'"),
+        ("/run/a\"b:/c", "'\"'"),
+        ("/run/a'b:/c", "contains '\\''"),
+        ("/run/trailing :/c", "ends with whitespace"),
+        ("/run/ok:/c$x", "invalid container path"),
+    ];
+    for (spec, named) in refused {
+        let out = sb.hostchan(&["create", "--scope", "ctr1.scope", spec]);
+        assert_eq!(out.code, 2, "{spec}: {out:#?}");
+        assert!(out.stderr.contains(named), "{spec}: {out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{spec}: {out:#?}");
+    }
+    assert!(sb.channel_units().is_empty());
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    assert_eq!(before, sb.run(&["findmnt", "-rn", "-o", "TARGET"]).stdout);
+
+    let literal = [
+        "/run/odd/a b",
+        "/run/odd/x,y=z#!&*?[]{}~@+-",
+        "/run/odd/.hidden",
+        "/run/odd/ü",
+        "/run/odd/tab-free\u{a0}nbsp",
+    ];
+    for path in literal {
+        sb.hostchan(&[
+            "create",
+            "--scope",
+            "ctr1.scope",
+            "--container",
+            "c1",
+            &format!("{path}:/c:rw:1M"),
+        ])
+        .ok();
+    }
+    for step in ["daemon-reload", "daemon-reexec"] {
+        sb.run(&["systemctl", step]).ok();
+        for path in literal {
+            let unit = sb
+                .hostchan(&["status", "--output", "json", path])
+                .ok()
+                .json()["unit"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(sb.unit_state(&unit), "active", "{path} after {step}");
+            assert_eq!(sb.property(&unit, "Where"), path, "after {step}");
+            assert!(sb.mount_options(path).is_some(), "{path} after {step}");
+        }
+    }
+    // The cleanup, run by systemd from the reloaded unit, is told the same path.
+    sb.run(&["systemctl", "stop", "ctr1.scope"]).ok();
+    sb.wait_for(
+        || literal.iter().all(|p| !sb.path(p).exists()),
+        "every odd channel to go with its owner",
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    assert!(!sb.path("/run/odd").exists());
+}
+
+/// The hook validates like the CLI: container ids and annotation names, one line each.
+#[test]
+fn the_hook_refuses_what_the_cli_refuses() {
+    let sb = Sandbox::boot();
+    let hook = |state: &str| {
+        sb.sh(&format!(
+            "printf '%s' '{state}' | {HOSTCHAN} oci-hook --output json"
+        ))
+    };
+    let cases = [
+        (
+            r#"{"id":"c1\nWants=x.service","status":"creating","pid":1,"bundle":"/b","annotations":{"io.hostchan.channel":"/run/hostchan/a:/a"}}"#,
+            "invalid container id",
+        ),
+        (
+            r#"{"id":"c1\nWants=x.service","status":"stopped","bundle":"/b"}"#,
+            "invalid container id",
+        ),
+        (
+            r#"{"id":"c1","status":"creating","pid":1,"bundle":"/b","annotations":{"io.hostchan.channel.a b":"/run/hostchan/a:/a"}}"#,
+            "invalid annotation",
+        ),
+    ];
+    for (state, expected) in cases {
+        let out = hook(state);
+        assert_eq!(out.code, 2, "{out:#?}");
+        let json = out.json();
+        let error = json["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{out:#?}");
+        assert!(!error.contains('\n'), "{out:#?}");
+        assert_eq!(json["kind"], "invalid");
+    }
+    assert!(sb.channel_units().is_empty());
+}
+
+/// The host path is made safely: an ancestor others can write is refused; in a sticky
+/// directory anyone can write to (/tmp), a user racing hostchan with a symlink never gets the
+/// mount or a directory outside the channel, in any of many tries.
+#[test]
+fn a_user_racing_the_host_path_never_redirects_it() {
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr1.scope");
+    sb.sh("mkdir -p /run/theirs && chown 65534:65534 /run/theirs")
+        .ok();
+    let out = sb.hostchan(&["create", "--scope", "ctr1.scope", "/run/theirs/c:/c"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("has an ancestor others can change (/run/theirs: uid 65534, mode 0755)"),
+        "{out:#?}"
+    );
+    as_nobody(&sb, "mkdir /tmp/planted").ok();
+    let out = sb.hostchan(&["create", "--scope", "ctr1.scope", "/tmp/planted/c:/c"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("in a directory anyone can write to"),
+        "{out:#?}"
+    );
+
+    // The attacker, as nobody, keeps putting a symlink to /srv/target where hostchan makes
+    // /tmp/race/<n>/, and keeps trying to move it away once made.
+    sb.sh("mkdir -p /srv/target").ok();
+    let attacker = sb
+        .command(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "while :; do for n in 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19; do \
+             ln -s /srv/target /tmp/race$n 2>/dev/null; mv /tmp/race$n /tmp/moved$n 2>/dev/null; \
+             ln -s /srv/target /tmp/race$n 2>/dev/null; done; done",
+        ])
+        .spawn()
+        .unwrap();
+    let mut made = 0;
+    for n in 0..20 {
+        let out = sb.hostchan(&[
+            "create",
+            "--scope",
+            "ctr1.scope",
+            &format!("/tmp/race{n}/c:/c:rw:1M"),
+        ]);
+        if out.code == 0 {
+            made += 1;
+            let meta = fs::symlink_metadata(sb.path(&format!("/tmp/race{n}"))).unwrap();
+            assert!(meta.is_dir() && meta.uid() == 0, "round {n}");
+            assert!(sb.mount_options(&format!("/tmp/race{n}/c")).is_some());
+        } else {
+            assert_eq!(out.code, 2, "round {n}: {out:#?}");
+        }
+    }
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(attacker.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    sb.sh("pkill -KILL -u 65534; true").ok();
+    assert_eq!(
+        fs::read_dir(sb.path("/srv/target")).unwrap().count(),
+        0,
+        "something was made through the symlink"
+    );
+    let mounts = sb.run(&["findmnt", "-rn", "-o", "TARGET"]).stdout;
+    assert!(!mounts.contains("/srv/target"), "{mounts}");
+    eprintln!("{made} of 20 creates won the race; the others were refused");
+    // Once made, nobody can move hostchan's directories in /tmp: cleanup removes exactly them.
+    sb.run(&["systemctl", "stop", "ctr1.scope"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    let left = sb.run(&["sh", "-c", "find /tmp -maxdepth 1 -user root -name 'race*'"]);
+    assert_eq!(left.stdout, "", "hostchan's directories left");
+}
+
+/// Records are root's alone: modes do not follow the umask, and a record or directory anyone
+/// else could have written is never acted on.
+#[test]
+fn planted_records_are_never_acted_on() {
+    let sb = Sandbox::boot();
+    sb.sh(&format!(
+        "umask 000; {HOSTCHAN} create --unbound /run/u1:/x"
+    ))
+    .ok();
+    let mode = |path: &str| fs::metadata(sb.path(path)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("/var/lib/hostchan/channels"), 0o700);
+    assert_eq!(mode("/var/lib/hostchan/channels/run-u1.toml"), 0o600);
+    assert_eq!(mode("/run/u1"), 0o1777, "the tmpfs root");
+    sb.hostchan(&["delete", "/run/u1"]).ok();
+
+    // A victim: a unit and a directory hostchan has nothing to do with.
+    sb.start_scope("victim.scope");
+    sb.sh("mkdir -p /run/victim").ok();
+    let stat = fs::metadata(sb.path("/run/victim")).unwrap();
+    let planted = format!(
+        "version = 2\nhost_path = \"/run/victim\"\ncontainer_path = \"/x\"\nmode = \"rw\"\nsize = 4096\ncontainer = \"evil\"\nunit = \"victim.scope\"\ncleanup_unit = \"victim.scope\"\ncreated = 1\n\n[[made]]\npath = \"/run/victim\"\ndev = {}\nino = {}\n",
+        stat.dev(),
+        stat.ino()
+    );
+    fs::write(sb.path("/run/planted.toml"), &planted).unwrap();
+
+    // A directory others can write: nothing in it is trusted, by any command.
+    sb.sh("chmod 0777 /var/lib/hostchan/channels").ok();
+    as_nobody(
+        &sb,
+        "cp /run/planted.toml /var/lib/hostchan/channels/evil.toml",
+    )
+    .ok();
+    let poststop = r#"{"id":"evil","status":"stopped","bundle":"/b"}"#;
+    for out in [
+        sb.hostchan(&["gc"]),
+        sb.hostchan(&["delete", "--container", "evil"]),
+        sb.hostchan(&["delete", "/run/victim"]),
+        sb.hostchan(&["cleanup", "/run/victim"]),
+        sb.sh(&format!("echo '{poststop}' | {HOSTCHAN} oci-hook")),
+    ] {
+        assert_eq!(out.code, 1, "{out:#?}");
+        assert!(out.stderr.contains("must be root's alone"), "{out:#?}");
+    }
+    assert!(sb.path("/run/victim").is_dir());
+    assert_eq!(sb.unit_state("victim.scope"), "active");
+
+    // A root-owned directory again, but the record is someone else's: skipped, reported.
+    sb.sh("chmod 0700 /var/lib/hostchan/channels").ok();
+    let gc = sb.hostchan(&["gc"]).ok();
+    assert!(gc.stderr.contains("must be root's alone"), "{gc:#?}");
+    let out = sb.hostchan(&["delete", "--container", "evil"]).ok();
+    assert!(out.stdout.contains("has no channels"), "{out:#?}");
+    let out = sb.sh(&format!("echo '{poststop}' | {HOSTCHAN} oci-hook"));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(sb.path("/run/victim").is_dir());
+    assert_eq!(sb.unit_state("victim.scope"), "active");
+}
+
+/// --pid attaches only inside a container: a process in the host's mount namespace (even in a
+/// scope named like an engine's) or in a login session is refused before anything is made.
+#[test]
+fn pid_on_the_host_is_refused() {
+    let sb = Sandbox::boot();
+    let host = sb.start_scope("docker-0123.scope").to_string();
+    let out = sb.hostchan(&["create", "--pid", &host, "/run/x:/etc"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains("shares the host's mount namespace"),
+        "{out:#?}"
+    );
+    let session = sb.start_scope("session-4.scope").to_string();
+    for extra in [&["--unbound"][..], &["--scope", "docker-0123.scope"]] {
+        let mut args = vec!["create", "--pid", &session];
+        args.extend_from_slice(extra);
+        args.push("/run/x:/etc");
+        let out = sb.hostchan(&args);
+        assert_eq!(out.code, 1, "{out:#?}");
+        assert!(out.stderr.contains("is a login session"), "{out:#?}");
+    }
+    assert!(!sb.path("/run/x").exists());
+    assert_eq!(sb.mount_options("/etc"), None);
+    assert!(sb.channel_units().is_empty());
+}
+
+/// Nothing propagates from a container's channel: a container with CAP_SYS_ADMIN that mounts
+/// under its channel changes only its own view.
+#[test]
+fn mounts_in_a_containers_channel_stay_in_the_container() {
+    let sb = Sandbox::boot();
+    // As on a host booted by systemd: mounts are shared (the sandbox's systemd, which believes
+    // it runs in a container, leaves them private).
+    sb.run(&["mount", "--make-rshared", "/"]).ok();
+    let dir = TempDir::new("propagation");
+    let bundle = runc_bundle(&dir.0, "admin1", |config| {
+        for set in ["bounding", "effective", "permitted"] {
+            config["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap()
+                .push("CAP_SYS_ADMIN".into());
+        }
+    });
+    sb.runc_start(&bundle, "admin1").ok();
+    let pid = sb.runc_pid("admin1");
+    sb.hostchan(&["create", "--pid", &pid, "/run/chan/p:/chan:rw:1M"])
+        .ok();
+    sb.runc_exec(
+        "admin1",
+        "mkdir /chan/sub && mount -t tmpfs -o size=64k tmpfs /chan/sub && echo inner > /chan/sub/f",
+    )
+    .ok();
+    assert!(sb.path("/run/chan/p/sub").is_dir());
+    assert_eq!(
+        sb.mount_options("/run/chan/p/sub"),
+        None,
+        "propagated to the host"
+    );
+    assert!(!sb.path("/run/chan/p/sub/f").exists());
+    // The channel itself is still shared both ways.
+    fs::write(sb.path("/run/chan/p/h"), "host").unwrap();
+    assert_eq!(sb.runc_exec("admin1", "cat /chan/h").ok().stdout, "host");
+    sb.runc(&["delete", "--force", "admin1"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel to go");
+}
+
+/// JobRemoved is taken from systemd only: another client of the system bus that answers every
+/// mount job with a forged "failed" cannot make a good create fail.
+#[test]
+fn forged_job_results_are_ignored() {
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr1.scope");
+    let socket = sb.path("/run/dbus/system_bus_socket");
+    let address = format!("unix:path={}", socket.display());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let forger = {
+        let (stop, forged) = (stop.clone(), forged.clone());
+        let connection = zbus::blocking::connection::Builder::address(address.as_str())
+            .unwrap()
+            .build()
+            .unwrap();
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.systemd1.Manager")
+            .unwrap()
+            .member("JobNew")
+            .unwrap()
+            .build();
+        let jobs =
+            zbus::blocking::MessageIterator::for_match_rule(rule, &connection, None).unwrap();
+        // systemd only sends job signals once some client has subscribed.
+        connection
+            .call_method(
+                Some("org.freedesktop.systemd1"),
+                "/org/freedesktop/systemd1",
+                Some("org.freedesktop.systemd1.Manager"),
+                "Subscribe",
+                &(),
+            )
+            .unwrap();
+        std::thread::spawn(move || {
+            for message in jobs {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(message) = message else { break };
+                let Ok((id, job, unit)) =
+                    message
+                        .body()
+                        .deserialize::<(u32, zbus::zvariant::OwnedObjectPath, String)>()
+                else {
+                    continue;
+                };
+                if unit.ends_with(".mount") {
+                    let _ = connection.emit_signal(
+                        None::<&str>,
+                        "/org/freedesktop/systemd1",
+                        "org.freedesktop.systemd1.Manager",
+                        "JobRemoved",
+                        &(id, job, unit, "failed"),
+                    );
+                    forged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    for n in 0..5 {
+        let path = format!("/run/forged/c{n}");
+        sb.hostchan(&[
+            "create",
+            "--scope",
+            "ctr1.scope",
+            &format!("{path}:/c:rw:1M"),
+        ])
+        .ok();
+        assert!(sb.mount_options(&path).is_some());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sb.run(&["systemctl", "stop", "ctr1.scope"]).ok();
+    drop(forger);
+    assert!(
+        forged.load(std::sync::atomic::Ordering::Relaxed) >= 5,
+        "the forger never saw a job: the test proved nothing"
+    );
+}

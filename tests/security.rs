@@ -157,7 +157,7 @@ fn a_user_racing_the_host_path_never_redirects_it() {
     // The attacker, as nobody, keeps putting a symlink to /srv/target where hostchan makes
     // /tmp/race/<n>/, and keeps trying to move it away once made.
     sb.sh("mkdir -p /srv/target").ok();
-    let attacker = sb
+    let mut attacker = sb
         .command(&[
             "setpriv",
             "--reuid=65534",
@@ -188,11 +188,9 @@ fn a_user_racing_the_host_path_never_redirects_it() {
             assert_eq!(out.code, 2, "round {n}: {out:#?}");
         }
     }
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(attacker.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
     sb.sh("pkill -KILL -u 65534; true").ok();
+    let _ = attacker.kill();
+    let _ = attacker.wait();
     assert_eq!(
         fs::read_dir(sb.path("/srv/target")).unwrap().count(),
         0,

@@ -17,9 +17,18 @@ pub fn init(verbosity: u8) {
         1 => LevelFilter::INFO,
         _ => LevelFilter::DEBUG,
     };
-    let stderr_filter = EnvFilter::builder()
-        .with_default_directive(stderr_level.into())
-        .from_env_lossy();
+    // zbus's own warnings (a match rule it could not remove from a bus that went away) say
+    // nothing an operator can act on; hostchan reports the failure itself.
+    let stderr_filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::new(directives),
+        _ => EnvFilter::default()
+            .add_directive(stderr_level.into())
+            .add_directive(
+                "zbus=error"
+                    .parse()
+                    .unwrap_or_else(|_| LevelFilter::ERROR.into()),
+            ),
+    };
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

@@ -412,3 +412,45 @@ fn forged_job_results_are_ignored() {
         "the forger never saw a job: the test proved nothing"
     );
 }
+
+/// A bus that goes away while hostchan waits for its job is an error, not a hang.
+#[test]
+fn a_bus_that_goes_away_ends_the_wait() {
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr1.scope");
+    // systemd's mount now takes 20 s (in this sandbox only).
+    sb.sh("printf '#!/bin/sh\\nsleep 20\\n' > /run/slow-mount && chmod +x /run/slow-mount && mount --bind /run/slow-mount /usr/bin/mount")
+        .ok();
+    let started = std::time::Instant::now();
+    let create = sb
+        .command(&[
+            HOSTCHAN,
+            "create",
+            "--scope",
+            "ctr1.scope",
+            "/run/slow/c:/c",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sb.wait_for(
+        || !sb.units_matching("run-slow-c.mount").is_empty(),
+        "the mount job to start",
+    );
+    sb.run(&["pkill", "-KILL", "dbus-daemon"]).ok();
+    let out = create.wait_with_output().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{out:#?}");
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "hostchan waited {waited:?} after the bus went away"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("hostchan: D-Bus error talking to systemd"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("match rule"), "{stderr}");
+}

@@ -3,12 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Requester};
-use crate::error::{Error, Kind, Result};
+use crate::error::{Context, Error, Kind, Result};
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
@@ -52,6 +53,9 @@ pub enum Created {
 /// recorded, listed, shown and reported by gc.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
+    /// Random, made at create: what the cleanup unit, delete and gc check before they remove
+    /// anything, so that they act on this channel and never on a later one at the same path.
+    pub id: String,
     #[serde(flatten)]
     pub spec: ChannelSpec,
     /// The unit the channel is bound to; absent for an unbound channel.
@@ -183,6 +187,8 @@ impl Target {
 pub struct Channels {
     store: Store,
     hostchan_binary: PathBuf,
+    /// One connection for everything this process does, made when first needed.
+    systemd: std::cell::OnceCell<Systemd>,
 }
 
 impl Channels {
@@ -191,7 +197,17 @@ impl Channels {
         Channels {
             store: Store::default(),
             hostchan_binary,
+            systemd: std::cell::OnceCell::new(),
         }
+    }
+
+    fn systemd(&self) -> Result<&Systemd> {
+        if self.systemd.get().is_none() {
+            let _ = self.systemd.set(Systemd::connect()?);
+        }
+        self.systemd
+            .get()
+            .ok_or_else(|| Error::systemd("cannot connect to systemd"))
     }
 
     pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
@@ -203,19 +219,21 @@ impl Channels {
                 config.origin()
             )));
         }
+        let id = new_channel_id()?;
         let request = ChannelRequest {
             spec: &spec,
             owner: &options.owner,
             container: options.container.as_deref(),
             tmpfs: &config.tmpfs,
             hostchan_binary: &self.hostchan_binary,
+            id: &id,
         };
         let units = units::channel_units(&request);
         if let Some(record) = self.store.load(&units.mount.name)? {
             return Err(record.already_a_channel());
         }
         hostfs::check_free(&spec.host_path)?;
-        shared_made_dirs(&spec.host_path, &self.store.all()?)?;
+        check_among_channels(&spec.host_path, &self.store.all()?)?;
         if options.dry_run {
             return Ok(Created::DryRun(units));
         }
@@ -231,67 +249,75 @@ impl Channels {
             owner::check_container_process(attach.pid)?;
             inject::check_other_mount_namespace(attach.pid)?;
         }
-        let systemd = Systemd::connect()?;
+        let systemd = self.systemd()?;
         if let Owner::Unit(owner) = &options.owner {
-            owner::check_owner_active(&systemd, owner)?;
+            owner::check_owner_active(systemd, owner)?;
         }
         // Held until the channel is up, so that a concurrent `gc` does not take it for a
         // leftover.
         let _creating = self.store.lock(false)?;
+        // The record first, naming the directories about to be made, so that a crash at any
+        // later point leaves nothing gc cannot find; the checks against other channels and the
+        // write are one step.
+        let channel = Channel {
+            id: id.clone(),
+            spec: spec.clone(),
+            owner: options.owner.unit().map(str::to_owned),
+            container: options.container.clone(),
+            unit: units.mount.name.clone(),
+            cleanup_unit: units.cleanup.name.clone(),
+            created: seconds_since_epoch(),
+        };
+        let mut record = self.store.create_checked(|records| {
+            let shared = check_among_channels(&spec.host_path, records)?;
+            let planned = hostfs::plan_host_path(&spec.host_path)?;
+            Ok(Record::new(channel, [shared, planned].concat()))
+        })?;
+        fail_point("after-record");
         // hostchan makes the directories itself, so that systemd's mount finds them and never
-        // follows a symlink someone put on the way; making the last one decides between two
-        // creates racing for one path.
-        let made = hostfs::make_host_path(&spec.host_path)?;
-        let recorded = shared_made_dirs(&spec.host_path, &self.store.all()?)
-            .map(|shared| shared.into_iter().chain(made.iter().cloned()).collect());
-        let written = recorded.and_then(|made| {
-            let record = Record::new(
-                Channel {
-                    spec: spec.clone(),
-                    owner: options.owner.unit().map(str::to_owned),
-                    container: options.container.clone(),
-                    unit: units.mount.name.clone(),
-                    cleanup_unit: units.cleanup.name.clone(),
-                    created: seconds_since_epoch(),
-                },
-                made,
-            );
-            self.store.create(&record).map(|()| record)
-        });
-        let record = match written {
-            Ok(record) => record,
+        // follows a symlink someone put on the way.
+        let made = match hostfs::make_host_path(&spec.host_path) {
+            Ok(made) => made,
             Err(e) => {
-                if let Err(undo) = hostfs::remove_made(&made) {
-                    tracing::warn!("{undo}");
-                }
+                let _ = self.store.remove(record.unit(), &id);
                 return Err(e);
             }
         };
+        let shared = record.made.iter().filter(|d| {
+            !made.iter().any(|m| m.path == d.path) && !d.path.starts_with(&spec.host_path)
+        });
+        record.made = shared.cloned().chain(made.iter().cloned()).collect();
+        if let Err(e) = self.store.replace(&record) {
+            let _ = hostfs::remove_made(&made);
+            let _ = self.store.remove(record.unit(), &id);
+            return Err(e);
+        }
+        fail_point("after-dirs");
 
         match systemd.start_transient(&units.mount, &[&units.cleanup]) {
             Ok(outcome) if outcome.succeeded() => {}
             Ok(outcome) => {
-                self.roll_back(&systemd, &record);
+                self.roll_back(systemd, &record);
                 return Err(outcome.error("start", options.owner.unit()));
             }
             Err(e) if e.kind() == Kind::AlreadyExists => {
                 // Someone else's unit has this name: leave it alone, take back only what we made.
-                let _ = self.store.remove(record.unit());
                 let _ = hostfs::remove_made(&made);
+                let _ = self.store.remove(record.unit(), &id);
                 return Err(Error::already_exists(format!(
                     "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
                     record.host_path().display()
                 )));
             }
             Err(e) => {
-                self.roll_back(&systemd, &record);
+                self.roll_back(systemd, &record);
                 return Err(e);
             }
         }
-        let memory_limit = match self.complete(&systemd, &spec, options) {
+        let memory_limit = match self.complete(systemd, &spec, options) {
             Ok(change) => change,
             Err(e) => {
-                self.roll_back(&systemd, &record);
+                self.roll_back(systemd, &record);
                 return Err(e);
             }
         };
@@ -357,8 +383,10 @@ impl Channels {
         }
         // Unless the cleanup unit's stop already did it.
         let removed = match self.store.load(record.unit()) {
-            Ok(Some(left)) => self.remove_leftovers(&left).map(drop),
-            Ok(None) => Ok(()),
+            Ok(Some(left)) if left.channel.id == record.channel.id => {
+                self.remove_leftovers(&left).map(drop)
+            }
+            Ok(_) => Ok(()),
             Err(e) => Err(e),
         };
         if let Err(e) = removed {
@@ -368,7 +396,7 @@ impl Channels {
 
     pub fn delete(&self, target: &Target) -> Result<ChannelInfo> {
         let record = self.load(target)?;
-        let systemd = Systemd::connect()?;
+        let systemd = self.systemd()?;
         if let Some(outcome) = systemd.stop(record.unit())? {
             if !outcome.succeeded() {
                 return Err(outcome.error("stop", None));
@@ -377,9 +405,12 @@ impl Channels {
         // The cleanup unit stops after the mount in the same transaction; waiting for it means
         // the directory is gone when delete returns.
         systemd.stop(&record.channel.cleanup_unit)?;
-        // The cleanup unit may have been gone already (a crash, a reboot): do its work here.
+        // The cleanup unit may have been gone already (a crash, a reboot): do its work here,
+        // for this channel only (a create may have made a new one at the path meanwhile).
         if let Some(left) = self.store.load(record.unit())? {
-            self.remove_leftovers(&left)?;
+            if left.channel.id == record.channel.id {
+                self.remove_leftovers(&left)?;
+            }
         }
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
@@ -395,20 +426,30 @@ impl Channels {
         })
     }
 
-    /// Deletes every channel labelled with this container id; none is not an error.
+    /// Deletes every channel labelled with this container id; none is not an error. Goes on
+    /// past a channel it cannot delete, and reports every one that failed.
     pub fn delete_container(&self, container: &str) -> Result<Vec<ChannelInfo>> {
         let mut deleted = Vec::new();
+        let mut failed = Vec::new();
         for record in self.store.all()? {
             if record.channel.container.as_deref() == Some(container) {
                 match self.delete(&Target::of_unit(record.unit())) {
                     Ok(info) => deleted.push(info),
                     // Gone meanwhile: its owner stopped and systemd cleaned it up.
                     Err(e) if e.kind() == Kind::NotFound => {}
-                    Err(e) => return Err(e),
+                    Err(e) => failed.push(e),
                 }
             }
         }
-        Ok(deleted)
+        match Error::all_of(failed, |n| {
+            format!(
+                "{n} of {} channels of container {container} could not be deleted",
+                n + deleted.len()
+            )
+        }) {
+            None => Ok(deleted),
+            Some(e) => Err(e),
+        }
     }
 
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
@@ -416,7 +457,7 @@ impl Channels {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let systemd = Systemd::connect()?;
+        let systemd = self.systemd()?;
         let names: Vec<&str> = records.iter().map(Record::unit).collect();
         let states = systemd.unit_states(&names)?;
         Ok(records
@@ -430,7 +471,7 @@ impl Channels {
 
     pub fn status(&self, target: &Target) -> Result<ChannelInfo> {
         let record = self.load(target)?;
-        let systemd = Systemd::connect()?;
+        let systemd = self.systemd()?;
         let states = systemd.unit_states(&[record.unit()])?;
         let status = states.get(record.unit());
         Ok(info(record, status))
@@ -440,16 +481,21 @@ impl Channels {
     /// were made for it, only while empty (an unmounted channel's directory is; `rmdir` refuses
     /// anything else, mount points included), then its record. Paths hostchan has no record of
     /// are never touched.
-    pub fn cleanup(&self, host_path: &Path) -> Result<Cleanup> {
+    pub fn cleanup(&self, host_path: &Path, id: &str) -> Result<Cleanup> {
         let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
         let unit = unit_name::mount_unit_name(&host_path);
-        let Some(record) = self.store.load(&unit)? else {
-            return Err(Error::not_found(format!(
+        match self.store.load(&unit)? {
+            Some(record) if record.channel.id == id => self.remove_leftovers(&record),
+            Some(record) => Err(Error::not_found(format!(
+                "the record of {} is channel {}, not {id}: it was made after this one went; nothing was removed",
+                host_path.display(),
+                record.channel.id
+            ))),
+            None => Err(Error::not_found(format!(
                 "no channel at {}: hostchan has no record of it; nothing was removed",
                 host_path.display()
-            )));
-        };
-        self.remove_leftovers(&record)
+            ))),
+        }
     }
 
     /// The work of [`Channels::cleanup`] for a record in hand: the directory and the parents
@@ -457,7 +503,7 @@ impl Channels {
     fn remove_leftovers(&self, record: &Record) -> Result<Cleanup> {
         let host_path = record.host_path();
         let removed_directory = hostfs::remove_made(&record.made)?.removed_directory;
-        self.store.remove(record.unit())?;
+        self.store.remove(record.unit(), &record.channel.id)?;
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
             "removed channel directory {} and its record",
@@ -470,13 +516,38 @@ impl Channels {
     }
 
     /// Removes what crashes and reboots left behind: for every record whose host path is not
-    /// mounted (so its unit is gone), the directory hostchan made (only while empty) and the
-    /// record. A path something is mounted on is never touched.
-    pub fn gc(&self, dry_run: bool) -> Result<Vec<Leftover>> {
-        let _exclusive = self.store.lock(true)?;
+    /// mounted and whose units systemd no longer has (no unit loaded, no job), the directories
+    /// hostchan made (only while empty) and the record. A path something is mounted on is never
+    /// touched. `offline` (early boot, before D-Bus; a reboot has lost every transient unit):
+    /// the mount alone decides.
+    pub fn gc(&self, dry_run: bool, offline: bool) -> Result<Vec<Leftover>> {
+        let exclusive = self.store.lock(true)?;
+        if !dry_run {
+            for stale in self.store.remove_stale_files(&exclusive)? {
+                tracing::info!("removed {stale}, left by a killed hostchan");
+            }
+        }
+        let records = self.store.all()?;
+        let live_units = if offline || records.is_empty() {
+            HashSet::new()
+        } else {
+            let names: Vec<&str> = records
+                .iter()
+                .flat_map(|r| [r.unit(), r.channel.cleanup_unit.as_str()])
+                .collect();
+            self.systemd()?
+                .unit_states(&names)?
+                .into_values()
+                .filter(|status| status.exists() || status.job_id != 0)
+                .map(|status| status.name)
+                .collect()
+        };
         let mut leftovers = Vec::new();
-        for record in self.store.all()? {
-            if hostfs::is_mount_point(record.host_path())? {
+        for record in records {
+            if hostfs::is_mount_point(record.host_path())?
+                || live_units.contains(record.unit())
+                || live_units.contains(&record.channel.cleanup_unit)
+            {
                 continue;
             }
             let outcome = if dry_run {
@@ -512,15 +583,25 @@ impl Channels {
     }
 }
 
-/// Refuses a host path that is, or is inside, another channel, and returns the directories
-/// other channels' creation made above it: recorded with this channel too, so that whichever
-/// channel goes last removes them (each goes only while empty).
-fn shared_made_dirs(host_path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
+/// Refuses a host path that is, is inside, or holds another channel, and returns the
+/// directories other channels' creation made above it: recorded with this channel too, so that
+/// whichever channel goes last removes them (each goes only while empty).
+fn check_among_channels(host_path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
     let mut shared: Vec<MadeDir> = Vec::new();
     for record in records {
         // A racing create for the same path wrote its record since ours was looked for.
         if host_path == record.host_path() {
             return Err(record.already_a_channel());
+        }
+        if record.host_path().starts_with(host_path) {
+            return Err(Error::invalid(
+                "host path",
+                host_path.display().to_string(),
+                format!(
+                    "holds the channel {}, which a channel here would cover; choose another path",
+                    record.host_path().display()
+                ),
+            ));
         }
         if host_path.starts_with(record.host_path()) {
             return Err(Error::invalid(
@@ -563,6 +644,30 @@ fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
     }
 }
 
+/// 128 random bits, in hex.
+fn new_channel_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        filled +=
+            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
+                .context("cannot get random bytes for a channel id")?;
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A crash on purpose, for the tests of what a crash at each step of create leaves: with the
+/// `fail-points` feature (test builds only), `HOSTCHAN_FAIL_AT=<name>` kills hostchan there.
+#[cfg(feature = "fail-points")]
+fn fail_point(name: &str) {
+    if std::env::var("HOSTCHAN_FAIL_AT").is_ok_and(|at| at == name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "fail-points"))]
+fn fail_point(_name: &str) {}
+
 fn seconds_since_epoch() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -603,6 +708,7 @@ pub(crate) mod tests {
     pub(crate) fn channel(host_path: &str, owner: Option<&str>) -> Channel {
         let unit = unit_name::mount_unit_name(Path::new(host_path));
         Channel {
+            id: "0123456789abcdef0123456789abcdef".into(),
             spec: ChannelSpec {
                 host_path: host_path.into(),
                 container_path: "/chan".into(),
@@ -643,26 +749,26 @@ pub(crate) mod tests {
             |dirs: Vec<MadeDir>| -> Vec<PathBuf> { dirs.into_iter().map(|d| d.path).collect() };
         // A sibling under the parents c1's creation made: the last one to go removes them.
         assert_eq!(
-            paths(shared_made_dirs(Path::new("/run/a/b/c3"), &records).unwrap()),
+            paths(check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()),
             [PathBuf::from("/run/a"), PathBuf::from("/run/a/b")]
         );
         assert_eq!(
-            shared_made_dirs(Path::new("/run/a/b/c3"), &records).unwrap()[0],
+            check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()[0],
             records[0].made[0],
             "the identity comes along"
         );
         assert_eq!(
-            paths(shared_made_dirs(Path::new("/run/a/q"), &records).unwrap()),
+            paths(check_among_channels(Path::new("/run/a/q"), &records).unwrap()),
             [PathBuf::from("/run/a")]
         );
         // Next to a channel whose own directory was all it made: nothing shared.
-        assert!(shared_made_dirs(Path::new("/run/x/c4"), &records)
+        assert!(check_among_channels(Path::new("/run/x/c4"), &records)
             .unwrap()
             .is_empty());
-        assert!(shared_made_dirs(Path::new("/srv/q"), &records)
+        assert!(check_among_channels(Path::new("/srv/q"), &records)
             .unwrap()
             .is_empty());
-        let inside = shared_made_dirs(Path::new("/run/x/c2/d"), &records).unwrap_err();
+        let inside = check_among_channels(Path::new("/run/x/c2/d"), &records).unwrap_err();
         assert_eq!(inside.kind(), Kind::Invalid);
         assert!(
             inside
@@ -670,7 +776,7 @@ pub(crate) mod tests {
                 .contains("is inside the channel /run/x/c2"),
             "{inside}"
         );
-        let same = shared_made_dirs(Path::new("/run/x/c2"), &records).unwrap_err();
+        let same = check_among_channels(Path::new("/run/x/c2"), &records).unwrap_err();
         assert_eq!(same.kind(), Kind::AlreadyExists);
         assert!(same.to_string().contains("is already a channel"), "{same}");
     }

@@ -114,6 +114,11 @@ pub enum Command {
         /// Show what would be removed, and remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Do not ask systemd which channel units it still has (early boot, before D-Bus; a
+        /// reboot loses every transient unit): a record is a leftover when its path is not
+        /// mounted.
+        #[arg(long)]
+        offline: bool,
     },
     /// Check or show the configuration (/etc/hostchan/config.toml, or --config).
     #[command(subcommand, after_long_help = CONFIG_FILE)]
@@ -121,6 +126,9 @@ pub enum Command {
     /// Remove an unmounted channel's directory and record (run by the channel's cleanup unit).
     #[command(hide = true)]
     Cleanup {
+        /// The channel's id: nothing is removed unless the record is this channel's.
+        #[arg(long)]
+        id: String,
         /// The channel's host path.
         host_path: String,
     },

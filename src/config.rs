@@ -37,6 +37,9 @@ pub struct Config {
     /// The smallest channel: one page of this machine.
     #[serde(skip)]
     pub page_size: u64,
+    /// The largest channel ever: half of this machine's memory.
+    #[serde(skip)]
+    pub half_of_memory: u64,
     pub channels: Channels,
     pub tmpfs: Tmpfs,
     pub owner: OwnerPolicy,
@@ -165,6 +168,7 @@ impl Config {
         Config {
             source: None,
             page_size: machine.page_size,
+            half_of_memory: half,
             channels: Channels {
                 default_size: DEFAULT_SIZE,
                 max_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
@@ -317,9 +321,16 @@ impl Config {
 
     /// The size bounds channels are checked against.
     pub fn limits(&self) -> Limits {
+        let half = self.channels.effective_max_size == self.half_of_memory;
         Limits {
             min_size: self.page_size,
             max_size: self.channels.effective_max_size,
+            max_source: match (&self.source, half) {
+                (Some(path), false) => {
+                    format!("channels.max_size in {}", path.display())
+                }
+                _ => "half the physical memory".into(),
+            },
             default_size: self.channels.default_size,
         }
     }

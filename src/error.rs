@@ -139,6 +139,20 @@ impl Error {
         self.reason.clone().unwrap_or_else(|| self.to_string())
     }
 
+    /// One error for several (a multi-channel operation that went on past each): the summary,
+    /// then each error; the first one's kind. `None` when there were none.
+    pub fn all_of(errors: Vec<Error>, summary: impl FnOnce(usize) -> String) -> Option<Error> {
+        let kind = errors.first()?.kind;
+        if errors.len() == 1 {
+            return errors.into_iter().next();
+        }
+        let each: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Some(Error::new(
+            kind,
+            format!("{}: {}", summary(errors.len()), each.join("; ")),
+        ))
+    }
+
     /// `{"error": "...", "kind": "..."}`, what engines read with `--output json`.
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.to_string(), "kind": self.kind })
@@ -269,6 +283,19 @@ mod tests {
     fn every_message_is_one_line() {
         let err = Error::runtime("bad\nline\u{1b}[31m").context("in\rput");
         assert_eq!(err.to_string(), r"in\rput: bad\nline\u{1b}[31m");
+    }
+
+    #[test]
+    fn several_errors_make_one_line() {
+        assert!(Error::all_of(Vec::new(), |_| unreachable!()).is_none());
+        let one = Error::all_of(vec![Error::not_found("a")], |_| unreachable!()).unwrap();
+        assert_eq!(one.to_string(), "a");
+        let two = Error::all_of(vec![Error::systemd("a"), Error::runtime("b\nc")], |n| {
+            format!("{n} of 3 failed")
+        })
+        .unwrap();
+        assert_eq!(two.to_string(), r"2 of 3 failed: a; b\nc");
+        assert_eq!(two.kind(), Kind::Systemd);
     }
 
     #[test]

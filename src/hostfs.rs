@@ -21,12 +21,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 
-/// A directory hostchan made for a channel, as it was made.
+/// A directory hostchan made for a channel, as it was made; or, with device and inode 0, one
+/// it is about to make (the record is written first, so that a crash leaves nothing unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MadeDir {
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
+}
+
+impl MadeDir {
+    pub fn planned(path: PathBuf) -> MadeDir {
+        MadeDir {
+            path,
+            dev: 0,
+            ino: 0,
+        }
+    }
+
+    fn is_planned(&self) -> bool {
+        self.dev == 0 && self.ino == 0
+    }
 }
 
 /// Opens a directory below `parent` without following any symlink (read-only rather than
@@ -84,7 +99,7 @@ fn trust_of(fd: &OwnedFd, shown: &Path, host_path: &Path) -> Result<Trust> {
 
 /// Walks `path` from `/`, component by component, checking what exists; with `make`, creates
 /// what is missing (mode 0755, whatever the umask) and adds it to `made`, the path itself last.
-/// Without `make` it only checks.
+/// Without `make` it only checks, and adds what it would make as planned.
 fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
     let invalid = |reason: String| Error::invalid("host path", path.display().to_string(), reason);
     let names: Vec<&std::ffi::OsStr> = path
@@ -155,6 +170,14 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
             continue;
         }
         if !make {
+            let missing = names[i..].iter().scan(
+                shown.parent().map(Path::to_path_buf).unwrap_or_default(),
+                |at, name| {
+                    at.push(name);
+                    Some(MadeDir::planned(at.clone()))
+                },
+            );
+            made.extend(missing);
             return Ok(());
         }
         match mkdirat(&parent, *name, Mode::from_raw_mode(0o755)) {
@@ -189,7 +212,15 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
 /// Checks, without changing anything, that `path` could be made: it does not exist, nothing on
 /// its way is a symlink or a file, and its existing ancestors are root's alone.
 pub fn check_free(path: &Path) -> Result<()> {
-    walk(path, false, &mut Vec::new())
+    plan_host_path(path).map(drop)
+}
+
+/// What [`make_host_path`] would make, as planned directories, after the checks of
+/// [`check_free`].
+pub fn plan_host_path(path: &Path) -> Result<Vec<MadeDir>> {
+    let mut planned = Vec::new();
+    walk(path, false, &mut planned)?;
+    Ok(planned)
 }
 
 /// Makes `path` and its missing parents safely; returns what it made, the path itself last.
@@ -274,7 +305,20 @@ fn remove_one(dir: &MadeDir) -> Result<Outcome> {
             ))
         }
     };
-    if (stat.st_dev, stat.st_ino) != (dir.dev, dir.ino) {
+    if dir.is_planned() {
+        // Recorded before it was made, and the maker did not get to record what it made: the
+        // path is reached without symlinks through directories only root can change, so a
+        // directory there that root owns is hostchan's.
+        let root = rustix::process::geteuid().as_raw();
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
+        if !is_dir || stat.st_uid != root {
+            return Err(Error::runtime(format!(
+                "cannot remove {}: it is not a directory of root's, so not one hostchan made; left it as it is",
+                dir.path.display()
+            )));
+        }
+    } else if (stat.st_dev, stat.st_ino) != (dir.dev, dir.ino) {
         let why = if is_mount_point(&dir.path).unwrap_or(false) {
             "something is mounted on it"
         } else {
@@ -386,7 +430,17 @@ mod tests {
         let scratch = Scratch::new("hostfs");
         let dir = &scratch.0;
         check_free(&dir.join("free")).unwrap();
-        check_free(&dir.join("free/deeper/still")).unwrap();
+        let planned = plan_host_path(&dir.join("free/deeper/still")).unwrap();
+        let paths: Vec<&Path> = planned.iter().map(|d| d.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            [
+                dir.join("free"),
+                dir.join("free/deeper"),
+                dir.join("free/deeper/still")
+            ]
+        );
+        assert!(planned.iter().all(MadeDir::is_planned));
         assert!(!dir.join("free").exists(), "check_free made something");
         let err = error(check_free(dir));
         assert!(err.contains("already exists (a directory)"), "{err}");
@@ -440,6 +494,11 @@ mod tests {
         let err = error(remove_made(&made));
         assert!(err.contains("without following symlinks"), "{err}");
         assert!(dir.join("x-moved/y").exists());
+        // Planned, then made by a create that died before recording what it made.
+        let planned = plan_host_path(&dir.join("p/q")).unwrap();
+        std::fs::create_dir_all(dir.join("p/q")).unwrap();
+        assert!(remove_made(&planned).unwrap().removed_directory);
+        assert!(!dir.join("p").exists());
         // Already gone: nothing to do.
         std::fs::remove_file(dir.join("x")).unwrap();
         assert!(remove_made(&made).unwrap().removed_directory);

@@ -111,16 +111,19 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             .status(&Target::parse(&channel)?)
             .map(Report::Status),
         Command::OciHook { stage } => {
-            let mut input = String::new();
+            let mut bytes = Vec::new();
             std::io::stdin()
-                .read_to_string(&mut input)
+                .read_to_end(&mut bytes)
                 .context("cannot read the OCI state on stdin")?;
+            let input = String::from_utf8(bytes).map_err(|e| {
+                Error::usage("the OCI state on stdin is not UTF-8 JSON").caused_by(e)
+            })?;
             let state = oci::State::parse(&input)?;
             let stage = state.stage(stage)?;
             oci::run_hook(&channels, &|| config.load(), &state, stage).map(Report::Hook)
         }
-        Command::Gc { dry_run } => channels
-            .gc(dry_run)
+        Command::Gc { dry_run, offline } => channels
+            .gc(dry_run, offline)
             .map(|leftovers| Report::Gc { dry_run, leftovers }),
         Command::Config(ConfigCommand::Check) => {
             let loaded = config.load()?;
@@ -130,8 +133,8 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             })
         }
         Command::Config(ConfigCommand::Show) => config.load().map(Report::Config),
-        Command::Cleanup { host_path } => channels
-            .cleanup(std::path::Path::new(&host_path))
+        Command::Cleanup { id, host_path } => channels
+            .cleanup(std::path::Path::new(&host_path), &id)
             .map(Report::Cleanup),
     }
 }
@@ -147,12 +150,20 @@ fn usage_error(err: clap::Error) -> ExitCode {
         let _ = err.print();
         return ExitCode::SUCCESS;
     }
-    if json_requested(std::env::args()) {
+    // args_os: std::env::args panics on an argument that is not UTF-8, which Linux allows.
+    if json_requested(std::env::args_os().map(|a| a.to_string_lossy().into_owned())) {
         let error = Error::usage(first_line(&err.to_string()));
         emit(&format!("{}\n", error.json()));
         return ExitCode::from(EXIT_USAGE as u8);
     }
-    let _ = err.print();
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+    } else {
+        eprintln!(
+            "hostchan: {}; see: hostchan --help",
+            first_line(&err.to_string())
+        );
+    }
     ExitCode::from(EXIT_USAGE as u8)
 }
 

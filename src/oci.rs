@@ -113,11 +113,24 @@ pub fn rootfs_of_bundle(bundle: &Path) -> Result<PathBuf> {
     let config: Config = serde_json::from_str(&text).map_err(|e| {
         Error::runtime(format!("{} has no usable root.path", path.display())).caused_by(e)
     })?;
-    Ok(if config.root.path.is_absolute() {
-        config.root.path
-    } else {
-        bundle.join(config.root.path)
-    })
+    Ok(lexically_normal(&bundle.join(config.root.path)))
+}
+
+/// `..` and `.` resolved by the text alone: `root.path` may be `../rootfs` (relative to the
+/// bundle, which the engine gives as an absolute path); joining an absolute path replaces the
+/// bundle. The result is looked up later below the container's root, never on the host.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            std::path::Component::Normal(name) => normal.push(name),
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            _ => {}
+        }
+    }
+    normal
 }
 
 /// What the hook did.
@@ -256,6 +269,23 @@ mod tests {
         let mut state = State::parse(STATE).unwrap();
         state.id = "c1\nWants=x.service".into();
         assert!(state.container_id().is_err());
+    }
+
+    #[test]
+    fn root_paths_relative_to_the_bundle() {
+        for (bundle, root, expected) in [
+            ("/b/ctr", "rootfs", "/b/ctr/rootfs"),
+            ("/b/ctr", "../rootfs", "/b/rootfs"),
+            ("/b/ctr", "./x/../rootfs", "/b/ctr/rootfs"),
+            ("/b/ctr", "/abs/rootfs", "/abs/rootfs"),
+            ("/b", "../../../x", "/x"),
+        ] {
+            assert_eq!(
+                lexically_normal(&Path::new(bundle).join(root)),
+                Path::new(expected),
+                "{bundle} + {root}"
+            );
+        }
     }
 
     #[test]

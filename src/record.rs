@@ -7,7 +7,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{
-    fchmod, fstat, linkat, openat, openat2, unlinkat, AtFlags, Mode, OFlags, ResolveFlags, CWD,
+    fchmod, fstat, linkat, openat, openat2, renameat, unlinkat, AtFlags, Mode, OFlags,
+    ResolveFlags, CWD,
 };
 use rustix::io::Errno;
 
@@ -121,47 +122,88 @@ impl Store {
         }
     }
 
-    /// Writes a new record; fails with `AlreadyExists` if the channel already has one, which
-    /// makes the record the arbiter between two creates racing for one path. The file is
-    /// written unnamed (O_TMPFILE) and linked in whole: a kill leaves no temporary file.
-    pub fn create(&self, record: &Record) -> Result<()> {
-        let context = || format!("cannot write channel record in {}", self.dir.display());
-        let text = toml::to_string(record).map_err(|e| Error::io(context(), e))?;
-        let dir = self
-            .open_dir(true)?
-            .ok_or_else(|| Error::runtime(context()))?;
+    /// Writes a new record made by `make` from every record there is, as one critical section
+    /// against other writers: the checks `make` does (not inside another channel, no channel
+    /// inside this one) hold when the record lands. Fails with `AlreadyExists` if the channel
+    /// already has one, which makes the record the arbiter between creates racing for a path.
+    /// The file is written unnamed (O_TMPFILE), synced and linked in whole: a kill leaves no
+    /// temporary file.
+    pub fn create_checked(&self, make: impl FnOnce(&[Record]) -> Result<Record>) -> Result<Record> {
+        let _writing = self.write_lock()?;
+        let record = make(&self.all()?)?;
+        let dir = self.dir_for_writing()?;
+        match self.link_new(&dir, &record, &Store::file_name(record.unit()), true) {
+            Ok(()) => Ok(record),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Replaces a record this process wrote (the same channel id) with a new version of it,
+    /// atomically: readers see the old or the new one, never neither.
+    pub fn replace(&self, record: &Record) -> Result<()> {
+        let _writing = self.write_lock()?;
+        let dir = self.dir_for_writing()?;
+        let name = Store::file_name(record.unit());
+        // Short whatever the unit name's length (a name can be 255 bytes already).
+        let staged = format!(".new-{}", record.channel.id);
+        let replaced = self
+            .link_new(&dir, record, &staged, false)
+            .and_then(|()| renameat(&dir, &staged, &dir, &name).map_err(io::Error::from));
+        replaced.map_err(|e| {
+            let _ = unlinkat(&dir, &staged, AtFlags::empty());
+            self.write_error(e)
+        })
+    }
+
+    fn dir_for_writing(&self) -> Result<OwnedFd> {
+        self.open_dir(true)?.ok_or_else(|| {
+            Error::runtime(format!(
+                "cannot write channel record in {}",
+                self.dir.display()
+            ))
+        })
+    }
+
+    fn write_error(&self, err: io::Error) -> Error {
+        fs_error(
+            format!("cannot write channel record in {}", self.dir.display()),
+            err,
+        )
+    }
+
+    /// Writes `record` unnamed and links it in as `name`; `sync` makes it durable first.
+    fn link_new(&self, dir: &OwnedFd, record: &Record, name: &str, sync: bool) -> io::Result<()> {
+        let text = toml::to_string(record).map_err(io::Error::other)?;
         let file = openat(
-            &dir,
+            dir,
             ".",
             OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| fs_error(context(), e.into()))?;
+        )?;
         let mut file = fs::File::from(file);
-        let written = fchmod(&file, Mode::from_raw_mode(0o600))
-            .map_err(io::Error::from)
-            .and_then(|()| file.write_all(text.as_bytes()))
-            .and_then(|()| file.sync_all())
-            .and_then(|()| {
-                linkat(
-                    &file,
-                    "",
-                    &dir,
-                    Store::file_name(record.unit()),
-                    AtFlags::EMPTY_PATH,
-                )
-                .map_err(io::Error::from)
-            });
-        match written {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
-            Err(e) => Err(fs_error(context(), e)),
+        fchmod(&file, Mode::from_raw_mode(0o600))?;
+        file.write_all(text.as_bytes())?;
+        if sync {
+            file.sync_all()?;
         }
+        linkat(&file, "", dir, name, AtFlags::EMPTY_PATH)?;
+        Ok(())
+    }
+
+    /// Short and exclusive: held by whoever writes or removes a record, so that a check and
+    /// the write it allows, or a read of a record's id and its removal, are one step.
+    fn write_lock(&self) -> Result<StoreLock> {
+        self.flock(".write.lock", true)
     }
 
     /// Creates hold this shared from writing a record until their units are up; `gc` holds it
     /// exclusively, so that it never mistakes a channel being created for a leftover.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
+        self.flock(".lock", exclusive)
+    }
+
+    fn flock(&self, name: &str, exclusive: bool) -> Result<StoreLock> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
         let dir = self
@@ -169,12 +211,12 @@ impl Store {
             .ok_or_else(|| Error::runtime(context()))?;
         let fd = openat(
             &dir,
-            ".lock",
+            name,
             OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| fs_error(context(), e.into()))?;
-        check_owned(&fd, &self.dir.join(".lock"))?;
+        check_owned(&fd, &self.dir.join(name))?;
         let mode = if exclusive {
             FlockArg::LockExclusive
         } else {
@@ -192,11 +234,27 @@ impl Store {
         }
     }
 
-    /// Removes a record; `false` when there was none.
-    pub fn remove(&self, unit: &str) -> Result<bool> {
+    /// Removes the record of the channel with this id; `false` when there is none, or when the
+    /// record under that name is another channel's (a create for the same path that came
+    /// after).
+    pub fn remove(&self, unit: &str, id: &str) -> Result<bool> {
         let Some(dir) = self.open_dir(false)? else {
             return Ok(false);
         };
+        let _writing = self.write_lock()?;
+        match read_record(&dir, &Store::file_name(unit), &self.path_of(unit))? {
+            Some(record) if record.channel.id == id => {}
+            Some(record) => {
+                tracing::info!(
+                    OBJECT_SYSTEMD_UNIT = %unit,
+                    "left the record of {}: it is channel {}, not {id}",
+                    record.host_path().display(),
+                    record.channel.id
+                );
+                return Ok(false);
+            }
+            None => return Ok(false),
+        }
         match unlinkat(&dir, Store::file_name(unit), AtFlags::empty()) {
             Ok(()) => Ok(true),
             Err(Errno::NOENT) => Ok(false),
@@ -205,6 +263,28 @@ impl Store {
                 e,
             )),
         }
+    }
+
+    /// Removes files a killed `replace` left (`.new-*`) and those of older hostchans
+    /// (`.tmp-*`); only safe while no create is under way, that is under the exclusive lock.
+    pub fn remove_stale_files(&self, _exclusive: &StoreLock) -> Result<Vec<String>> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?;
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if (name.starts_with(".new-") || name.starts_with(".tmp-"))
+                && unlinkat(&dir, name, AtFlags::empty()).is_ok()
+            {
+                removed.push(name.to_owned());
+            }
+        }
+        Ok(removed)
     }
 
     /// Every record, sorted by host path. Records that cannot be read or trusted are reported,
@@ -331,6 +411,7 @@ mod tests {
     fn record(unit: &str) -> Record {
         Record::new(
             Channel {
+                id: "c0ffee".into(),
                 spec: ChannelSpec {
                     host_path: "/run/chan/c1".into(),
                     container_path: "/chan".into(),
@@ -356,7 +437,7 @@ mod tests {
         let text = toml::to_string(&record("run-chan-c1.mount")).unwrap();
         assert_eq!(
             text,
-            "version = 2\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
+            "version = 2\nid = \"c0ffee\"\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
         );
     }
 
@@ -365,20 +446,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hostchan-record-test-{}", std::process::id()));
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
-        store.create(&r).unwrap();
+        store.create_checked(|_| Ok(r.clone())).unwrap();
         assert_eq!(store.path_of(r.unit()), dir.join("run-chan-c1.toml"));
         assert_eq!(store.load(r.unit()).unwrap(), Some(r.clone()));
-        let err = store.create(&r).unwrap_err();
+        let err = store.create_checked(|_| Ok(r.clone())).unwrap_err();
         assert_eq!(err.kind(), crate::error::Kind::AlreadyExists, "{err}");
         assert_eq!(store.all().unwrap(), vec![r.clone()]);
-        assert!(store.remove(r.unit()).unwrap());
-        assert!(!store.remove(r.unit()).unwrap());
+        assert!(store.remove(r.unit(), "c0ffee").unwrap());
+        assert!(!store.remove(r.unit(), "c0ffee").unwrap());
         assert_eq!(store.load(r.unit()).unwrap(), None);
-        assert_eq!(
-            fs::read_dir(&dir).unwrap().count(),
-            0,
-            "temp files left behind"
-        );
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name != ".write.lock")
+            .collect();
+        assert_eq!(left, Vec::<std::ffi::OsString>::new(), "files left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -389,7 +471,7 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
-        store.create(&r).unwrap();
+        store.create_checked(|_| Ok(r.clone())).unwrap();
         let mode = |path: &Path| fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&store.path_of(r.unit())), 0o600);
@@ -417,11 +499,11 @@ mod tests {
         fs::remove_file(store.path_of(r.unit())).unwrap();
 
         // A directory others can write: nothing in it is trusted.
-        store.create(&r).unwrap();
+        store.create_checked(|_| Ok(r.clone())).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(store.load(r.unit()).is_err());
         assert!(store.all().is_err());
-        assert!(store.remove(r.unit()).is_err());
+        assert!(store.remove(r.unit(), "c0ffee").is_err());
         assert!(store.path_of(r.unit()).exists());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -77,10 +77,12 @@ pub struct ChannelSpec {
 }
 
 /// The bounds a size must fall in, and the size used when none is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub min_size: u64,
     pub max_size: u64,
+    /// Where `max_size` comes from, for the message that refuses a size above it.
+    pub max_source: String,
     pub default_size: u64,
 }
 
@@ -154,22 +156,41 @@ pub fn parse_size(text: &str) -> Result<u64> {
     }
     let too_large = || bad("is too large");
     let whole: u128 = whole.parse().map_err(|_| too_large())?;
-    let mut bytes = whole
+    let whole_bytes = whole
         .checked_mul(u128::from(multiplier))
         .ok_or_else(too_large)?;
-    if !fraction.is_empty() {
-        // Exact: fraction digits over 10^n, scaled by the unit, rounded down.
-        let digits = fraction.trim_end_matches('0');
-        if digits.len() > 30 {
-            return Err(bad("has more fraction digits than can matter"));
-        }
-        if !digits.is_empty() {
-            let numerator: u128 = digits.parse().map_err(|_| too_large())?;
-            let denominator = 10u128.pow(digits.len() as u32);
-            bytes += numerator * u128::from(multiplier) / denominator;
+    let digits = fraction.trim_end_matches('0');
+    if digits.len() > 30 {
+        return Err(bad("has more than 30 fraction digits"));
+    }
+    let fraction_bytes = if digits.is_empty() {
+        0
+    } else {
+        let numerator: u128 = digits.parse().map_err(|_| too_large())?;
+        let denominator = 10u128.pow(digits.len() as u32);
+        fraction_of(numerator, denominator, multiplier)
+    };
+    whole_bytes
+        .checked_add(fraction_bytes)
+        .and_then(|bytes| u64::try_from(bytes).ok())
+        .ok_or_else(too_large)
+}
+
+/// `floor(numerator / denominator * multiplier)` for `numerator < denominator <= 10^30` and a
+/// power-of-two `multiplier`, exactly: long division one bit at a time, so nothing overflows
+/// (the remainder stays below 2^101).
+fn fraction_of(numerator: u128, denominator: u128, multiplier: u64) -> u128 {
+    let mut quotient = 0u128;
+    let mut remainder = numerator;
+    for _ in 0..multiplier.trailing_zeros() {
+        remainder *= 2;
+        quotient *= 2;
+        if remainder >= denominator {
+            remainder -= denominator;
+            quotient += 1;
         }
     }
-    u64::try_from(bytes).map_err(|_| too_large())
+    quotient
 }
 
 fn check_size(size: u64, text: &str, limits: &Limits) -> Result<()> {
@@ -193,8 +214,8 @@ fn check_size(size: u64, text: &str, limits: &Limits) -> Result<()> {
             "size",
             shown,
             format!(
-                "is {size} bytes, above the maximum of half the physical memory ({} bytes)",
-                limits.max_size
+                "is {size} bytes, above the maximum of {} ({} bytes)",
+                limits.max_source, limits.max_size
             ),
         ));
     }
@@ -337,14 +358,17 @@ pub fn format_size(bytes: u64) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        min_size: 4096,
-        max_size: 8 * GIB,
-        default_size: DEFAULT_SIZE,
-    };
+    fn limits() -> Limits {
+        Limits {
+            min_size: 4096,
+            max_size: 8 * GIB,
+            max_source: "half the physical memory".into(),
+            default_size: DEFAULT_SIZE,
+        }
+    }
 
     fn parse(text: &str) -> Result<ChannelSpec> {
-        ChannelSpec::parse(text, &LIMITS)
+        ChannelSpec::parse(text, &limits())
     }
 
     fn rejection(text: &str) -> String {
@@ -378,6 +402,13 @@ mod tests {
             ("1.0001k", 1024),
             ("2t", 2 * TIB),
             ("2TiB", 2 * TIB),
+            ("0.999999999999999999999999999999t", TIB - 1),
+            ("0.999999999999999999999999999999b", 0),
+            ("1.999999999999999999999999999999k", 2047),
+            ("0.5t", TIB / 2),
+            ("16777215.999999999999999999999999999999t", u64::MAX),
+            ("0.1k", 102),
+            ("0.3m", 314_572),
             ("18446744073709551615", u64::MAX),
         ];
         for (text, bytes) in cases {
@@ -405,6 +436,8 @@ mod tests {
             "1ki",
             "18446744073709551616",
             "99999999999t",
+            "16777216t",
+            "1.0000000000000000000000000000001t",
             "1,5g",
             "１",
         ] {
@@ -504,10 +537,18 @@ mod tests {
     fn default_size_above_maximum_is_reported_as_default() {
         let small = Limits {
             max_size: MIB,
-            ..LIMITS
+            max_source: "channels.max_size in /etc/hostchan/config.toml".into(),
+            ..limits()
         };
         let err = ChannelSpec::parse("/a:/b", &small).unwrap_err().to_string();
         assert!(err.contains("(the default)"), "{err}");
+        let err = ChannelSpec::parse("/a:/b:rw:2m", &small)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.ends_with("is 2097152 bytes, above the maximum of channels.max_size in /etc/hostchan/config.toml (1048576 bytes)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub struct ChannelRequest<'a> {
     pub tmpfs: &'a Tmpfs,
     /// The hostchan binary the cleanup unit runs.
     pub hostchan_binary: &'a Path,
+    /// The channel's id, which the cleanup checks against the record before removing anything.
+    pub id: &'a str,
 }
 
 fn prop(name: &'static str, value: PropertyValue) -> Property {
@@ -162,7 +164,13 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
             "ExecStop",
             PropertyValue::Commands(vec![Command {
                 path: binary.clone(),
-                argv: vec![binary, "cleanup".into(), host_path],
+                argv: vec![
+                    binary,
+                    "cleanup".into(),
+                    "--id".into(),
+                    request.id.to_owned(),
+                    host_path,
+                ],
                 ignore_failure: false,
             }]),
         ),
@@ -258,6 +266,7 @@ mod tests {
             container: Some("abc"),
             tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
+            id: "c0ffee",
         });
         let mount = &units.mount;
         assert_eq!(mount.name, "run-chan-c\\x2d1.mount");
@@ -294,6 +303,8 @@ mod tests {
                 argv: vec![
                     "/usr/bin/hostchan".into(),
                     "cleanup".into(),
+                    "--id".into(),
+                    "c0ffee".into(),
                     "/run/chan/c-1".into()
                 ],
                 ignore_failure: false
@@ -333,6 +344,7 @@ mod tests {
             container: None,
             tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
+            id: "c0ffee",
         });
         assert_eq!(units.mount.property("BindsTo"), None);
         assert_eq!(units.mount.property("After"), None);
@@ -356,6 +368,7 @@ mod tests {
         let limits = Limits {
             min_size: 4096,
             max_size: 1 << 30,
+            max_source: "half the physical memory".into(),
             default_size: 1 << 20,
         };
         let mut state: u64 = 0x2545_f491_4f6c_dd1d;
@@ -387,6 +400,7 @@ mod tests {
                 container: None,
                 tmpfs: &BUILTIN_TMPFS,
                 hostchan_binary: Path::new("/usr/bin/hostchan"),
+                id: "c0ffee",
             });
             assert_eq!(units.mount.property("Where"), Some(&s(host)));
             assert_eq!(

@@ -251,7 +251,7 @@ fn delete_list_and_status() {
             .unwrap()
             .starts_with("no channel at "));
     }
-    let out = sb.hostchan(&["cleanup", "/run/not-a-channel"]);
+    let out = sb.hostchan(&["cleanup", "--id", "0123", "/run/not-a-channel"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(
         sb.path("/run/not-a-channel").is_dir(),

@@ -26,7 +26,7 @@ fn records_in(state: &Path) -> Vec<String> {
 /// wanted by the sandbox's default target as `systemctl enable` would make sysinit.target want it.
 fn gc_service_units(dir: &Path) {
     let shipped = fs::read_to_string(common::repo().join("systemd/hostchan-gc.service")).unwrap();
-    assert!(shipped.contains("ExecStart=/usr/bin/hostchan gc\n"));
+    assert!(shipped.contains("ExecStart=/usr/bin/hostchan gc --offline\n"));
     let unit = shipped.replace("/usr/bin/hostchan", HOSTCHAN);
     fs::write(dir.join("hostchan-gc.service"), unit).unwrap();
     let wants = dir.join("hostchan-sandbox.target.wants");

@@ -155,7 +155,10 @@ fn deb_installs_into_a_scratch_root_and_runs() {
     assert_eq!(hook["hook"]["path"], "/usr/bin/hostchan");
     let unit =
         std::fs::read_to_string(root.path("usr/lib/systemd/system/hostchan-gc.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/bin/hostchan gc\n"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/hostchan gc --offline\n"),
+        "{unit}"
+    );
     // bash completes the subcommands from the installed file.
     let script = format!(
         "source {}; COMP_WORDS=(hostchan c); COMP_CWORD=1; COMP_LINE='hostchan c'; COMP_POINT=10; \
@@ -311,5 +314,8 @@ fn rpm_payload_unpacks_and_runs() {
     assert!(checked.ends_with(": valid\n"), "{checked}");
     let unit =
         std::fs::read_to_string(root.path("usr/lib/systemd/system/hostchan-gc.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/bin/hostchan gc\n"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/bin/hostchan gc --offline\n"),
+        "{unit}"
+    );
 }

@@ -227,7 +227,7 @@ fn planted_records_are_never_acted_on() {
     sb.sh("mkdir -p /run/victim").ok();
     let stat = fs::metadata(sb.path("/run/victim")).unwrap();
     let planted = format!(
-        "version = 2\nhost_path = \"/run/victim\"\ncontainer_path = \"/x\"\nmode = \"rw\"\nsize = 4096\ncontainer = \"evil\"\nunit = \"victim.scope\"\ncleanup_unit = \"victim.scope\"\ncreated = 1\n\n[[made]]\npath = \"/run/victim\"\ndev = {}\nino = {}\n",
+        "version = 2\nid = \"0123\"\nhost_path = \"/run/victim\"\ncontainer_path = \"/x\"\nmode = \"rw\"\nsize = 4096\ncontainer = \"evil\"\nunit = \"victim.scope\"\ncleanup_unit = \"victim.scope\"\ncreated = 1\n\n[[made]]\npath = \"/run/victim\"\ndev = {}\nino = {}\n",
         stat.dev(),
         stat.ino()
     );
@@ -245,7 +245,7 @@ fn planted_records_are_never_acted_on() {
         sb.hostchan(&["gc"]),
         sb.hostchan(&["delete", "--container", "evil"]),
         sb.hostchan(&["delete", "/run/victim"]),
-        sb.hostchan(&["cleanup", "/run/victim"]),
+        sb.hostchan(&["cleanup", "--id", "0123", "/run/victim"]),
         sb.sh(&format!("echo '{poststop}' | {HOSTCHAN} oci-hook")),
     ] {
         assert_eq!(out.code, 1, "{out:#?}");

@@ -323,8 +323,8 @@ impl Sandbox {
             Ok(entries) => entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                // The lock file stays; records and temporary files must not.
-                .filter(|name| name != ".lock")
+                // The lock files stay; records and temporary files must not.
+                .filter(|name| name != ".lock" && name != ".write.lock")
                 .collect(),
             Err(_) => Vec::new(),
         }

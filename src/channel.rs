@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
+use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
@@ -273,7 +274,7 @@ impl Channels {
             let planned = hostfs::plan_host_path(&spec.host_path)?;
             Ok(Record::new(channel, [shared, planned].concat()))
         })?;
-        fail_point("after-record");
+        fail_point::hit("after-record");
         // hostchan makes the directories itself, so that systemd's mount finds them and never
         // follows a symlink someone put on the way.
         let made = match hostfs::make_host_path(&spec.host_path) {
@@ -292,7 +293,7 @@ impl Channels {
             let _ = self.store.remove(record.unit(), &id);
             return Err(e);
         }
-        fail_point("after-dirs");
+        fail_point::hit("after-dirs");
 
         match systemd.start_transient(&units.mount, &[&units.cleanup]) {
             Ok(outcome) if outcome.succeeded() => {}
@@ -314,13 +315,10 @@ impl Channels {
                 return Err(e);
             }
         }
-        let memory_limit = match self.complete(systemd, &spec, options) {
-            Ok(change) => change,
-            Err(e) => {
-                self.roll_back(systemd, &record);
-                return Err(e);
-            }
-        };
+        if let Err(e) = self.complete(systemd, &spec, options, &mut record) {
+            self.roll_back(systemd, &record);
+            return Err(e);
+        }
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
             "created channel {} -> {} ({}, {} bytes), owner {}",
@@ -334,20 +332,23 @@ impl Channels {
             used: hostfs::used_bytes(&spec.host_path),
             state: State::Active,
             sub_state: "mounted".into(),
-            memory_limit,
+            memory_limit: record.memory_limit,
             channel: record.channel,
         })))
     }
 
     /// The steps after the host side is up; a failure here rolls the host side back.
+    /// What it did goes into the record, for delete to undo.
     fn complete(
         &self,
         systemd: &Systemd,
         spec: &ChannelSpec,
         options: &CreateOptions,
-    ) -> Result<Option<MemoryChange>> {
+        record: &mut Record,
+    ) -> Result<()> {
         if let Some(attach) = &options.attach {
-            inject::attach(
+            fail_point::hit("before-attach");
+            let attached = inject::attach(
                 &spec.host_path,
                 &AttachPoint {
                     pid: attach.pid,
@@ -356,6 +357,8 @@ impl Channels {
                     access: spec.access,
                 },
             )?;
+            record.attached = Some(attached);
+            self.store.replace(record)?;
             tracing::info!(
                 OBJECT_SYSTEMD_UNIT = %unit_name::mount_unit_name(&spec.host_path),
                 "attached channel {} at {} ({}) in the container of pid {}",
@@ -365,12 +368,14 @@ impl Channels {
                 attach.pid
             );
         }
-        match &options.owner {
-            Owner::Unit(owner) => {
-                owner::memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)
+        if let Owner::Unit(owner) = &options.owner {
+            record.memory_limit =
+                owner::memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)?;
+            if record.memory_limit.is_some() {
+                self.store.replace(record)?;
             }
-            Owner::Unbound => Ok(None),
         }
+        Ok(())
     }
 
     /// Undoes a create that failed after its record was written: stops whatever systemd still
@@ -397,6 +402,14 @@ impl Channels {
     pub fn delete(&self, target: &Target) -> Result<ChannelInfo> {
         let record = self.load(target)?;
         let systemd = self.systemd()?;
+        // The container's copy first, while the host mount still tells which tmpfs it is.
+        if let Some(attached) = &record.attached {
+            if let Ok(stat) = rustix::fs::stat(record.host_path()) {
+                if hostfs::is_mount_point(record.host_path()).unwrap_or(false) {
+                    inject::detach(attached, &record.channel.spec.container_path, stat.st_dev)?;
+                }
+            }
+        }
         if let Some(outcome) = systemd.stop(record.unit())? {
             if !outcome.succeeded() {
                 return Err(outcome.error("stop", None));
@@ -411,6 +424,9 @@ impl Channels {
             if left.channel.id == record.channel.id {
                 self.remove_leftovers(&left)?;
             }
+        }
+        if let Some(change) = &record.memory_limit {
+            owner::undo_memory_change(systemd, change)?;
         }
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
@@ -655,18 +671,6 @@ fn new_channel_id() -> Result<String> {
     }
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
-
-/// A crash on purpose, for the tests of what a crash at each step of create leaves: with the
-/// `fail-points` feature (test builds only), `HOSTCHAN_FAIL_AT=<name>` kills hostchan there.
-#[cfg(feature = "fail-points")]
-fn fail_point(name: &str) {
-    if std::env::var("HOSTCHAN_FAIL_AT").is_ok_and(|at| at == name) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-#[cfg(not(feature = "fail-points"))]
-fn fail_point(_name: &str) {}
 
 fn seconds_since_epoch() -> u64 {
     std::time::SystemTime::now()

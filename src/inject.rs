@@ -28,7 +28,82 @@ pub struct AttachPoint<'a> {
     pub access: Access,
 }
 
-pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
+/// Where a channel was attached, as the record keeps it for `delete`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attached {
+    pub pid: i32,
+    /// Device and inode of the container's mount namespace: a pid can be reused, a namespace
+    /// identity tells whether it is still the same container.
+    pub mount_ns_dev: u64,
+    pub mount_ns_ino: u64,
+}
+
+fn mount_ns_of(pid: i32) -> rustix::io::Result<(u64, u64)> {
+    let stat = rustix::fs::stat(format!("/proc/{pid}/ns/mnt"))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+/// Attaches the channel and says where, for a later [`detach`].
+pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<Attached> {
+    let (mount_ns_dev, mount_ns_ino) = mount_ns_of(point.pid)
+        .with_context(|| format!("cannot look at the mount namespace of pid {}", point.pid))?;
+    attach_in(host_path, point)?;
+    Ok(Attached {
+        pid: point.pid,
+        mount_ns_dev,
+        mount_ns_ino,
+    })
+}
+
+/// Unmounts the channel's copy inside the container (lazily, as the host side is): the mount
+/// at the container path, if it is a mount of the channel's own tmpfs (`channel_dev`). A
+/// container that is gone, or whose pid now belongs to another namespace, is not an error.
+pub fn detach(attached: &Attached, container_path: &Path, channel_dev: u64) -> Result<bool> {
+    match mount_ns_of(attached.pid) {
+        Ok(identity) if identity == (attached.mount_ns_dev, attached.mount_ns_ino) => {}
+        _ => return Ok(false),
+    }
+    let fail = |e: Error| {
+        e.context(format!(
+            "cannot detach the channel at {} in the container of pid {}",
+            container_path.display(),
+            attached.pid
+        ))
+    };
+    let proc_root =
+        File::open(format!("/proc/{}/root", attached.pid)).map_err(|e| fail(e.into()))?;
+    let mount_ns =
+        File::open(format!("/proc/{}/ns/mnt", attached.pid)).map_err(|e| fail(e.into()))?;
+    let relative = relative_to_root(container_path);
+    let outcome = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<bool> {
+                unshare(CloneFlags::CLONE_FS).context("leaving the shared fs")?;
+                setns(mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .context("entering its mount namespace")?;
+                let target = match open_in_root(proc_root.as_fd(), &relative) {
+                    Ok(fd) => fd,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(Error::from(e).context("resolving the container path")),
+                };
+                let stat = rustix::fs::fstat(&target).context("looking at the container path")?;
+                if stat.st_dev != channel_dev {
+                    return Ok(false);
+                }
+                // Unmounted through the directory itself, so that no path is resolved again.
+                rustix::process::fchdir(&target).context("entering the container path")?;
+                rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
+                    .context("unmounting")?;
+                Ok(true)
+            })
+            .join()
+    });
+    outcome
+        .unwrap_or_else(|_| Err(Error::runtime("the detaching thread panicked")))
+        .map_err(fail)
+}
+
+fn attach_in(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
     attach_clone(host_path, point).with_context(|| {
         format!(
             "cannot attach channel {} at {} in the container of pid {}",

@@ -8,6 +8,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fail_point;
 pub mod hostfs;
 pub mod inject;
 pub mod logging;

@@ -2,7 +2,7 @@
 //! the cgroup parsing that finds a process's scope, and what hostchan checks and adjusts on the
 //! owner unit (that it runs, and its memory limit).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
@@ -268,10 +268,10 @@ pub fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
 }
 
 /// A memory limit hostchan raised so that the container's writes into the channel fit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryChange {
     pub unit: String,
-    pub property: &'static str,
+    pub property: String,
     pub from: u64,
     pub to: u64,
 }
@@ -327,6 +327,40 @@ pub fn memory_plan(memory: Memory, size: u64, grow: bool) -> MemoryPlan {
     }
 }
 
+/// Takes back what `--grow-memory-limit` added, when the channel goes before its owner: the
+/// limit as it is now, less exactly what hostchan added (the owner may have changed it since).
+pub fn undo_memory_change(systemd: &Systemd, change: &MemoryChange) -> Result<()> {
+    let states = systemd.unit_states(&[&change.unit])?;
+    if !states
+        .get(&change.unit)
+        .is_some_and(|s| s.exists() && s.active_state == "active")
+    {
+        return Ok(());
+    }
+    let memory = systemd.memory(&change.unit)?;
+    let now = match change.property.as_str() {
+        "MemoryMax" => memory.max,
+        "MemoryLimit" => memory.limit,
+        _ => return Ok(()),
+    };
+    let added = change.to.saturating_sub(change.from);
+    if now == u64::MAX || added == 0 {
+        return Ok(());
+    }
+    let lowered = now.saturating_sub(added);
+    let property: &'static str = if change.property == "MemoryMax" {
+        "MemoryMax"
+    } else {
+        "MemoryLimit"
+    };
+    systemd.set_memory_limit(&change.unit, property, lowered)?;
+    tracing::info!(
+        "lowered {property} of {} from {now} to {lowered} bytes: the channel that needed it is gone",
+        change.unit
+    );
+    Ok(())
+}
+
 /// Carries out [`memory_plan`] on the owner unit.
 pub fn memory_headroom(
     systemd: &Systemd,
@@ -346,7 +380,7 @@ pub fn memory_headroom(
             tracing::info!("raised {property} of {owner} from {from} to {to} bytes");
             Ok(Some(MemoryChange {
                 unit: owner.to_owned(),
-                property,
+                property: property.to_owned(),
                 from,
                 to,
             }))

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use crate::channel::Channel;
 use crate::error::{Context, Error, Result};
 use crate::hostfs::MadeDir;
+use crate::inject::Attached;
+use crate::owner::MemoryChange;
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
 
@@ -33,6 +35,12 @@ pub struct Record {
     /// The directories made for the channel (its own last), and the ones other channels'
     /// creation made above it; cleanup removes each only while empty and still the same.
     pub made: Vec<MadeDir>,
+    /// Where `create --pid` or the hook attached the channel, for delete to detach it there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Attached>,
+    /// What `--grow-memory-limit` added to the owner's limit, for delete to take back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<MemoryChange>,
 }
 
 impl Record {
@@ -41,6 +49,8 @@ impl Record {
             version: RECORD_VERSION,
             channel,
             made,
+            attached: None,
+            memory_limit: None,
         }
     }
 

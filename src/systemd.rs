@@ -279,6 +279,7 @@ impl Systemd {
             None,
         )?;
         let job = call(&self.manager)?;
+        crate::fail_point::hit("after-job-queued");
         for message in removed {
             let message = message?;
             let (_id, removed_job, unit, result): (u32, OwnedObjectPath, String, String) =

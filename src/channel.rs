@@ -418,6 +418,7 @@ impl Channels {
         // The cleanup unit stops after the mount in the same transaction; waiting for it means
         // the directory is gone when delete returns.
         systemd.stop(&record.channel.cleanup_unit)?;
+        fail_point::hit("delete-after-stop");
         // The cleanup unit may have been gone already (a crash, a reboot): do its work here,
         // for this channel only (a create may have made a new one at the path meanwhile).
         if let Some(left) = self.store.load(record.unit())? {

@@ -94,6 +94,16 @@ fn runc_delete_removes_the_channel() {
     let pid = sb.runc_pid("ctr2");
     sb.hostchan(&["create", "--pid", &pid, "/run/c2:/chan"])
         .ok();
+    sb.hostchan(&["create", "--pid", &pid, "/run/c3:/chan3"])
+        .ok();
+    // delete takes the container's copy too: nothing the container writes lands anywhere.
+    sb.hostchan(&["delete", "/run/c3"]).ok();
+    let mounts = sb.runc_exec("ctr2", "cat /proc/mounts").ok().stdout;
+    assert!(!mounts.contains(" /chan3 "), "{mounts}");
+    assert!(
+        mounts.contains(" /chan "),
+        "the other channel went too: {mounts}"
+    );
     sb.runc(&["delete", "--force", "ctr2"]).ok();
     sb.wait_for(
         || !sb.path("/run/c2").exists(),
@@ -327,6 +337,12 @@ fn grow_memory_limit_lets_the_container_fill_its_channel() {
         fs::metadata(sb.path("/run/m/big/f")).unwrap().len(),
         24 << 20
     );
+    // Deleted while the container runs: the limit goes down by exactly what was added, and
+    // the container's copy of the channel goes too.
+    sb.hostchan(&["delete", "/run/m/big"]).ok();
+    assert_eq!(sb.property("runc-mem1.scope", property), limit.to_string());
+    let mounts = sb.runc_exec("mem1", "cat /proc/mounts").ok().stdout;
+    assert!(!mounts.contains(" /big "), "{mounts}");
     sb.runc(&["delete", "--force", "mem1"]).ok();
 }
 

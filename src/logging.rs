@@ -11,6 +11,10 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// The target of the one line a failing command logs: the journal gets it, stderr already has
+/// it from `main`.
+pub const FAILURE: &str = "hostchan::failure";
+
 pub fn init(verbosity: u8) {
     let stderr_level = match verbosity {
         0 => LevelFilter::WARN,
@@ -23,6 +27,11 @@ pub fn init(verbosity: u8) {
         Ok(directives) if !directives.is_empty() => EnvFilter::new(directives),
         _ => EnvFilter::default()
             .add_directive(stderr_level.into())
+            .add_directive(
+                format!("{FAILURE}=off")
+                    .parse()
+                    .unwrap_or_else(|_| LevelFilter::ERROR.into()),
+            )
             .add_directive(
                 "zbus=error"
                     .parse()

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             tracing::debug!("failed: {err:?}");
+            // Into the journal as well: a runtime such as crun shows a hook's exit code but
+            // not its stderr.
+            tracing::error!(target: hostchan::logging::FAILURE, "{err}");
             match cli.output {
                 OutputFormat::Json => emit(&format!("{}\n", err.json())),
                 OutputFormat::Text => eprintln!("hostchan: {err}"),

@@ -402,8 +402,17 @@ fn create_pid_refuses_what_it_cannot_do_and_leaves_nothing() {
 
 #[test]
 fn podman_with_the_shipped_hook_file() {
+    podman_with_the_shipped_hook_file_on("runc");
+}
+
+#[test]
+fn podman_on_crun_with_the_shipped_hook_file() {
+    podman_with_the_shipped_hook_file_on("crun");
+}
+
+fn podman_with_the_shipped_hook_file_on(runtime: &str) {
     let sb = Sandbox::boot();
-    let dir = TempDir::new("podman");
+    let dir = TempDir::new(&format!("podman-{runtime}"));
     let rootfs = common::busybox_rootfs(&dir.0);
     // The shipped hooks.d file, pointed at the binary under test.
     let shipped = fs::read_to_string(
@@ -431,6 +440,8 @@ fn podman_with_the_shipped_hook_file() {
             "systemd",
             "--hooks-dir",
             &hooks,
+            "--runtime",
+            runtime,
             "--log-level",
             "error",
         ];
@@ -499,10 +510,27 @@ fn podman_with_the_shipped_hook_file() {
         "true",
     ]);
     assert_ne!(out.code, 0, "{out:#?}");
-    assert!(
-        out.stderr
-            .contains("hostchan: annotation io.hostchan.channel.zbad: invalid size \"lots\""),
-        "{out:#?}"
+    // runc passes the hook's stderr on; crun 1.8 only its exit code (2: a bad spec), and the
+    // message is in the journal.
+    let message = "annotation io.hostchan.channel.zbad: invalid size \"lots\"";
+    let expected = match runtime {
+        "crun" => "exit code: 2".to_owned(),
+        _ => format!("hostchan: {message}"),
+    };
+    assert!(out.stderr.contains(&expected), "{out:#?}");
+    sb.wait_for(
+        || {
+            sb.run(&[
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "cat",
+                "SYSLOG_IDENTIFIER=hostchan",
+            ])
+            .stdout
+            .contains(message)
+        },
+        "the hook's error in the journal",
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
     sb.assert_no_trace("/run/hostchan/pbad/ok");

@@ -569,3 +569,102 @@ fn the_cli_and_the_hook_agree_on_owners() {
     assert!(sb.channel_units().is_empty());
     assert!(!sb.path("/run/hostchan/s").exists());
 }
+
+/// Docker (Debian's docker.io, systemd cgroup driver) started inside the sandbox: `create
+/// --pid` of a container, data both ways, ro enforced, the channel gone after `docker stop` and
+/// after `docker rm -f`.
+#[test]
+fn docker_create_pid_end_to_end() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("docker");
+    let rootfs = common::busybox_rootfs(&dir.0);
+    let data = dir.path("data").display().to_string();
+    let containerd_root = dir.path("containerd").display().to_string();
+    sb.sh(&format!(
+        "containerd --root {containerd_root} --state /run/x-containerd --address /run/x-containerd.sock >/run/containerd.log 2>&1 &
+         dockerd --containerd /run/x-containerd.sock --data-root {data} --exec-root /run/x-docker-exec \
+           -H unix:///run/x-docker.sock --iptables=false --ip6tables=false --bridge=none \
+           --exec-opt native.cgroupdriver=systemd --pidfile /run/x-docker.pid >/run/dockerd.log 2>&1 &"
+    ))
+    .ok();
+    // Debian's own client, which matches the daemon (another docker may come first on PATH).
+    let docker = |args: &[&str]| {
+        let mut argv = vec!["/usr/bin/docker", "-H", "unix:///run/x-docker.sock"];
+        argv.extend_from_slice(args);
+        sb.run(&argv)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while docker(&["info"]).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dockerd did not come up: {}",
+            sb.run(&["cat", "/run/dockerd.log"]).stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    sb.sh(&format!(
+        "tar -C {} -c . | /usr/bin/docker -H unix:///run/x-docker.sock import - bb:1 >/dev/null",
+        rootfs.display()
+    ))
+    .ok();
+
+    for (name, end) in [("d1", "stop"), ("d2", "rm")] {
+        let id = docker(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            name,
+            "bb:1",
+            "sleep",
+            "300",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+        let pid = docker(&["inspect", "-f", "{{.State.Pid}}", name])
+            .ok()
+            .stdout
+            .trim()
+            .to_owned();
+        let rw = format!("/run/dk/{name}/rw");
+        let ro = format!("/run/dk/{name}/ro");
+        let made = sb
+            .hostchan(&[
+                "create",
+                "--output",
+                "json",
+                "--pid",
+                &pid,
+                "--container",
+                &id,
+                &format!("{rw}:/chan:rw:1M"),
+            ])
+            .ok()
+            .json();
+        assert_eq!(made["owner"], format!("docker-{id}.scope"));
+        sb.hostchan(&["create", "--pid", &pid, &format!("{ro}:/ro:ro:1M")])
+            .ok();
+        docker(&["exec", name, "sh", "-c", "echo from-docker > /chan/x"]).ok();
+        assert_eq!(
+            fs::read_to_string(sb.path(&format!("{rw}/x"))).unwrap(),
+            "from-docker\n"
+        );
+        fs::write(sb.path(&format!("{ro}/y")), "from-host").unwrap();
+        assert_eq!(
+            docker(&["exec", name, "cat", "/ro/y"]).ok().stdout,
+            "from-host"
+        );
+        let out = docker(&["exec", name, "touch", "/ro/z"]);
+        assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
+        match end {
+            "stop" => docker(&["stop", "-t", "0", name]).ok(),
+            _ => docker(&["rm", "-f", name]).ok(),
+        };
+        sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+        sb.assert_no_trace(&rw);
+        sb.assert_no_trace(&ro);
+    }
+}

@@ -590,6 +590,29 @@ impl Channels {
         Ok(leftovers)
     }
 
+    /// The channel of `container` made from exactly `spec`, if there is one: what a second
+    /// hook for the same container (hooks.d and CDI both, or a runtime that runs a hook twice)
+    /// finds already made.
+    pub fn made_for(&self, container: &str, spec: &ChannelSpec) -> Result<Option<ChannelInfo>> {
+        let unit = unit_name::mount_unit_name(&spec.host_path);
+        match self.store.load(&unit)? {
+            Some(record)
+                if record.channel.container.as_deref() == Some(container)
+                    && &record.channel.spec == spec
+                    && hostfs::is_mount_point(record.host_path())? =>
+            {
+                Ok(Some(ChannelInfo {
+                    used: hostfs::used_bytes(record.host_path()),
+                    state: State::Active,
+                    sub_state: "mounted".into(),
+                    memory_limit: record.memory_limit,
+                    channel: record.channel,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
     fn load(&self, target: &Target) -> Result<Record> {
         self.store.load(&target.unit)?.ok_or_else(|| {
             Error::not_found(format!(

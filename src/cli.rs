@@ -108,6 +108,14 @@ pub enum Command {
         #[arg(long, value_enum)]
         stage: Option<crate::oci::Stage>,
     },
+    /// Print a CDI spec whose device hostchan.io/channel=hook runs hostchan as an OCI hook at
+    /// createRuntime and poststop (for engines that take CDI devices: podman, CRI-O,
+    /// containerd, Docker 25+); install it as /etc/cdi/hostchan.json.
+    CdiSpec {
+        /// The hostchan binary the hooks run.
+        #[arg(long, value_name = "PATH", default_value = "/usr/bin/hostchan")]
+        hostchan: std::path::PathBuf,
+    },
     /// Remove what crashes and reboots left: the directory and record of every channel whose
     /// host path is no longer mounted (a directory only while empty; a mount point never).
     Gc {

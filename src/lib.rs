@@ -4,6 +4,7 @@
 //! transient [`units`] to start, which the [`systemd`] client starts; [`channel`] composes these
 //! into the lifecycle commands and keeps a [`record`] of each channel.
 
+pub mod cdi;
 pub mod channel;
 pub mod cli;
 pub mod config;

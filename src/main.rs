@@ -136,6 +136,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             })
         }
         Command::Config(ConfigCommand::Show) => config.load().map(Report::Config),
+        Command::CdiSpec { hostchan } => Ok(Report::CdiSpec(hostchan::cdi::spec(&hostchan))),
         Command::Cleanup { id, host_path } => channels
             .cleanup(std::path::Path::new(&host_path), &id)
             .map(Report::Cleanup),

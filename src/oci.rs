@@ -10,6 +10,7 @@ use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Ta
 use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::owner::{self, OwnerRequest};
+use crate::spec::ChannelSpec;
 use crate::units::validate_container_id;
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
@@ -188,6 +189,15 @@ fn create_all(
     // Engines on the cgroupfs driver have no scope: their channels live until poststop.
     let owner = owner::resolve(&OwnerRequest::Pid(pid), config)?;
     for (annotation, spec) in specs {
+        let already = ChannelSpec::parse(spec, &config.limits())
+            .ok()
+            .map(|parsed| channels.made_for(&container, &parsed))
+            .transpose()?
+            .flatten();
+        if let Some(info) = already {
+            made.push(info);
+            continue;
+        }
         let created = channels.create(
             config,
             &CreateOptions {

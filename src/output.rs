@@ -34,9 +34,15 @@ pub enum Report {
         valid: bool,
     },
     Config(Config),
+    /// Printed as JSON whatever the output format: it is a file to install.
+    CdiSpec(serde_json::Value),
 }
 
 impl Report {
+    fn json_of(&self, value: &serde_json::Value) -> String {
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    }
+
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_else(|e| {
             crate::error::Error::io("cannot show the result", e)
@@ -118,6 +124,7 @@ impl Report {
                 ),
             },
             Report::Config(config) => config.to_toml(),
+            Report::CdiSpec(spec) => format!("{}\n", self.json_of(spec)),
             Report::Cleanup(cleanup) => format!(
                 "Cleaned up channel {}{}\n",
                 cleanup.host_path.display(),

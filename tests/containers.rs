@@ -668,3 +668,85 @@ fn docker_create_pid_end_to_end() {
         sb.assert_no_trace(&ro);
     }
 }
+
+/// CDI: the spec `hostchan cdi-spec` writes validates against the CDI schema, and podman 4.3's
+/// `--device hostchan.io/channel=hook` with the channel annotation gives the container its
+/// channel (no hooks.d), removed at `podman rm`; with hooks.d as well, the second hook finds the
+/// channel made and does nothing twice.
+#[test]
+fn podman_with_the_cdi_device() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("podman-cdi");
+    let rootfs = common::busybox_rootfs(&dir.0).display().to_string();
+    let spec = sb
+        .hostchan(&["cdi-spec", "--hostchan", HOSTCHAN])
+        .ok()
+        .stdout;
+    fs::write(dir.path("hostchan.json"), &spec).unwrap();
+    let validator = common::repo().join("tests/data/cdi-schema/validate.py");
+    let out = std::process::Command::new(&validator)
+        .arg(dir.path("hostchan.json"))
+        .arg(common::repo().join("packaging/cdi/hostchan.json"))
+        .output()
+        .expect("run the CDI schema validator (python3-jsonschema)");
+    assert!(out.status.success(), "{out:#?}");
+    fs::create_dir_all(sb.path("/run/cdi")).unwrap();
+    fs::write(sb.path("/run/cdi/hostchan.json"), &spec).unwrap();
+
+    let shipped = fs::read_to_string(common::repo().join("packaging/oci-hooks.d/hostchan.json"))
+        .unwrap()
+        .replace("/usr/bin/hostchan", HOSTCHAN);
+    for (n, hooks_d) in [false, true].into_iter().enumerate() {
+        let hooks = dir.path(&format!("hooks{n}"));
+        fs::create_dir_all(&hooks).unwrap();
+        if hooks_d {
+            fs::write(hooks.join("hostchan.json"), &shipped).unwrap();
+        }
+        let storage = dir.path("storage").display().to_string();
+        let hooks = hooks.display().to_string();
+        let podman = |args: &[&str]| {
+            let mut argv = vec![
+                "podman",
+                "--root",
+                &storage,
+                "--runroot",
+                "/run/podman",
+                "--cgroup-manager",
+                "systemd",
+                "--hooks-dir",
+                &hooks,
+                "--log-level",
+                "error",
+            ];
+            argv.extend_from_slice(args);
+            sb.run(&argv)
+        };
+        let name = format!("cdi{n}");
+        podman(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--device",
+            "hostchan.io/channel=hook",
+            "--annotation",
+            "io.hostchan.channel=/run/hostchan/cdi/a:/a:rw:1M",
+            "--rootfs",
+            &rootfs,
+            "sleep",
+            "1000",
+        ])
+        .ok();
+        podman(&["exec", &name, "sh", "-c", "echo via-cdi > /a/x"]).ok();
+        assert_eq!(
+            fs::read_to_string(sb.path("/run/hostchan/cdi/a/x")).unwrap(),
+            "via-cdi\n"
+        );
+        assert_eq!(sb.channel_units().len(), 2, "{:?}", sb.channel_units());
+        podman(&["rm", "-f", "-t", "0", &name]).ok();
+        sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+        sb.assert_no_trace("/run/hostchan/cdi/a");
+    }
+}

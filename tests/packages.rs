@@ -48,6 +48,7 @@ fn run(command: &mut Command) -> String {
 
 const MAN_PAGES: &[&str] = &[
     "hostchan",
+    "hostchan-cdi-spec",
     "hostchan-config",
     "hostchan-config-check",
     "hostchan-config-show",
@@ -76,6 +77,7 @@ fn deb_has_exactly_the_expected_files() {
         "/etc/hostchan/config.toml",
         "/usr/lib/systemd/system/hostchan-gc.service",
         "/usr/share/containers/oci/hooks.d/hostchan.json",
+        "/etc/cdi/hostchan.json",
         "/usr/share/bash-completion/completions/hostchan",
         "/usr/share/zsh/vendor-completions/_hostchan",
         "/usr/share/fish/vendor_completions.d/hostchan.fish",
@@ -97,7 +99,10 @@ fn deb_has_exactly_the_expected_files() {
         .arg(&packages().deb)
         .arg(control.path("DEBIAN")));
     let read = |name: &str| std::fs::read_to_string(control.path("DEBIAN").join(name)).unwrap();
-    assert_eq!(read("conffiles"), "/etc/hostchan/config.toml\n");
+    assert_eq!(
+        read("conffiles"),
+        "/etc/hostchan/config.toml\n/etc/cdi/hostchan.json\n"
+    );
     let postinst = read("postinst");
     assert!(
         postinst.contains("deb-systemd-helper enable hostchan-gc.service"),
@@ -167,7 +172,7 @@ fn deb_installs_into_a_scratch_root_and_runs() {
             .display()
     );
     let words = run(Command::new("bash").arg("-c").arg(&script));
-    assert_eq!(words, "create\nconfig\n", "{words}");
+    assert_eq!(words, "create\ncdi-spec\nconfig\n", "{words}");
 }
 
 #[test]
@@ -203,6 +208,7 @@ fn every_man_page_renders() {
         );
         let synopsis = match *page {
             "hostchan-oci-hook" => "hostchan oci-hook [".to_owned(),
+            "hostchan-cdi-spec" => "hostchan cdi-spec [".to_owned(),
             page => format!("{} [", page.replace('-', " ")),
         };
         assert!(
@@ -229,6 +235,8 @@ fn rpm_has_the_expected_files_and_scriptlets() {
         "/usr/share/containers/oci",
         "/usr/share/containers/oci/hooks.d",
         "/usr/share/containers/oci/hooks.d/hostchan.json",
+        "/etc/cdi",
+        "/etc/cdi/hostchan.json",
         "/usr/share/bash-completion/completions/hostchan",
         "/usr/share/zsh/site-functions/_hostchan",
         "/usr/share/fish/vendor_completions.d/hostchan.fish",
@@ -272,7 +280,10 @@ fn rpm_has_the_expected_files_and_scriptlets() {
         }
     }
     let config = run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(rpm));
-    assert_eq!(config, "/etc/hostchan/config.toml\n");
+    assert_eq!(
+        config,
+        "/etc/cdi/hostchan.json\n/etc/hostchan/config.toml\n"
+    );
     // %config(noreplace): rpm's file flags c (config) and n (noreplace).
     let flags = run(Command::new("rpm")
         .args(["-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\\n]"])

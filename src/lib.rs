@@ -12,6 +12,7 @@ pub mod error;
 pub mod fail_point;
 pub mod hostfs;
 pub mod inject;
+pub mod kube;
 pub mod logging;
 pub mod oci;
 pub mod output;

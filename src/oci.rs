@@ -9,12 +9,10 @@ use serde::Deserialize;
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
 use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
+use crate::kube;
 use crate::owner::{self, OwnerRequest};
 use crate::spec::ChannelSpec;
 use crate::units::validate_container_id;
-
-/// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each.
-pub const ANNOTATION: &str = "io.hostchan.channel";
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -58,42 +56,6 @@ impl State {
     /// The container id, checked as `create --container` checks it.
     pub fn container_id(&self) -> Result<String> {
         validate_container_id(&self.id)
-    }
-
-    /// The channel specs in the annotations, by annotation name. hostchan's own annotations
-    /// (`io.hostchan.channel.*`) with a name that is not letters, digits and `_.-` are an error,
-    /// not ignored: the container asked for a channel it would not get.
-    pub fn channel_specs(&self) -> Result<Vec<(&str, &str)>> {
-        let mut specs = Vec::new();
-        for (key, spec) in &self.annotations {
-            let name = match key.strip_prefix(ANNOTATION) {
-                Some("") => None,
-                Some(rest) => match rest.strip_prefix('.') {
-                    Some(name) => Some(name),
-                    // io.hostchan.channelx: another annotation.
-                    None => continue,
-                },
-                None => continue,
-            };
-            if let Some(name) = name {
-                let valid = !name.is_empty()
-                    && name.len() <= 63
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-                if !valid {
-                    return Err(Error::invalid(
-                        "annotation",
-                        key,
-                        format!(
-                            "the name after {ANNOTATION}. must be 1 to 63 letters, digits and _.-"
-                        ),
-                    ));
-                }
-            }
-            specs.push((key.as_str(), spec.as_str()));
-        }
-        Ok(specs)
     }
 }
 
@@ -180,15 +142,25 @@ fn create_all(
         ))
     })?;
     let container = state.container_id()?;
-    let specs = state.channel_specs()?;
+    let pod = kube::Pod::of(&state.annotations);
+    let annotations =
+        kube::for_this_container(kube::channel_annotations(&state.annotations)?, &pod);
     let mut made: Vec<ChannelInfo> = Vec::new();
-    if specs.is_empty() {
+    if annotations.is_empty() {
         return Ok(outcome(state, stage, made));
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
     // Engines on the cgroupfs driver have no scope: their channels live until poststop.
     let owner = owner::resolve(&OwnerRequest::Pid(pid), config)?;
-    for (annotation, spec) in specs {
+    for annotation in annotations {
+        let spec = match kube::expand(annotation.spec, &pod, &container) {
+            Ok(spec) => spec,
+            Err(e) => {
+                undo(channels, &made);
+                return Err(e.context(format!("annotation {}", annotation.key)));
+            }
+        };
+        let spec = spec.as_str();
         let already = ChannelSpec::parse(spec, &config.limits())
             .ok()
             .map(|parsed| channels.made_for(&container, &parsed))
@@ -217,24 +189,29 @@ fn create_all(
             Ok(Created::Channel(info)) => made.push(*info),
             Ok(Created::DryRun(_)) => {}
             Err(e) => {
-                for info in &made {
-                    if let Err(undo) = channels.delete(&Target::of_unit(&info.channel.unit)) {
-                        tracing::warn!(
-                            "cannot remove channel {}: {undo}",
-                            info.channel.spec.host_path.display()
-                        );
-                    }
-                }
+                undo(channels, &made);
                 // A broken configuration is not about this annotation.
                 return Err(if e.kind() == Kind::Config {
                     e
                 } else {
-                    e.context(format!("annotation {annotation}"))
+                    e.context(format!("annotation {}", annotation.key))
                 });
             }
         }
     }
     Ok(outcome(state, stage, made))
+}
+
+/// All or nothing: removes the channels this hook made before a later one failed.
+fn undo(channels: &Channels, made: &[ChannelInfo]) {
+    for info in made {
+        if let Err(e) = channels.delete(&Target::of_unit(&info.channel.unit)) {
+            tracing::warn!(
+                "cannot remove channel {}: {e}",
+                info.channel.spec.host_path.display()
+            );
+        }
+    }
 }
 
 fn outcome(state: &State, stage: Stage, channels: Vec<ChannelInfo>) -> HookOutcome {
@@ -255,27 +232,15 @@ mod tests {
         "other":"x"}}"#;
 
     #[test]
-    fn specs_from_annotations() {
+    fn state_and_container_id() {
         let state = State::parse(STATE).unwrap();
-        assert_eq!(
-            state.channel_specs().unwrap(),
-            vec![
-                ("io.hostchan.channel", "/run/a:/a"),
-                ("io.hostchan.channel.logs", "/run/b:/b:ro")
-            ]
-        );
         assert_eq!(state.pid, Some(42));
-        for bad in [
-            "io.hostchan.channel.",
-            "io.hostchan.channel.a b",
-            "io.hostchan.channel.x\ny",
-        ] {
-            let mut state = State::parse(STATE).unwrap();
-            state.annotations.insert(bad.into(), "/run/c:/c".into());
-            let err = state.channel_specs().unwrap_err();
-            assert_eq!(err.exit_code(), 2);
-            assert!(!err.to_string().contains('\n'), "{err}");
-        }
+        let keys: Vec<&str> = kube::channel_annotations(&state.annotations)
+            .unwrap()
+            .iter()
+            .map(|a| a.key)
+            .collect();
+        assert_eq!(keys, ["io.hostchan.channel", "io.hostchan.channel.logs"]);
         let mut state = State::parse(STATE).unwrap();
         state.id = "c1\nWants=x.service".into();
         assert!(state.container_id().is_err());

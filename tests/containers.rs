@@ -750,3 +750,195 @@ fn podman_with_the_cdi_device() {
         sb.assert_no_trace("/run/hostchan/cdi/a");
     }
 }
+
+/// Kubernetes: a pod as CRI-O and as containerd hand it to the runtime (every pod annotation in
+/// every container, the sandbox included, with the engine's own annotations saying which
+/// container is which), run with runc and the hook. Only the named container gets a named
+/// channel, every app and init container gets its own templated one, the sandbox none.
+#[test]
+fn pods_as_cri_o_and_containerd_shape_them() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("pods");
+    let pod_annotations = [
+        (
+            "io.hostchan.channel.logs/container.app",
+            "/run/hostchan/{pod_namespace}/{pod_name}/logs:/logs:rw:1M",
+        ),
+        (
+            "io.hostchan.channel.scratch",
+            "/run/hostchan/{pod_uid}/{container}:/scratch:rw:1M",
+        ),
+    ];
+    for engine in ["crio", "containerd"] {
+        let uid = format!("{engine}-0b7c2a9e");
+        let prefix = if engine == "crio" {
+            "crio"
+        } else {
+            "cri-containerd"
+        };
+        let mut started = Vec::new();
+        for (kind, name) in [
+            ("sandbox", "POD"),
+            ("container", "init-db"),
+            ("container", "app"),
+            ("container", "sidecar"),
+        ] {
+            let id = format!("{engine}-{}", name.to_lowercase());
+            let mut annotations: Vec<(String, String)> = pod_annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let engine_keys: Vec<(&str, String)> = match engine {
+                "crio" => vec![
+                    ("io.kubernetes.cri-o.ContainerType", kind.to_owned()),
+                    (
+                        "io.kubernetes.cri-o.Metadata",
+                        format!(r#"{{"name":"{name}","attempt":0}}"#),
+                    ),
+                    ("io.kubernetes.pod.name", "web-1".to_owned()),
+                    ("io.kubernetes.pod.namespace", "shop".to_owned()),
+                    ("io.kubernetes.pod.uid", uid.clone()),
+                ],
+                _ => vec![
+                    ("io.kubernetes.cri.container-type", kind.to_owned()),
+                    ("io.kubernetes.cri.container-name", name.to_owned()),
+                    ("io.kubernetes.cri.sandbox-name", "web-2".to_owned()),
+                    ("io.kubernetes.cri.sandbox-namespace", "shop".to_owned()),
+                    ("io.kubernetes.cri.sandbox-uid", uid.clone()),
+                ],
+            };
+            annotations.extend(engine_keys.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            let prefix = if engine == "crio" {
+                "crio"
+            } else {
+                "cri-containerd"
+            };
+            let bundle = runc_bundle(&dir.path(&id), &id, |c| {
+                let pairs: Vec<(&str, &str)> = annotations
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                with_hooks(c, &pairs);
+                c["linux"]["cgroupsPath"] = format!("system.slice:{prefix}:{id}").into();
+            });
+            sb.runc_start(&bundle, &id).ok();
+            started.push(id);
+        }
+        let list = sb.hostchan(&["list", "--output", "json"]).ok().json();
+        let mut paths: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["host_path"].as_str().unwrap().to_owned())
+            .collect();
+        paths.sort();
+        let pod_name = if engine == "crio" { "web-1" } else { "web-2" };
+        assert_eq!(
+            paths,
+            [
+                format!("/run/hostchan/{uid}/app"),
+                format!("/run/hostchan/{uid}/init-db"),
+                format!("/run/hostchan/{uid}/sidecar"),
+                format!("/run/hostchan/shop/{pod_name}/logs"),
+            ],
+            "{engine}"
+        );
+        let app = format!("{engine}-app");
+        sb.runc_exec(&app, "echo app-log > /logs/x").ok();
+        assert_eq!(
+            fs::read_to_string(sb.path(&format!("/run/hostchan/shop/{pod_name}/logs/x"))).unwrap(),
+            "app-log\n"
+        );
+        let sidecar = sb.runc_exec(&format!("{engine}-sidecar"), "test -e /logs");
+        assert_ne!(sidecar.code, 0, "the sidecar got the app's channel");
+        let owners: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["owner"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            owners.iter().all(|o| o.starts_with(&format!("{prefix}-"))),
+            "{owners:?}"
+        );
+        for id in started {
+            sb.runc(&["delete", "--force", &id]).ok();
+        }
+        sb.wait_for(|| sb.channel_units().is_empty(), "the pod's channels to go");
+        assert_eq!(sb.record_files(), Vec::<String>::new());
+    }
+}
+
+/// podman with the same annotations: one that names a container applies when the container
+/// carries the kubelet's name label, and not otherwise; templates work as in a pod.
+#[test]
+fn podman_with_kubernetes_annotations() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("podman-kube");
+    let rootfs = common::busybox_rootfs(&dir.0).display().to_string();
+    let hooks = dir.path("hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    let shipped = fs::read_to_string(common::repo().join("packaging/oci-hooks.d/hostchan.json"))
+        .unwrap()
+        .replace("/usr/bin/hostchan", HOSTCHAN);
+    fs::write(hooks.join("hostchan.json"), shipped).unwrap();
+    let storage = dir.path("storage").display().to_string();
+    let hooks = hooks.display().to_string();
+    let podman = |args: &[&str]| {
+        let mut argv = vec![
+            "podman",
+            "--root",
+            &storage,
+            "--runroot",
+            "/run/podman",
+            "--cgroup-manager",
+            "systemd",
+            "--runtime",
+            "runc",
+            "--hooks-dir",
+            &hooks,
+            "--log-level",
+            "error",
+        ];
+        argv.extend_from_slice(args);
+        sb.run(&argv)
+    };
+    let run = |name: &str, label: Option<&str>| {
+        let label = label.map(|l| format!("io.kubernetes.container.name={l}"));
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--annotation",
+            "io.hostchan.channel.logs/container.app=/run/hostchan/kube/{container}-logs:/logs:rw:1M",
+        ];
+        if let Some(label) = &label {
+            args.extend(["--annotation", label.as_str()]);
+        }
+        args.extend([
+            "--annotation",
+            "io.hostchan.channel.id=/run/hostchan/kube/{id}:/id:rw:1M",
+            "--rootfs",
+            &rootfs,
+            "sleep",
+            "1000",
+        ]);
+        podman(&args).ok().stdout.trim().to_owned()
+    };
+    let app = run("p-app", Some("app"));
+    let other = run("p-other", None);
+    assert!(sb.mount_options("/run/hostchan/kube/app-logs").is_some());
+    assert!(sb
+        .mount_options(&format!("/run/hostchan/kube/{app}"))
+        .is_some());
+    assert!(sb
+        .mount_options(&format!("/run/hostchan/kube/{other}"))
+        .is_some());
+    assert_eq!(sb.channel_units().len(), 6, "{:?}", sb.channel_units());
+    podman(&["rm", "-f", "-t", "0", "p-app", "p-other"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+    assert!(!sb.path("/run/hostchan/kube").exists());
+}

@@ -1,0 +1,415 @@
+//! Channel annotations as a Kubernetes pod carries them: which container of the pod a channel
+//! is for, and host-path templates, so that one manifest serves many pods without clashes.
+//! Pure: it reads the annotations the engine copied into the container's OCI config.
+//!
+//! CRI-O copies every pod annotation (and the kubelet's labels) into every container of the
+//! pod, the sandbox included; containerd copies the ones its `pod_annotations` allows. Both say
+//! what the container is:
+//!
+//! | what            | CRI-O                                             | containerd                          |
+//! |-----------------|---------------------------------------------------|-------------------------------------|
+//! | sandbox or not  | `io.kubernetes.cri-o.ContainerType`               | `io.kubernetes.cri.container-type`  |
+//! | container name  | `io.kubernetes.container.name`, `...cri-o.Metadata` | `io.kubernetes.cri.container-name` |
+//! | pod name        | `io.kubernetes.pod.name`                          | `io.kubernetes.cri.sandbox-name`    |
+//! | pod namespace   | `io.kubernetes.pod.namespace`                     | `io.kubernetes.cri.sandbox-namespace` |
+//! | pod uid         | `io.kubernetes.pod.uid`                           | `io.kubernetes.cri.sandbox-uid`     |
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each; either may end
+/// in `/container.<container name>` to be for that container of a pod only.
+pub const ANNOTATION: &str = "io.hostchan.channel";
+
+const CONTAINER_SUFFIX: &str = "/container.";
+
+/// A channel annotation, understood.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelAnnotation<'a> {
+    pub key: &'a str,
+    pub spec: &'a str,
+    /// The pod container it is for; `None`: every container that gets the annotation.
+    pub for_container: Option<&'a str>,
+}
+
+/// What the engine says about the container's place in a pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's sandbox (pause) container: never gets channels.
+    pub sandbox: bool,
+    pub container: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+}
+
+impl Pod {
+    pub fn of(annotations: &BTreeMap<String, String>) -> Pod {
+        let get = |keys: &[&str]| {
+            keys.iter()
+                .find_map(|key| annotations.get(*key))
+                .filter(|value| !value.is_empty())
+                .cloned()
+        };
+        #[derive(Deserialize)]
+        struct Metadata {
+            name: String,
+        }
+        let metadata_name = annotations
+            .get("io.kubernetes.cri-o.Metadata")
+            .and_then(|json| serde_json::from_str::<Metadata>(json).ok())
+            .map(|m| m.name);
+        Pod {
+            sandbox: get(&[
+                "io.kubernetes.cri-o.ContainerType",
+                "io.kubernetes.cri.container-type",
+            ])
+            .is_some_and(|kind| kind == "sandbox"),
+            container: get(&[
+                "io.kubernetes.container.name",
+                "io.kubernetes.cri.container-name",
+            ])
+            .or(metadata_name),
+            name: get(&["io.kubernetes.pod.name", "io.kubernetes.cri.sandbox-name"]),
+            namespace: get(&[
+                "io.kubernetes.pod.namespace",
+                "io.kubernetes.cri.sandbox-namespace",
+            ]),
+            uid: get(&["io.kubernetes.pod.uid", "io.kubernetes.cri.sandbox-uid"]),
+        }
+    }
+}
+
+fn is_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// hostchan's channel annotations among `annotations`. One of hostchan's own keys that is
+/// malformed is an error, not ignored: the container asked for a channel it would not get.
+pub fn channel_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Vec<ChannelAnnotation<'_>>> {
+    let mut found = Vec::new();
+    for (key, spec) in annotations {
+        let Some(rest) = key.strip_prefix(ANNOTATION) else {
+            continue;
+        };
+        // io.hostchan.channelx: someone else's annotation.
+        if !(rest.is_empty() || rest.starts_with('.') || rest.starts_with('/')) {
+            continue;
+        }
+        let (name, for_container) = match rest.split_once(CONTAINER_SUFFIX) {
+            Some((name, container)) => (name, Some(container)),
+            None => (rest, None),
+        };
+        let name_ok = name.is_empty() || name.strip_prefix('.').is_some_and(is_name);
+        let container_ok = for_container.is_none_or(is_name);
+        if !name_ok || !container_ok || (for_container.is_none() && rest.contains('/')) {
+            return Err(Error::invalid(
+                "annotation",
+                key,
+                format!(
+                    "must be {ANNOTATION}[.<name>][/container.<container name>], names of 1 to 63 letters, digits and _.-"
+                ),
+            ));
+        }
+        found.push(ChannelAnnotation {
+            key,
+            spec,
+            for_container,
+        });
+    }
+    Ok(found)
+}
+
+/// Which annotations apply to this container: none for a pod's sandbox; one that names a
+/// container only to the container of that name.
+pub fn for_this_container<'a>(
+    annotations: Vec<ChannelAnnotation<'a>>,
+    pod: &Pod,
+) -> Vec<ChannelAnnotation<'a>> {
+    if pod.sandbox {
+        return Vec::new();
+    }
+    annotations
+        .into_iter()
+        .filter(|a| match a.for_container {
+            None => true,
+            Some(name) => pod.container.as_deref() == Some(name),
+        })
+        .collect()
+}
+
+/// The templates a host path may use, and what fills them.
+const TEMPLATES: &[&str] = &["pod_uid", "pod_namespace", "pod_name", "container", "id"];
+
+/// Fills `{pod_uid}`, `{pod_namespace}`, `{pod_name}`, `{container}` and `{id}` in the host
+/// path of `spec` (the part before the first `:`). Each value must be a plain name (1 to 253
+/// letters, digits, `_.-`, not `.` or `..`), so that a template never adds a path component; the result
+/// is then checked as any spec is, inside the hook's roots.
+pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
+    let (host, rest) = match spec.split_once(':') {
+        Some((host, rest)) => (host, Some(rest)),
+        None => (spec, None),
+    };
+    if !host.contains(['{', '}']) {
+        return Ok(spec.to_owned());
+    }
+    let mut expanded = String::new();
+    let mut remaining = host;
+    while let Some(open) = remaining.find(['{', '}']) {
+        expanded.push_str(&remaining[..open]);
+        let after = &remaining[open..];
+        let close = after.find('}').filter(|_| after.starts_with('{'));
+        let Some(close) = close else {
+            return Err(Error::invalid(
+                "host path",
+                host,
+                format!(
+                    "has an unmatched brace; templates are {}",
+                    TEMPLATES.map_braced()
+                ),
+            ));
+        };
+        let name = &after[1..close];
+        let value = match name {
+            "pod_uid" => pod.uid.as_deref(),
+            "pod_namespace" => pod.namespace.as_deref(),
+            "pod_name" => pod.name.as_deref(),
+            "container" => pod.container.as_deref(),
+            "id" => Some(container_id),
+            _ => {
+                return Err(Error::invalid(
+                    "host path",
+                    host,
+                    format!(
+                        "has an unknown template {{{name}}}; templates are {}",
+                        TEMPLATES.map_braced()
+                    ),
+                ))
+            }
+        };
+        let Some(value) = value else {
+            return Err(Error::invalid(
+                "host path",
+                host,
+                format!(
+                    "uses {{{name}}}, but the engine did not say what it is for this container"
+                ),
+            ));
+        };
+        let plain = value.len() <= 253
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !plain || value.is_empty() || value == "." || value == ".." {
+            return Err(Error::invalid(
+                "host path",
+                host,
+                format!("{{{name}}} would be {value:?}, which is not a plain name"),
+            ));
+        }
+        expanded.push_str(value);
+        remaining = &after[close + 1..];
+    }
+    expanded.push_str(remaining);
+    Ok(match rest {
+        Some(rest) => format!("{expanded}:{rest}"),
+        None => expanded,
+    })
+}
+
+trait Braced {
+    fn map_braced(&self) -> String;
+}
+
+impl Braced for [&str] {
+    fn map_braced(&self) -> String {
+        self.iter()
+            .map(|t| format!("{{{t}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn channel_keys() {
+        let annotations = map(&[
+            ("io.hostchan.channel", "/run/hostchan/a:/a"),
+            ("io.hostchan.channel.logs", "/run/hostchan/b:/b"),
+            (
+                "io.hostchan.channel.logs/container.app",
+                "/run/hostchan/c:/c",
+            ),
+            (
+                "io.hostchan.channel/container.side-car",
+                "/run/hostchan/d:/d",
+            ),
+            ("io.hostchan.channelx", "not ours"),
+            ("other", "x"),
+        ]);
+        let found = channel_annotations(&annotations).unwrap();
+        let summary: Vec<(&str, Option<&str>)> =
+            found.iter().map(|a| (a.key, a.for_container)).collect();
+        assert_eq!(
+            summary,
+            [
+                ("io.hostchan.channel", None),
+                ("io.hostchan.channel.logs", None),
+                ("io.hostchan.channel.logs/container.app", Some("app")),
+                ("io.hostchan.channel/container.side-car", Some("side-car")),
+            ]
+        );
+        for bad in [
+            "io.hostchan.channel.",
+            "io.hostchan.channel.a b",
+            "io.hostchan.channel.x/container.",
+            "io.hostchan.channel.x/pod.y",
+            "io.hostchan.channel/container.a/b",
+            "io.hostchan.channel.x\ny",
+        ] {
+            let err = channel_annotations(&map(&[(bad, "/x:/y")])).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    fn crio(kind: &str, name: &str) -> BTreeMap<String, String> {
+        map(&[
+            ("io.kubernetes.cri-o.ContainerType", kind),
+            (
+                "io.kubernetes.cri-o.Metadata",
+                &format!(r#"{{"name":"{name}","attempt":0}}"#),
+            ),
+            ("io.kubernetes.pod.name", "web-1"),
+            ("io.kubernetes.pod.namespace", "shop"),
+            (
+                "io.kubernetes.pod.uid",
+                "0b7c2a9e-5d1f-4c3a-9f0e-2b6d8e4a1c7f",
+            ),
+        ])
+    }
+
+    #[test]
+    fn pods_as_cri_o_and_containerd_describe_them() {
+        let pod = Pod::of(&crio("container", "app"));
+        assert_eq!(
+            pod,
+            Pod {
+                sandbox: false,
+                container: Some("app".into()),
+                name: Some("web-1".into()),
+                namespace: Some("shop".into()),
+                uid: Some("0b7c2a9e-5d1f-4c3a-9f0e-2b6d8e4a1c7f".into()),
+            }
+        );
+        assert!(Pod::of(&crio("sandbox", "")).sandbox);
+        let containerd = map(&[
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.container-name", "app"),
+            ("io.kubernetes.cri.sandbox-name", "web-1"),
+            ("io.kubernetes.cri.sandbox-namespace", "shop"),
+            ("io.kubernetes.cri.sandbox-uid", "u1"),
+        ]);
+        let pod = Pod::of(&containerd);
+        assert_eq!(pod.container.as_deref(), Some("app"));
+        assert_eq!(pod.uid.as_deref(), Some("u1"));
+        let mut sandbox = containerd.clone();
+        sandbox.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
+        assert!(Pod::of(&sandbox).sandbox);
+        assert_eq!(Pod::of(&BTreeMap::new()), Pod::default());
+    }
+
+    #[test]
+    fn only_the_named_container_and_never_the_sandbox() {
+        let annotations = map(&[
+            ("io.hostchan.channel.all", "/run/hostchan/{container}:/a"),
+            ("io.hostchan.channel.x/container.app", "/run/hostchan/x:/x"),
+        ]);
+        let keys = |pod: &Pod| -> Vec<&str> {
+            for_this_container(channel_annotations(&annotations).unwrap(), pod)
+                .iter()
+                .map(|a| a.key)
+                .collect()
+        };
+        let app = Pod::of(&crio("container", "app"));
+        assert_eq!(
+            keys(&app),
+            [
+                "io.hostchan.channel.all",
+                "io.hostchan.channel.x/container.app"
+            ]
+        );
+        let other = Pod::of(&crio("container", "init-db"));
+        assert_eq!(keys(&other), ["io.hostchan.channel.all"]);
+        assert!(keys(&Pod::of(&crio("sandbox", "POD"))).is_empty());
+        // Outside Kubernetes the container has no name: only unnamed annotations apply.
+        assert_eq!(keys(&Pod::default()), ["io.hostchan.channel.all"]);
+    }
+
+    #[test]
+    fn templates_fill_plain_names_only() {
+        let pod = Pod::of(&crio("container", "app"));
+        assert_eq!(
+            expand(
+                "/run/hostchan/{pod_namespace}/{pod_name}/{container}:/c:rw:1M",
+                &pod,
+                "abc"
+            )
+            .unwrap(),
+            "/run/hostchan/shop/web-1/app:/c:rw:1M"
+        );
+        assert_eq!(
+            expand("/run/hostchan/{pod_uid}-{id}:/c", &pod, "abc").unwrap(),
+            "/run/hostchan/0b7c2a9e-5d1f-4c3a-9f0e-2b6d8e4a1c7f-abc:/c"
+        );
+        // The container path is not templated.
+        assert_eq!(
+            expand("/run/hostchan/x:/{y}", &pod, "abc").unwrap(),
+            "/run/hostchan/x:/{y}"
+        );
+        let cases = [
+            ("/run/hostchan/{nope}:/c", &pod, "unknown template {nope}"),
+            ("/run/hostchan/{pod_uid:/c", &pod, "unmatched brace"),
+            ("/run/hostchan/}:/c", &pod, "unmatched brace"),
+            (
+                "/run/hostchan/{container}:/c",
+                &Pod::default(),
+                "did not say what it is",
+            ),
+        ];
+        for (spec, pod, expected) in cases {
+            let err = expand(spec, pod, "abc").unwrap_err().to_string();
+            assert!(err.contains(expected), "{spec}: {err}");
+        }
+        // A value that would add a component (or climb) is refused.
+        for evil in ["..", ".", "a/b", "", "a b"] {
+            let pod = Pod {
+                name: Some(evil.into()),
+                ..Pod::default()
+            };
+            assert!(
+                expand("/run/hostchan/{pod_name}/x:/c", &pod, "abc").is_err(),
+                "{evil:?}"
+            );
+        }
+    }
+}

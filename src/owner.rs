@@ -104,7 +104,8 @@ pub fn owner_of_cgroup(path: &str) -> PathOwner {
             unit: unit.to_owned(),
             reason,
         },
-        None if components.first() == Some(&"user.slice") => PathOwner::Refused {
+        // Anywhere on the path: systemd itself may run in a container, below a prefix.
+        None if components.contains(&"user.slice") => PathOwner::Refused {
             unit: unit.to_owned(),
             reason: "runs under user.slice, a user's own units",
         },
@@ -152,7 +153,7 @@ fn never_an_owner(unit: &str) -> Option<&'static str> {
 pub fn check_container_process(pid: i32) -> Result<()> {
     let path = systemd_cgroup_of_pid(pid)?;
     if let PathOwner::Refused { unit, reason } = owner_of_cgroup(&path) {
-        if never_an_owner(&unit).is_some() || path.starts_with("/user.slice/") {
+        if never_an_owner(&unit).is_some() || path.split('/').any(|c| c == "user.slice") {
             return Err(Error::owner(format!(
                 "pid {pid} is in {unit}, which {reason}; --pid attaches only inside a container"
             )));
@@ -250,7 +251,7 @@ pub fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
             } else {
                 String::new()
             };
-            if cgroup.starts_with("/user.slice/") {
+            if cgroup.split('/').any(|c| c == "user.slice") {
                 return Err(Error::owner(format!(
                     "owner unit {owner} runs under user.slice ({cgroup}), a user's own units, never a container's owner"
                 )));
@@ -499,6 +500,11 @@ mod tests {
                 "/system.slice/run-r1.scope",
                 "run-r1.scope",
                 "name it with --scope",
+            ),
+            (
+                "/prefix/user.slice/user-1.slice/user@1.service/libpod-1.scope",
+                "libpod-1.scope",
+                "user.slice",
             ),
         ];
         for (path, unit, why) in refused {

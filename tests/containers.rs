@@ -942,3 +942,51 @@ fn podman_with_kubernetes_annotations() {
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
     assert!(!sb.path("/run/hostchan/kube").exists());
 }
+
+/// systemd-nspawn: a machine registered with machined lives in machine-<name>.scope; `create
+/// --pid` of its leader binds the channel to that scope and attaches it inside the machine, and
+/// the channel goes when the machine is terminated.
+#[test]
+fn systemd_nspawn_machine() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("nspawn");
+    let root = common::busybox_rootfs(&dir.0);
+    fs::create_dir_all(root.join("usr/lib")).unwrap();
+    fs::write(root.join("usr/lib/os-release"), "ID=busybox\n").unwrap();
+    sb.sh(&format!(
+        "systemd-nspawn -q -D {} --machine=web --register=yes /bin/sleep 1000 </dev/null >/run/nspawn.log 2>&1 &",
+        root.display()
+    ))
+    .ok();
+    sb.wait_for(
+        || sb.unit_state("machine-web.scope") == "active",
+        "the machine to be registered",
+    );
+    let leader = sb
+        .run(&["machinectl", "show", "web", "-p", "Leader", "--value"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let made = sb
+        .hostchan(&[
+            "create",
+            "--output",
+            "json",
+            "--pid",
+            &leader,
+            "/run/hostchan/ns:/chan:rw:1M",
+        ])
+        .ok()
+        .json();
+    assert_eq!(made["owner"], "machine-web.scope");
+    fs::write(sb.path("/run/hostchan/ns/x"), "from-host").unwrap();
+    let inside = sb.run(&["nsenter", "-t", &leader, "-m", "-r", "/bin/cat", "/chan/x"]);
+    assert_eq!(inside.ok().stdout, "from-host");
+    sb.run(&["machinectl", "terminate", "web"]).ok();
+    sb.wait_for(
+        || sb.channel_units().is_empty(),
+        "the channel to go with the machine",
+    );
+    sb.assert_no_trace("/run/hostchan/ns");
+}

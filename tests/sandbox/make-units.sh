@@ -18,3 +18,11 @@ for unit in dbus.socket dbus.service systemd-journald.socket systemd-journald.se
             systemd-journald-dev-log.socket; do
     ln -sfn "/lib/systemd/system/$unit" "$dir/$unit"
 done
+# systemd-nspawn machines, when systemd-container is installed: machined (D-Bus activated under
+# its alias) and the machine.slice it needs.
+if [ -e /lib/systemd/system/systemd-machined.service ]; then
+    for unit in systemd-machined.service machine.slice machines.target systemd-nspawn@.service; do
+        ln -sfn "/lib/systemd/system/$unit" "$dir/$unit"
+    done
+    ln -sfn /lib/systemd/system/systemd-machined.service "$dir/dbus-org.freedesktop.machine1.service"
+fi

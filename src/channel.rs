@@ -8,14 +8,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Requester};
+use crate::config::{Config, Lifetime, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
 use crate::record::{Record, Store};
-use crate::spec::{self, ChannelSpec};
+use crate::spec::{self, ChannelSpec, RootOwner};
 use crate::systemd::{Systemd, UnitStatus};
 use crate::unit_name;
 use crate::units::{self, ChannelRequest, ChannelUnits};
@@ -32,6 +32,9 @@ pub struct CreateOptions {
     /// Raise the owner's memory limit by the channel's size.
     pub grow_memory_limit: bool,
     pub requester: Requester,
+    pub lifetime: Lifetime,
+    /// The owner of the channel's root directory; root when `None`.
+    pub root_owner: Option<RootOwner>,
 }
 
 /// The container a channel is attached in.
@@ -68,6 +71,14 @@ pub struct Channel {
     pub cleanup_unit: String,
     /// Seconds since the epoch.
     pub created: u64,
+    #[serde(default = "lifetime_stop")]
+    pub lifetime: Lifetime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_owner: Option<RootOwner>,
+}
+
+fn lifetime_stop() -> Lifetime {
+    Lifetime::Stop
 }
 
 /// Where a channel stands: systemd's active state of its mount unit, or what hostchan knows
@@ -214,6 +225,9 @@ impl Channels {
     pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
         config.check_host_path(&spec.host_path, options.requester)?;
+        if config.channels.check_available_memory {
+            config.check_available_memory(spec.size)?;
+        }
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
             return Err(Error::usage(format!(
                 "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
@@ -228,10 +242,14 @@ impl Channels {
             tmpfs: &config.tmpfs,
             hostchan_binary: &self.hostchan_binary,
             id: &id,
+            root_owner: options.root_owner,
         };
         let units = units::channel_units(&request);
         if let Some(record) = self.store.load(&units.mount.name)? {
-            return Err(record.already_a_channel());
+            if options.dry_run {
+                return Err(record.already_a_channel());
+            }
+            return self.reuse(record, &spec, options);
         }
         hostfs::check_free(&spec.host_path)?;
         check_among_channels(&spec.host_path, &self.store.all()?)?;
@@ -251,6 +269,11 @@ impl Channels {
             inject::check_other_mount_namespace(attach.pid)?;
         }
         let systemd = self.systemd()?;
+        if let (Lifetime::Delete, Owner::Unit(keeper), Some(container)) =
+            (options.lifetime, &options.owner, &options.container)
+        {
+            ensure_keeper(systemd, keeper, container)?;
+        }
         if let Owner::Unit(owner) = &options.owner {
             owner::check_owner_active(systemd, owner)?;
         }
@@ -268,11 +291,15 @@ impl Channels {
             unit: units.mount.name.clone(),
             cleanup_unit: units.cleanup.name.clone(),
             created: seconds_since_epoch(),
+            lifetime: options.lifetime,
+            root_owner: options.root_owner,
         };
         let mut record = self.store.create_checked(|records| {
             let shared = check_among_channels(&spec.host_path, records)?;
             let planned = hostfs::plan_host_path(&spec.host_path)?;
-            Ok(Record::new(channel, [shared, planned].concat()))
+            let mut record = Record::new(channel, [shared, planned].concat());
+            record.idle_limit = config.channels.idle_limit;
+            Ok(record)
         })?;
         fail_point::hit("after-record");
         // hostchan makes the directories itself, so that systemd's mount finds them and never
@@ -330,6 +357,62 @@ impl Channels {
         );
         Ok(Created::Channel(Box::new(ChannelInfo {
             used: hostfs::used_bytes(&spec.host_path),
+            state: State::Active,
+            sub_state: "mounted".into(),
+            memory_limit: record.memory_limit,
+            channel: record.channel,
+        })))
+    }
+
+    /// A create for a path that is a channel already: the same container asking again with the
+    /// same spec gets that channel (attached in the container now running, if it is not yet):
+    /// a `delete`-lifetime channel at the container's next start, or a second hook (hooks.d
+    /// and CDI) in the same start. Anything else is "already a channel".
+    fn reuse(
+        &self,
+        mut record: Record,
+        spec: &ChannelSpec,
+        options: &CreateOptions,
+    ) -> Result<Created> {
+        let same = options.container.is_some()
+            && record.channel.container == options.container
+            && &record.channel.spec == spec
+            && record.channel.lifetime == options.lifetime
+            && hostfs::is_mount_point(record.host_path())?;
+        if !same {
+            return Err(record.already_a_channel());
+        }
+        if let Some(attach) = &options.attach {
+            let here = record
+                .attached
+                .as_ref()
+                .is_some_and(|a| inject::is_attached_in(a, attach.pid));
+            if !here {
+                owner::check_container_process(attach.pid)?;
+                inject::check_other_mount_namespace(attach.pid)?;
+                let attached = inject::attach(
+                    &spec.host_path,
+                    &AttachPoint {
+                        pid: attach.pid,
+                        rootfs: attach.rootfs.as_deref(),
+                        container_path: &spec.container_path,
+                        access: spec.access,
+                    },
+                )?;
+                tracing::info!(
+                    OBJECT_SYSTEMD_UNIT = %record.unit(),
+                    "attached channel {} again at {} in the container of pid {}",
+                    spec.host_path.display(),
+                    spec.container_path.display(),
+                    attach.pid
+                );
+                record.attached = Some(attached);
+            }
+        }
+        record.last_seen = seconds_since_epoch();
+        self.store.replace(&record)?;
+        Ok(Created::Channel(Box::new(ChannelInfo {
+            used: hostfs::used_bytes(record.host_path()),
             state: State::Active,
             sub_state: "mounted".into(),
             memory_limit: record.memory_limit,
@@ -429,6 +512,11 @@ impl Channels {
         if let Some(change) = &record.memory_limit {
             owner::undo_memory_change(systemd, change)?;
         }
+        if let (Lifetime::Delete, Some(container)) =
+            (record.channel.lifetime, &record.channel.container)
+        {
+            self.stop_keeper_if_unused(container)?;
+        }
         tracing::info!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
             "deleted channel {}",
@@ -443,13 +531,85 @@ impl Channels {
         })
     }
 
-    /// Deletes every channel labelled with this container id; none is not an error. Goes on
-    /// past a channel it cannot delete, and reports every one that failed.
+    /// The poststop hook: the container stopped. Its `stop`-lifetime channels are deleted (those
+    /// its scope did not take already); its `delete`-lifetime ones stay, and are marked seen.
+    pub fn container_stopped(&self, container: &str) -> Result<Vec<ChannelInfo>> {
+        for mut record in self.store.all()? {
+            if record.channel.container.as_deref() == Some(container)
+                && record.channel.lifetime == Lifetime::Delete
+            {
+                record.last_seen = seconds_since_epoch();
+                self.store.replace(&record)?;
+            }
+        }
+        self.delete_container_where(container, |record| {
+            record.channel.lifetime == Lifetime::Stop
+        })
+    }
+
+    /// Deletes every channel labelled with this container id, both lifetimes; none is not an
+    /// error. The unit that keeps its `delete`-lifetime channels goes first, which takes them
+    /// all down in one job. Goes on past a channel it cannot delete, and reports every one that
+    /// failed.
     pub fn delete_container(&self, container: &str) -> Result<Vec<ChannelInfo>> {
+        let records = self.store.all()?;
+        if records.iter().any(|r| {
+            r.channel.container.as_deref() == Some(container)
+                && r.channel.lifetime == Lifetime::Delete
+        }) {
+            let keeper = unit_name::keeper_unit_name(container);
+            if let Some(outcome) = self.systemd()?.stop(&keeper)? {
+                if !outcome.succeeded() {
+                    return Err(outcome.error("stop", None));
+                }
+            }
+        }
+        // The kept channels are gone or going with their unit; what is left of them (a cleanup
+        // still running) is waited for below, and they are reported deleted either way.
+        let kept: Vec<Record> = records
+            .into_iter()
+            .filter(|r| {
+                r.channel.container.as_deref() == Some(container)
+                    && r.channel.lifetime == Lifetime::Delete
+            })
+            .collect();
+        let mut deleted = self.delete_container_where(container, |_| true)?;
+        for record in kept {
+            if !deleted.iter().any(|d| d.channel.id == record.channel.id) {
+                deleted.push(ChannelInfo {
+                    used: None,
+                    state: State::Deleted,
+                    sub_state: String::new(),
+                    memory_limit: None,
+                    channel: record.channel,
+                });
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Stops the unit that keeps a container's `delete`-lifetime channels once it keeps none.
+    fn stop_keeper_if_unused(&self, container: &str) -> Result<()> {
+        let holds_more = self.store.all()?.iter().any(|r| {
+            r.channel.container.as_deref() == Some(container)
+                && r.channel.lifetime == Lifetime::Delete
+        });
+        if !holds_more {
+            self.systemd()?
+                .stop(&unit_name::keeper_unit_name(container))?;
+        }
+        Ok(())
+    }
+
+    fn delete_container_where(
+        &self,
+        container: &str,
+        which: impl Fn(&Record) -> bool,
+    ) -> Result<Vec<ChannelInfo>> {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         for record in self.store.all()? {
-            if record.channel.container.as_deref() == Some(container) {
+            if record.channel.container.as_deref() == Some(container) && which(&record) {
                 match self.delete(&Target::of_unit(record.unit())) {
                     Ok(info) => deleted.push(info),
                     // Gone meanwhile: its owner stopped and systemd cleaned it up.
@@ -559,8 +719,26 @@ impl Channels {
                 .map(|status| status.name)
                 .collect()
         };
+        let now = seconds_since_epoch();
         let mut leftovers = Vec::new();
         for record in records {
+            if !offline && is_idle(&record, now) {
+                let outcome = if dry_run {
+                    LeftoverOutcome::WouldExpire
+                } else {
+                    match self.delete(&Target::of_unit(record.unit())) {
+                        Ok(_) => LeftoverOutcome::Expired,
+                        Err(e) => LeftoverOutcome::Kept {
+                            reason: e.to_string(),
+                        },
+                    }
+                };
+                leftovers.push(Leftover {
+                    channel: record.channel,
+                    outcome,
+                });
+                continue;
+            }
             if hostfs::is_mount_point(record.host_path())?
                 || live_units.contains(record.unit())
                 || live_units.contains(&record.channel.cleanup_unit)
@@ -590,27 +768,12 @@ impl Channels {
         Ok(leftovers)
     }
 
-    /// The channel of `container` made from exactly `spec`, if there is one: what a second
-    /// hook for the same container (hooks.d and CDI both, or a runtime that runs a hook twice)
-    /// finds already made.
-    pub fn made_for(&self, container: &str, spec: &ChannelSpec) -> Result<Option<ChannelInfo>> {
-        let unit = unit_name::mount_unit_name(&spec.host_path);
-        match self.store.load(&unit)? {
-            Some(record)
-                if record.channel.container.as_deref() == Some(container)
-                    && &record.channel.spec == spec
-                    && hostfs::is_mount_point(record.host_path())? =>
-            {
-                Ok(Some(ChannelInfo {
-                    used: hostfs::used_bytes(record.host_path()),
-                    state: State::Active,
-                    sub_state: "mounted".into(),
-                    memory_limit: record.memory_limit,
-                    channel: record.channel,
-                }))
-            }
-            _ => Ok(None),
-        }
+    /// Whether `host_path` is a channel hostchan has a record of.
+    pub fn is_channel(&self, host_path: &Path) -> Result<bool> {
+        Ok(self
+            .store
+            .load(&unit_name::mount_unit_name(host_path))?
+            .is_some())
     }
 
     fn load(&self, target: &Target) -> Result<Record> {
@@ -684,6 +847,38 @@ fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
     }
 }
 
+/// A `delete`-lifetime channel whose container has been neither started nor stopped within the
+/// channel's idle limit, and does not run now.
+fn is_idle(record: &Record, now: u64) -> bool {
+    record.channel.lifetime == Lifetime::Delete
+        && record.idle_limit > 0
+        && now.saturating_sub(record.last_seen) > record.idle_limit
+        && !record
+            .attached
+            .as_ref()
+            .is_some_and(inject::attached_container_runs)
+}
+
+/// Starts the unit that holds a container's `delete`-lifetime channels, unless it runs already
+/// (another channel of the container, or a create racing this one, started it).
+fn ensure_keeper(systemd: &Systemd, keeper: &str, container: &str) -> Result<()> {
+    let running = |systemd: &Systemd| -> Result<bool> {
+        Ok(systemd
+            .unit_states(&[keeper])?
+            .get(keeper)
+            .is_some_and(|s| s.exists() && s.active_state == "active"))
+    };
+    if running(systemd)? {
+        return Ok(());
+    }
+    match systemd.start_transient(&units::keeper_unit(keeper, container), &[]) {
+        Ok(outcome) if outcome.succeeded() => Ok(()),
+        Ok(outcome) => Err(outcome.error("start", None)),
+        Err(e) if e.kind() == Kind::AlreadyExists && running(systemd)? => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// 128 random bits, in hex.
 fn new_channel_id() -> Result<String> {
     let mut bytes = [0u8; 16];
@@ -722,6 +917,10 @@ pub struct Leftover {
 pub enum LeftoverOutcome {
     /// `--dry-run`: the record would go, and the directory if it is empty.
     WouldRemove,
+    /// `--dry-run`: an idle `delete`-lifetime channel would be deleted.
+    WouldExpire,
+    /// A `delete`-lifetime channel whose container was not seen within its idle limit: deleted.
+    Expired,
     /// The record is gone; `directory` says whether there was a directory to remove.
     Removed { directory: bool },
     /// Left as it was (the directory is not empty, say); the reason says what to do.
@@ -748,6 +947,8 @@ pub(crate) mod tests {
             cleanup_unit: unit_name::cleanup_unit_name(&unit),
             unit,
             created: 1_700_000_000,
+            lifetime: Lifetime::Stop,
+            root_owner: None,
         }
     }
 

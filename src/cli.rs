@@ -172,6 +172,18 @@ pub struct CreateArgs {
     #[arg(long, value_name = "ID")]
     pub container: Option<String>,
 
+    /// How long the channel lives: `stop` (with the owner unit: the container's stop) or `delete`
+    /// (with the container: through stops and starts, bound to a unit hostchan keeps for the
+    /// container, until `hostchan delete --container ID`); needs --container. Default:
+    /// channels.lifetime in the configuration.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub lifetime: Option<crate::config::Lifetime>,
+
+    /// Make UID:GID the owner of the channel's root directory (for a container whose root is
+    /// mapped to an unprivileged host user); default root.
+    #[arg(long, value_name = "UID:GID")]
+    pub root_owner: Option<String>,
+
     /// Raise the owner's memory limit (MemoryMax) by the channel's size, so that the
     /// container's own writes into the channel cannot get it OOM-killed.
     #[arg(long)]

@@ -67,6 +67,14 @@ pub struct Channels {
     pub effective_max_size: u64,
     /// Host paths must lie under one of these; empty means anywhere outside the protected trees.
     pub allowed_roots: Vec<PathBuf>,
+    /// The lifetime of a channel whose request names none.
+    pub lifetime: Lifetime,
+    /// A `delete`-lifetime channel whose container has not been seen (started or stopped) for
+    /// this many seconds is removed by `hostchan gc`: engines that never say "delete" (iSulad
+    /// has no hook for it) do not leak channels forever. 0: never.
+    pub idle_limit: u64,
+    /// Refuse a size above the memory available now (`MemAvailable`), as iSulad does.
+    pub check_available_memory: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +111,26 @@ pub struct Tmpfs {
     pub nr_inodes: Option<u64>,
 }
 
+/// How long a channel lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifetime {
+    /// With its owner unit: the container's stop (or `hostchan delete`).
+    Stop,
+    /// With the container: through its stops and starts, until `hostchan delete --container`
+    /// (or the idle limit).
+    Delete,
+}
+
+impl fmt::Display for Lifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Lifetime::Stop => "stop",
+            Lifetime::Delete => "delete",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OwnerPolicy {
     /// What `create` does when neither --scope, --pid nor --unbound is given.
@@ -123,8 +151,13 @@ pub enum DefaultOwner {
 
 /// `MemTotal` from the text of /proc/meminfo, in bytes.
 pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut words = line["MemTotal:".len()..].split_whitespace();
+    meminfo_bytes(meminfo, "MemTotal:")
+}
+
+/// A `/proc/meminfo` field (`"MemAvailable:"`), in bytes.
+pub fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with(key))?;
+    let mut words = line[key.len()..].split_whitespace();
     let value: u64 = words.next()?.parse().ok()?;
     match words.next() {
         Some("kB") => value.checked_mul(1024),
@@ -174,6 +207,9 @@ impl Config {
                 max_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
                 effective_max_size: half,
                 allowed_roots: Vec::new(),
+                lifetime: Lifetime::Stop,
+                idle_limit: 7 * 24 * 3600,
+                check_available_memory: true,
             },
             tmpfs: Tmpfs {
                 noexec: true,
@@ -276,6 +312,21 @@ impl Config {
             let location = at(roots.span(), "channels.allowed_roots");
             config.channels.allowed_roots = parse_roots(roots.get_ref(), &location)?;
         }
+        if let Some(lifetime) = file.channels.lifetime {
+            config.channels.lifetime = lifetime;
+        }
+        if let Some(check) = file.channels.check_available_memory {
+            config.channels.check_available_memory = check;
+        }
+        if let Some(limit) = &file.channels.idle_limit {
+            let location = at(limit.span(), "channels.idle_limit");
+            config.channels.idle_limit = parse_duration(limit.get_ref()).ok_or_else(|| {
+                location.error(
+                    limit.get_ref(),
+                    "is not a duration such as \"7d\", \"12h\", \"30m\" or \"0\" (never)",
+                )
+            })?;
+        }
         if let Some(roots) = &file.hook.allowed_roots {
             let location = at(roots.span(), "hook.allowed_roots");
             if roots.get_ref().is_empty() {
@@ -360,6 +411,26 @@ impl Config {
         ))
     }
 
+    /// Refuses a size above the memory available now (`MemAvailable`), as iSulad does.
+    pub fn check_available_memory(&self, size: u64) -> Result<()> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .context("cannot read /proc/meminfo to find the memory available")?;
+        let Some(available) = meminfo_bytes(&meminfo, "MemAvailable:") else {
+            return Ok(());
+        };
+        if size > available {
+            return Err(Error::invalid(
+                "size",
+                format_size(size),
+                format!(
+                    "is {size} bytes, above the memory available now (MemAvailable, {available} bytes); choose a smaller size, or set channels.check_available_memory = false in {}",
+                    self.origin()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Where this configuration came from, for messages.
     pub fn origin(&self) -> String {
         match &self.source {
@@ -382,6 +453,34 @@ impl Config {
         let file = FileOut::from(self);
         text.push_str(&toml::to_string(&file).unwrap_or_default());
         text
+    }
+}
+
+/// `7d`, `12h`, `30m`, `45s` or a number of seconds, in seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(seconds)
+}
+
+/// A duration as the configuration writes it.
+pub fn format_duration(seconds: u64) -> String {
+    match seconds {
+        0 => "0".to_owned(),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -429,6 +528,9 @@ struct ChannelsIn {
     default_size: Option<Spanned<SizeValue>>,
     max_size: Option<Spanned<SizeValue>>,
     allowed_roots: Option<Spanned<Vec<String>>>,
+    lifetime: Option<Lifetime>,
+    idle_limit: Option<Spanned<String>>,
+    check_available_memory: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -510,6 +612,9 @@ struct ChannelsOut {
     default_size: String,
     max_size: String,
     allowed_roots: Vec<PathBuf>,
+    lifetime: Lifetime,
+    idle_limit: String,
+    check_available_memory: bool,
 }
 
 impl From<&Config> for FileOut {
@@ -522,6 +627,9 @@ impl From<&Config> for FileOut {
                     percent => percent.to_string(),
                 },
                 allowed_roots: config.channels.allowed_roots.clone(),
+                lifetime: config.channels.lifetime,
+                idle_limit: format_duration(config.channels.idle_limit),
+                check_available_memory: config.channels.check_available_memory,
             },
             tmpfs: config.tmpfs.clone(),
             owner: config.owner.clone(),
@@ -760,6 +868,34 @@ allow_unbound = true
     }
 
     #[test]
+    fn lifetimes_and_durations() {
+        let config = parse("[channels]\nlifetime = \"delete\"\nidle_limit = \"12h\"\ncheck_available_memory = false\n").unwrap();
+        assert_eq!(config.channels.lifetime, Lifetime::Delete);
+        assert_eq!(config.channels.idle_limit, 12 * 3600);
+        assert!(!config.channels.check_available_memory);
+        for (text, seconds) in [
+            ("7d", Some(604_800)),
+            ("0", Some(0)),
+            ("90", Some(90)),
+            ("30m", Some(1800)),
+            ("1w", None),
+            ("d", None),
+            ("-1h", None),
+        ] {
+            assert_eq!(parse_duration(text), seconds, "{text}");
+        }
+        assert_eq!(format_duration(604_800), "7d");
+        assert_eq!(format_duration(90), "90s");
+        let err = error("[channels]\nidle_limit = \"soon\"\n");
+        assert!(
+            err.contains("channels.idle_limit \"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = error("[channels]\nlifetime = \"forever\"\n");
+        assert!(err.contains("channels.lifetime"), "{err}");
+    }
+
+    #[test]
     fn allowed_roots() {
         use Requester::{Cli, Hook};
         let config = parse("[channels]\nallowed_roots = [\"/run/chan\"]\n").unwrap();
@@ -846,6 +982,9 @@ allow_unbound = true
             "default_size",
             "max_size",
             "allowed_roots",
+            "lifetime",
+            "idle_limit",
+            "check_available_memory",
             "noexec",
             "nr_inodes",
             "default",

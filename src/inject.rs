@@ -43,6 +43,18 @@ fn mount_ns_of(pid: i32) -> rustix::io::Result<(u64, u64)> {
     Ok((stat.st_dev, stat.st_ino))
 }
 
+/// Whether the channel is attached in the container `pid` is in now (the same mount namespace
+/// as when it was attached).
+pub fn is_attached_in(attached: &Attached, pid: i32) -> bool {
+    mount_ns_of(pid)
+        .is_ok_and(|identity| identity == (attached.mount_ns_dev, attached.mount_ns_ino))
+}
+
+/// Whether the container the channel was attached in still runs.
+pub fn attached_container_runs(attached: &Attached) -> bool {
+    is_attached_in(attached, attached.pid)
+}
+
 /// Attaches the channel and says where, for a later [`detach`].
 pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<Attached> {
     let (mount_ns_dev, mount_ns_ino) = mount_ns_of(point.pid)

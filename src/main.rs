@@ -73,10 +73,16 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 (None, false, Some(pid)) => OwnerRequest::Pid(pid),
                 (None, false, None) => OwnerRequest::Default,
             };
-            let owner = owner::resolve(&request, &config)?;
             let container = args
                 .container
                 .map(|id| hostchan::units::validate_container_id(&id))
+                .transpose()?;
+            let lifetime = args.lifetime.unwrap_or(config.channels.lifetime);
+            let owner = owner::for_lifetime(lifetime, container.as_deref(), &request, &config)?;
+            let root_owner = args
+                .root_owner
+                .as_deref()
+                .map(hostchan::spec::parse_root_owner)
                 .transpose()?;
             channels
                 .create(
@@ -89,6 +95,8 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                         attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
                         grow_memory_limit: args.grow_memory_limit,
                         requester: Requester::Cli,
+                        lifetime,
+                        root_owner,
                     },
                 )
                 .map(Report::Created)

@@ -7,12 +7,30 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
+use crate::config::Lifetime;
 use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
 use crate::owner::{self, OwnerRequest};
 use crate::spec::ChannelSpec;
 use crate::units::validate_container_id;
+
+/// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
+pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
+/// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
+pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
+
+fn parse_lifetime(text: &str) -> Result<Lifetime> {
+    match text {
+        "stop" => Ok(Lifetime::Stop),
+        "delete" => Ok(Lifetime::Delete),
+        _ => Err(Error::invalid(
+            "annotation",
+            format!("{LIFETIME_ANNOTATION}={text}"),
+            "the lifetime must be stop or delete",
+        )),
+    }
+}
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -120,7 +138,7 @@ pub fn run_hook(
             let container = state.container_id()?;
             Ok(HookOutcome {
                 stage,
-                channels: channels.delete_container(&container)?,
+                channels: channels.container_stopped(&container)?,
                 container,
             })
         }
@@ -150,8 +168,20 @@ fn create_all(
         return Ok(outcome(state, stage, made));
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
-    // Engines on the cgroupfs driver have no scope: their channels live until poststop.
-    let owner = owner::resolve(&OwnerRequest::Pid(pid), config)?;
+    let lifetime = match state.annotations.get(LIFETIME_ANNOTATION) {
+        Some(text) => parse_lifetime(text)?,
+        None => config.channels.lifetime,
+    };
+    let root_owner = state
+        .annotations
+        .get(ROOT_OWNER_ANNOTATION)
+        .map(|text| crate::spec::parse_root_owner(text))
+        .transpose()
+        .map_err(|e| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
+    let owner = owner::for_lifetime(lifetime, Some(&container), &OwnerRequest::Pid(pid), config)?;
+    // Channels this run made, which a later failure takes back; channels found made already
+    // (a delete-lifetime channel attached again, a second hook) are left as they were.
+    let mut found: Vec<ChannelInfo> = Vec::new();
     for annotation in annotations {
         let spec = match kube::expand(annotation.spec, &pod, &container) {
             Ok(spec) => spec,
@@ -161,15 +191,11 @@ fn create_all(
             }
         };
         let spec = spec.as_str();
-        let already = ChannelSpec::parse(spec, &config.limits())
+        let existed = ChannelSpec::parse(spec, &config.limits())
             .ok()
-            .map(|parsed| channels.made_for(&container, &parsed))
+            .map(|parsed| channels.is_channel(&parsed.host_path))
             .transpose()?
-            .flatten();
-        if let Some(info) = already {
-            made.push(info);
-            continue;
-        }
+            .unwrap_or(false);
         let created = channels.create(
             config,
             &CreateOptions {
@@ -183,9 +209,12 @@ fn create_all(
                 }),
                 grow_memory_limit: false,
                 requester: Requester::Hook,
+                lifetime,
+                root_owner,
             },
         );
         match created {
+            Ok(Created::Channel(info)) if existed => found.push(*info),
             Ok(Created::Channel(info)) => made.push(*info),
             Ok(Created::DryRun(_)) => {}
             Err(e) => {
@@ -199,7 +228,8 @@ fn create_all(
             }
         }
     }
-    Ok(outcome(state, stage, made))
+    found.extend(made);
+    Ok(outcome(state, stage, found))
 }
 
 /// All or nothing: removes the channels this hook made before a later one failed.

@@ -198,6 +198,15 @@ fn gc_text(dry_run: bool, leftovers: &[Leftover]) -> String {
                 "Removed leftover channel {path}: record (the directory was already gone)"
             ),
             LeftoverOutcome::Kept { reason } => writeln!(text, "Kept {path}: {reason}"),
+            LeftoverOutcome::WouldExpire => writeln!(
+                text,
+                "Would delete idle channel {path} ({}): its container was not seen within the idle limit",
+                leftover.channel.unit
+            ),
+            LeftoverOutcome::Expired => writeln!(
+                text,
+                "Deleted idle channel {path}: its container was not seen within the idle limit"
+            ),
         };
     }
     if dry_run {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, DefaultOwner};
+use crate::config::{Config, DefaultOwner, Lifetime};
 use crate::error::{Error, Result};
 use crate::systemd::{Memory, Systemd};
 
@@ -160,6 +160,32 @@ pub fn check_container_process(pid: i32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The owner for a lifetime: `stop` resolves what the caller said; `delete` is always the unit
+/// hostchan keeps for the container (which needs the container's id, and no other owner).
+pub fn for_lifetime(
+    lifetime: Lifetime,
+    container: Option<&str>,
+    request: &OwnerRequest,
+    config: &Config,
+) -> Result<Owner> {
+    match lifetime {
+        Lifetime::Stop => resolve(request, config),
+        Lifetime::Delete => {
+            let Some(container) = container else {
+                return Err(Error::usage(
+                    "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
+                ));
+            };
+            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
+                return Err(Error::usage(
+                    "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
+                ));
+            }
+            Ok(Owner::Unit(crate::unit_name::keeper_unit_name(container)))
+        }
+    }
 }
 
 /// The one place that turns what the caller said into an owner.

@@ -41,16 +41,26 @@ pub struct Record {
     /// What `--grow-memory-limit` added to the owner's limit, for delete to take back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<MemoryChange>,
+    /// When the container was last started or stopped (seconds since the epoch), for the idle
+    /// limit of `delete`-lifetime channels.
+    #[serde(default)]
+    pub last_seen: u64,
+    /// Seconds after `last_seen` that gc removes a `delete`-lifetime channel whose container
+    /// is not running; 0: never. Taken from the configuration at create.
+    #[serde(default)]
+    pub idle_limit: u64,
 }
 
 impl Record {
     pub fn new(channel: Channel, made: Vec<MadeDir>) -> Record {
         Record {
             version: RECORD_VERSION,
+            last_seen: channel.created,
             channel,
             made,
             attached: None,
             memory_limit: None,
+            idle_limit: 0,
         }
     }
 
@@ -433,6 +443,8 @@ mod tests {
                 unit: unit.into(),
                 cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
                 created: 1,
+                lifetime: crate::config::Lifetime::Stop,
+                root_owner: None,
             },
             vec![MadeDir {
                 path: "/run/chan/c1".into(),
@@ -447,7 +459,7 @@ mod tests {
         let text = toml::to_string(&record("run-chan-c1.mount")).unwrap();
         assert_eq!(
             text,
-            "version = 2\nid = \"c0ffee\"\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
+            "version = 2\nid = \"c0ffee\"\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\nlifetime = \"stop\"\nlast_seen = 1\nidle_limit = 0\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
         );
     }
 

@@ -222,6 +222,41 @@ fn check_size(size: u64, text: &str, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// The owner of a channel's root directory, `UID:GID`: numbers, since names mean different
+/// users on the host and in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootOwner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl fmt::Display for RootOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+pub fn parse_root_owner(text: &str) -> Result<RootOwner> {
+    let bad = || {
+        Error::invalid(
+            "root owner",
+            text,
+            "must be UID:GID in numbers, e.g. 100000:100000 for a container whose root is mapped there",
+        )
+    };
+    let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
+    let number = |n: &str| -> Result<u32> {
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        n.parse().map_err(|_| bad())
+    };
+    Ok(RootOwner {
+        uid: number(uid)?,
+        gid: number(gid)?,
+    })
+}
+
 /// Makes an absolute path canonical without touching the disk: `//` and `.` collapse, a trailing
 /// `/` goes; `..` is refused because its meaning depends on symlinks.
 pub fn normalize_absolute(field: &'static str, text: &str) -> Result<PathBuf> {
@@ -524,6 +559,32 @@ mod tests {
                 !message.contains('\n'),
                 "{text:?}: not one line: {message:?}"
             );
+        }
+    }
+
+    #[test]
+    fn root_owners() {
+        assert_eq!(
+            parse_root_owner("100000:100001").unwrap(),
+            RootOwner {
+                uid: 100000,
+                gid: 100001
+            }
+        );
+        assert_eq!(parse_root_owner("0:0").unwrap().to_string(), "0:0");
+        for bad in [
+            "",
+            "1",
+            "1:",
+            ":1",
+            "a:b",
+            "-1:0",
+            "1:2:3",
+            "4294967296:0",
+            " 1:1",
+        ] {
+            let err = parse_root_owner(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
     }
 

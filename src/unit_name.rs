@@ -78,6 +78,22 @@ pub fn fit_unit_name(name: String) -> String {
     format!("{}_{hash}{suffix}", &name[..prefix_end])
 }
 
+/// The unit that holds a container's `--lifetime delete` channels: started with the first of
+/// them, stopped by `hostchan delete --container`, which takes them all down in one job. A
+/// container id is letters, digits and `_.-:@+`; `-` `@` `+` are escaped as systemd escapes.
+pub fn keeper_unit_name(container: &str) -> String {
+    let mut escaped = String::with_capacity(container.len());
+    for &byte in container.as_bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b':' | b'_' | b'.' => {
+                escaped.push(byte as char)
+            }
+            _ => push_escaped(&mut escaped, byte),
+        }
+    }
+    fit_unit_name(format!("hostchan-keep@{escaped}.service"))
+}
+
 /// The unit that removes a channel's directory after it is unmounted.
 pub fn cleanup_unit_name(mount_unit: &str) -> String {
     let stem = mount_unit.strip_suffix(".mount").unwrap_or(mount_unit);
@@ -87,6 +103,16 @@ pub fn cleanup_unit_name(mount_unit: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeper_units() {
+        assert_eq!(keeper_unit_name("4f2a"), "hostchan-keep@4f2a.service");
+        assert_eq!(
+            keeper_unit_name("web-1_a.b:c@d+e"),
+            "hostchan-keep@web\\x2d1_a.b:c\\x40d\\x2be.service"
+        );
+        assert!(keeper_unit_name(&"a".repeat(255)).len() < 256);
+    }
 
     #[test]
     fn escaping() {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Tmpfs;
 use crate::error::{Error, Result as HcResult};
 use crate::owner::Owner;
-use crate::spec::{format_size, ChannelSpec};
+use crate::spec::{format_size, ChannelSpec, RootOwner};
 use crate::unit_name;
 
 /// A property value in the D-Bus types systemd expects.
@@ -77,6 +77,8 @@ pub struct ChannelRequest<'a> {
     pub hostchan_binary: &'a Path,
     /// The channel's id, which the cleanup checks against the record before removing anything.
     pub id: &'a str,
+    /// The owner of the tmpfs root (`uid=`, `gid=`); root when `None`.
+    pub root_owner: Option<RootOwner>,
 }
 
 fn prop(name: &'static str, value: PropertyValue) -> Property {
@@ -94,8 +96,11 @@ fn list(items: &[&str]) -> PropertyValue {
 pub const DOCUMENTATION: &str = "man:hostchan(8)";
 
 /// The tmpfs options of a channel's host mount.
-pub fn mount_options(spec: &ChannelSpec, tmpfs: &Tmpfs) -> String {
+pub fn mount_options(spec: &ChannelSpec, tmpfs: &Tmpfs, root_owner: Option<RootOwner>) -> String {
     let mut options = format!("mode=1777,size={},nosuid,nodev", spec.size);
+    if let Some(owner) = root_owner {
+        options.push_str(&format!(",uid={},gid={}", owner.uid, owner.gid));
+    }
     if tmpfs.noexec {
         options.push_str(",noexec");
     }
@@ -137,7 +142,10 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         prop("What", s("tmpfs")),
         prop("Where", s(&host_path)),
         prop("Type", s("tmpfs")),
-        prop("Options", s(mount_options(spec, request.tmpfs))),
+        prop(
+            "Options",
+            s(mount_options(spec, request.tmpfs, request.root_owner)),
+        ),
         // A host process still inside the channel must not keep the path alive once the
         // container is gone; iSulad unmounts lazily for the same reason.
         prop("LazyUnmount", PropertyValue::Bool(true)),
@@ -192,6 +200,27 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
     }
 }
 
+/// The unit that holds a container's `delete`-lifetime channels: a oneshot that does nothing
+/// but stay active until it is stopped; the channels are bound to it.
+pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
+    TransientUnit {
+        name: name.to_owned(),
+        properties: vec![
+            prop(
+                "Description",
+                s(format!(
+                    "Host channels kept for container {container} until it is deleted"
+                )),
+            ),
+            prop("Documentation", list(&[DOCUMENTATION])),
+            prop("Type", s("oneshot")),
+            prop("RemainAfterExit", PropertyValue::Bool(true)),
+            prop("DefaultDependencies", PropertyValue::Bool(false)),
+            prop("CollectMode", s("inactive-or-failed")),
+        ],
+    }
+}
+
 impl TransientUnit {
     pub fn property(&self, name: &str) -> Option<&PropertyValue> {
         self.properties
@@ -234,7 +263,7 @@ mod tests {
     fn tmpfs_options_follow_the_configuration() {
         let spec = spec();
         assert_eq!(
-            mount_options(&spec, &BUILTIN_TMPFS),
+            mount_options(&spec, &BUILTIN_TMPFS, None),
             "mode=1777,size=33554432,nosuid,nodev,noexec"
         );
         let tuned = Tmpfs {
@@ -242,8 +271,8 @@ mod tests {
             nr_inodes: Some(4096),
         };
         assert_eq!(
-            mount_options(&spec, &tuned),
-            "mode=1777,size=33554432,nosuid,nodev,nr_inodes=4096"
+            mount_options(&spec, &tuned, Some(RootOwner { uid: 7, gid: 8 })),
+            "mode=1777,size=33554432,nosuid,nodev,uid=7,gid=8,nr_inodes=4096"
         );
     }
 
@@ -267,6 +296,7 @@ mod tests {
             tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
             id: "c0ffee",
+            root_owner: None,
         });
         let mount = &units.mount;
         assert_eq!(mount.name, "run-chan-c\\x2d1.mount");
@@ -345,6 +375,7 @@ mod tests {
             tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
             id: "c0ffee",
+            root_owner: None,
         });
         assert_eq!(units.mount.property("BindsTo"), None);
         assert_eq!(units.mount.property("After"), None);
@@ -401,6 +432,7 @@ mod tests {
                 tmpfs: &BUILTIN_TMPFS,
                 hostchan_binary: Path::new("/usr/bin/hostchan"),
                 id: "c0ffee",
+                root_owner: None,
             });
             assert_eq!(units.mount.property("Where"), Some(&s(host)));
             assert_eq!(

@@ -201,7 +201,8 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
     // Annotations get the CLI's rules: what systemd would rewrite, and paths outside the hook's
     // roots (/run/hostchan by default), are refused.
     for (name, spec, expected) in [
-        ("bad2", "/run/hostchan/sys${X}temd:/a", "contains '$'"),
+        ("bad2", "/run/hostchan/a$$b:/a", "contains '$'"),
+        ("bad4", "/run/hostchan/sys${X}temd:/a", "unknown template {X}"),
         ("bad3", "/run/elsewhere/a:/a", "of hook.allowed_roots"),
     ] {
         let bundle = runc_bundle(&dir.path(name), name, |c| {

@@ -486,13 +486,7 @@ impl Channels {
         let record = self.load(target)?;
         let systemd = self.systemd()?;
         // The container's copy first, while the host mount still tells which tmpfs it is.
-        if let Some(attached) = &record.attached {
-            if let Ok(stat) = rustix::fs::stat(record.host_path()) {
-                if hostfs::is_mount_point(record.host_path()).unwrap_or(false) {
-                    inject::detach(attached, &record.channel.spec.container_path, stat.st_dev)?;
-                }
-            }
-        }
+        detach_copy(&record)?;
         if let Some(outcome) = systemd.stop(record.unit())? {
             if !outcome.succeeded() {
                 return Err(outcome.error("stop", None));
@@ -557,6 +551,14 @@ impl Channels {
             r.channel.container.as_deref() == Some(container)
                 && r.channel.lifetime == Lifetime::Delete
         }) {
+            // The copies in a running container first, while the host mounts say which tmpfs
+            // is whose: stopping the unit takes only the host side down.
+            for record in records
+                .iter()
+                .filter(|r| r.channel.container.as_deref() == Some(container))
+            {
+                detach_copy(record)?;
+            }
             let keeper = unit_name::keeper_unit_name(container);
             if let Some(outcome) = self.systemd()?.stop(&keeper)? {
                 if !outcome.succeeded() {
@@ -845,6 +847,18 @@ fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
         sub_state,
         memory_limit: None,
     }
+}
+
+/// Unmounts the channel's copy in the container it was attached in, if that still runs.
+fn detach_copy(record: &Record) -> Result<()> {
+    if let Some(attached) = &record.attached {
+        if let Ok(stat) = rustix::fs::stat(record.host_path()) {
+            if hostfs::is_mount_point(record.host_path()).unwrap_or(false) {
+                inject::detach(attached, &record.channel.spec.container_path, stat.st_dev)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A `delete`-lifetime channel whose container has been neither started nor stopped within the

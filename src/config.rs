@@ -415,7 +415,11 @@ impl Config {
     pub fn check_available_memory(&self, size: u64) -> Result<()> {
         let meminfo = std::fs::read_to_string("/proc/meminfo")
             .context("cannot read /proc/meminfo to find the memory available")?;
-        let Some(available) = meminfo_bytes(&meminfo, "MemAvailable:") else {
+        self.check_available_memory_in(size, &meminfo)
+    }
+
+    fn check_available_memory_in(&self, size: u64, meminfo: &str) -> Result<()> {
+        let Some(available) = meminfo_bytes(meminfo, "MemAvailable:") else {
             return Ok(());
         };
         if size > available {
@@ -865,6 +869,27 @@ allow_unbound = true
                 "{text:?}: {message:?} lacks {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn sizes_above_the_memory_available_now() {
+        let config = Config::builtin(&MACHINE);
+        let meminfo = "MemTotal: 24000000 kB\nMemAvailable:     1024 kB\n";
+        assert!(config.check_available_memory_in(1 << 20, meminfo).is_ok());
+        let err = config
+            .check_available_memory_in((1 << 20) + 1, meminfo)
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains(
+                "is 1048577 bytes, above the memory available now (MemAvailable, 1048576 bytes)"
+            ),
+            "{err}"
+        );
+        // No MemAvailable (kernels before 3.14): nothing to check against.
+        assert!(config
+            .check_available_memory_in(u64::MAX, "MemTotal: 1 kB\n")
+            .is_ok());
     }
 
     #[test]

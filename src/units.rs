@@ -215,6 +215,15 @@ pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
             prop("Documentation", list(&[DOCUMENTATION])),
             prop("Type", s("oneshot")),
             prop("RemainAfterExit", PropertyValue::Bool(true)),
+            // A service needs something to run; this one only has to become active.
+            prop(
+                "ExecStart",
+                PropertyValue::Commands(vec![Command {
+                    path: "/bin/true".into(),
+                    argv: vec!["/bin/true".into()],
+                    ignore_failure: false,
+                }]),
+            ),
             prop("DefaultDependencies", PropertyValue::Bool(false)),
             prop("CollectMode", s("inactive-or-failed")),
         ],

@@ -202,7 +202,11 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
     // roots (/run/hostchan by default), are refused.
     for (name, spec, expected) in [
         ("bad2", "/run/hostchan/a$$b:/a", "contains '$'"),
-        ("bad4", "/run/hostchan/sys${X}temd:/a", "unknown template {X}"),
+        (
+            "bad4",
+            "/run/hostchan/sys${X}temd:/a",
+            "unknown template {X}",
+        ),
         ("bad3", "/run/elsewhere/a:/a", "of hook.allowed_roots"),
     ] {
         let bundle = runc_bundle(&dir.path(name), name, |c| {

@@ -13,6 +13,9 @@ Examples:
   # The same, attached inside the container at /chan, bound to the scope of pid 4242
   hostchan create --pid 4242 --container 4f2a /run/chan/c1:/chan:rw:32M
 
+  # Kept through the container's stops and starts, until hostchan delete --container 4f2a
+  hostchan create --lifetime delete --pid 4242 --container 4f2a /run/chan/c1:/chan:rw:32M
+
   hostchan list
   hostchan status /run/chan/c1
   hostchan delete /run/chan/c1
@@ -32,6 +35,12 @@ Configuration file:
                            never above half of it (bytes are capped, more than 50% is an error)
   allowed_roots = []       host paths must lie under one of these; empty: anywhere outside
                            the protected system trees, which stay refused in any case
+  lifetime = \"stop\"        \"stop\": a channel goes with its owner (the container's stop);
+                           \"delete\": it lives until hostchan delete --container
+  idle_limit = \"7d\"        gc deletes a \"delete\" channel whose container was not seen
+                           for this long (\"0\": never)
+  check_available_memory = true
+                           refuse a size above MemAvailable, as iSulad does
 [tmpfs]
   noexec = true            mount channels noexec (nosuid and nodev are always set)
   nr_inodes = 65536        cap the files in a channel; absent: the kernel's default

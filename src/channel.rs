@@ -157,6 +157,17 @@ impl ChannelInfo {
     pub fn host_path(&self) -> &Path {
         &self.channel.spec.host_path
     }
+
+    /// A channel just made or found mounted.
+    fn mounted(record: Record) -> ChannelInfo {
+        ChannelInfo {
+            used: hostfs::used_bytes(record.host_path()),
+            state: State::Active,
+            sub_state: "mounted".into(),
+            memory_limit: record.memory_limit,
+            channel: record.channel,
+        }
+    }
 }
 
 /// A channel named on the command line: by host path or by mount unit name.
@@ -355,13 +366,7 @@ impl Channels {
             spec.size,
             options.owner,
         );
-        Ok(Created::Channel(Box::new(ChannelInfo {
-            used: hostfs::used_bytes(&spec.host_path),
-            state: State::Active,
-            sub_state: "mounted".into(),
-            memory_limit: record.memory_limit,
-            channel: record.channel,
-        })))
+        Ok(Created::Channel(Box::new(ChannelInfo::mounted(record))))
     }
 
     /// A create for a path that is a channel already: the same container asking again with the
@@ -390,34 +395,13 @@ impl Channels {
             if !here {
                 owner::check_container_process(attach.pid)?;
                 inject::check_other_mount_namespace(attach.pid)?;
-                let attached = inject::attach(
-                    &spec.host_path,
-                    &AttachPoint {
-                        pid: attach.pid,
-                        rootfs: attach.rootfs.as_deref(),
-                        container_path: &spec.container_path,
-                        access: spec.access,
-                    },
-                )?;
-                tracing::info!(
-                    OBJECT_SYSTEMD_UNIT = %record.unit(),
-                    "attached channel {} again at {} in the container of pid {}",
-                    spec.host_path.display(),
-                    spec.container_path.display(),
-                    attach.pid
-                );
+                let attached = attach_in_container(spec, attach)?;
                 record.attached = Some(attached);
             }
         }
         record.last_seen = seconds_since_epoch();
         self.store.replace(&record)?;
-        Ok(Created::Channel(Box::new(ChannelInfo {
-            used: hostfs::used_bytes(record.host_path()),
-            state: State::Active,
-            sub_state: "mounted".into(),
-            memory_limit: record.memory_limit,
-            channel: record.channel,
-        })))
+        Ok(Created::Channel(Box::new(ChannelInfo::mounted(record))))
     }
 
     /// The steps after the host side is up; a failure here rolls the host side back.
@@ -431,25 +415,8 @@ impl Channels {
     ) -> Result<()> {
         if let Some(attach) = &options.attach {
             fail_point::hit("before-attach");
-            let attached = inject::attach(
-                &spec.host_path,
-                &AttachPoint {
-                    pid: attach.pid,
-                    rootfs: attach.rootfs.as_deref(),
-                    container_path: &spec.container_path,
-                    access: spec.access,
-                },
-            )?;
-            record.attached = Some(attached);
+            record.attached = Some(attach_in_container(spec, attach)?);
             self.store.replace(record)?;
-            tracing::info!(
-                OBJECT_SYSTEMD_UNIT = %unit_name::mount_unit_name(&spec.host_path),
-                "attached channel {} at {} ({}) in the container of pid {}",
-                spec.host_path.display(),
-                spec.container_path.display(),
-                spec.access,
-                attach.pid
-            );
         }
         if let Owner::Unit(owner) = &options.owner {
             record.memory_limit =
@@ -847,6 +814,28 @@ fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
         sub_state,
         memory_limit: None,
     }
+}
+
+/// Attaches the channel in the container of `attach.pid`, and says so in the channel's journal.
+fn attach_in_container(spec: &ChannelSpec, attach: &AttachTo) -> Result<inject::Attached> {
+    let attached = inject::attach(
+        &spec.host_path,
+        &AttachPoint {
+            pid: attach.pid,
+            rootfs: attach.rootfs.as_deref(),
+            container_path: &spec.container_path,
+            access: spec.access,
+        },
+    )?;
+    tracing::info!(
+        OBJECT_SYSTEMD_UNIT = %unit_name::mount_unit_name(&spec.host_path),
+        "attached channel {} at {} ({}) in the container of pid {}",
+        spec.host_path.display(),
+        spec.container_path.display(),
+        spec.access,
+        attach.pid
+    );
+    Ok(attached)
 }
 
 /// Unmounts the channel's copy in the container it was attached in, if that still runs.

@@ -17,16 +17,6 @@ use crate::units::{PropertyValue, TransientUnit};
     blocking_name = "ManagerProxy"
 )]
 trait Manager {
-    fn start_transient_unit(
-        &self,
-        name: &str,
-        mode: &str,
-        properties: &[(&str, Value<'_>)],
-        aux: &[(&str, &[(&str, Value<'_>)])],
-    ) -> zbus::Result<OwnedObjectPath>;
-
-    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitStatus>>;
 
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
@@ -110,8 +100,6 @@ impl JobOutcome {
 
 pub struct Systemd {
     manager: ManagerProxy<'static>,
-    /// systemd's unique name on the bus, looked up once, for the jobs this connection waits on.
-    unique_name: std::cell::OnceCell<zbus::names::OwnedUniqueName>,
 }
 
 impl Systemd {
@@ -129,30 +117,7 @@ impl Systemd {
                 ))
             })?;
         let manager = ManagerProxy::new(&connection)?;
-        Ok(Systemd {
-            manager,
-            unique_name: std::cell::OnceCell::new(),
-        })
-    }
-
-    /// The unique name that owns `org.freedesktop.systemd1`: any client of the system bus can
-    /// emit a signal named `JobRemoved`, only systemd can send one from this name.
-    fn unique_name(&self) -> Result<zbus::names::UniqueName<'_>> {
-        if self.unique_name.get().is_none() {
-            let bus = zbus::blocking::fdo::DBusProxy::new(self.manager.inner().connection())?;
-            let owner = bus
-                .get_name_owner(zbus::names::BusName::WellKnown(
-                    zbus::names::WellKnownName::from_static_str_unchecked(
-                        "org.freedesktop.systemd1",
-                    ),
-                ))
-                .map_err(zbus::Error::from)?;
-            let _ = self.unique_name.set(owner);
-        }
-        match self.unique_name.get() {
-            Some(name) => Ok(name.inner().as_ref()),
-            None => Err(Error::systemd("cannot find systemd on the system bus")),
-        }
+        Ok(Systemd { manager })
     }
 
     /// States of the named units in one call; units systemd does not know come back with the
@@ -243,14 +208,15 @@ impl Systemd {
             .iter()
             .map(|(name, props)| (*name, props.as_slice()))
             .collect();
-        self.run_job(|manager| {
-            manager.start_transient_unit(&main.name, "fail", &main_props, &aux_refs)
-        })
+        self.run_job(
+            "StartTransientUnit",
+            &(main.name.as_str(), "fail", main_props, aux_refs),
+        )
     }
 
     /// Stops a unit and waits for its stop job. `Ok(None)` when systemd does not know the unit.
     pub fn stop(&self, name: &str) -> Result<Option<JobOutcome>> {
-        match self.run_job(|manager| manager.stop_unit(name, "replace")) {
+        match self.run_job("StopUnit", &(name, "replace")) {
             Ok(outcome) => Ok(Some(outcome)),
             Err(e) if e.kind() == Kind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -259,16 +225,18 @@ impl Systemd {
 
     /// Subscribes to `JobRemoved` before making the call that creates the job, so the end of a
     /// fast job cannot be missed, then waits for the job the call returned.
+    ///
+    /// Any client of the system bus can emit a signal named `JobRemoved`: only those sent by
+    /// the peer that answered the call, systemd itself, count. Its unique name comes with the
+    /// reply, so checking it costs no extra round trip (a match rule on the well-known name
+    /// would first ask the bus who owns it).
     fn run_job(
         &self,
-        call: impl FnOnce(&ManagerProxy<'static>) -> zbus::Result<OwnedObjectPath>,
+        method: &str,
+        body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
     ) -> Result<JobOutcome> {
-        // A plain match rule rather than the proxy's signal stream, which first resolves
-        // systemd's unique name (GetNameOwner) and follows its owner (a second AddMatch): two
-        // round trips less per job.
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
-            .sender(self.unique_name()?)?
             .path("/org/freedesktop/systemd1")
             .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
             .and_then(|b| b.member("JobRemoved"))?
@@ -278,10 +246,19 @@ impl Systemd {
             self.manager.inner().connection(),
             None,
         )?;
-        let job = call(&self.manager)?;
+        let reply = self.manager.inner().call_method(method, body)?;
+        let job: OwnedObjectPath = reply.body().deserialize()?;
+        let systemd = reply
+            .header()
+            .sender()
+            .map(|name| name.to_owned())
+            .ok_or_else(|| Error::systemd("systemd's reply has no sender"))?;
         crate::fail_point::hit("after-job-queued");
         for message in removed {
             let message = message?;
+            if message.header().sender() != Some(&systemd) {
+                continue;
+            }
             let (_id, removed_job, unit, result): (u32, OwnedObjectPath, String, String) =
                 message.body().deserialize()?;
             if removed_job == job {

@@ -127,6 +127,17 @@ fn the_hook_refuses_what_the_cli_refuses() {
         assert!(!error.contains('\n'), "{out:#?}");
         assert_eq!(json["kind"], "invalid");
     }
+    // Bytes that are not UTF-8, on stdin or in an argument (legal in Linux paths): usage
+    // errors on one line, never a panic.
+    let out = sb.sh(&format!("printf '\\377' | {HOSTCHAN} oci-hook"));
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("not UTF-8"), "{out:#?}");
+    let out = sb.sh(&format!(
+        "{HOSTCHAN} create --unbound \"$(printf '/run/\\377:/x')\""
+    ));
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(out.stderr.contains("invalid UTF-8"), "{out:#?}");
     assert!(sb.channel_units().is_empty());
 }
 

@@ -28,26 +28,43 @@ pub struct AttachPoint<'a> {
     pub access: Access,
 }
 
-/// Where a channel was attached, as the record keeps it for `delete`.
+/// Where a channel is attached, as the record keeps it for `delete`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attached {
     pub pid: i32,
-    /// Device and inode of the container's mount namespace: a pid can be reused, a namespace
-    /// identity tells whether it is still the same container.
+    /// When that process started (clock ticks since boot, /proc/<pid>/stat): with the pid, it
+    /// names one process for good, where a pid, and even a namespace's inode number, can be
+    /// used again once the container is gone.
+    #[serde(default)]
+    pub start_time: u64,
+    /// Device and inode of the container's mount namespace.
     pub mount_ns_dev: u64,
     pub mount_ns_ino: u64,
 }
 
-fn mount_ns_of(pid: i32) -> rustix::io::Result<(u64, u64)> {
-    let stat = rustix::fs::stat(format!("/proc/{pid}/ns/mnt"))?;
-    Ok((stat.st_dev, stat.st_ino))
+/// The identity of a process and of its mount namespace, now.
+fn identity_of(pid: i32) -> Option<(u64, u64, u64)> {
+    let stat = rustix::fs::stat(format!("/proc/{pid}/ns/mnt")).ok()?;
+    Some((start_time_of(pid)?, stat.st_dev, stat.st_ino))
 }
 
-/// Whether the channel is attached in the container `pid` is in now (the same mount namespace
-/// as when it was attached).
+/// Field 22 of /proc/<pid>/stat, after the command name (which may hold spaces and parens).
+fn start_time_of(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &text[text.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the channel is attached in the container `pid` is in now: the very process it was
+/// attached through, in the same mount namespace.
 pub fn is_attached_in(attached: &Attached, pid: i32) -> bool {
-    mount_ns_of(pid)
-        .is_ok_and(|identity| identity == (attached.mount_ns_dev, attached.mount_ns_ino))
+    pid == attached.pid
+        && identity_of(pid)
+            == Some((
+                attached.start_time,
+                attached.mount_ns_dev,
+                attached.mount_ns_ino,
+            ))
 }
 
 /// Whether the container the channel was attached in still runs.
@@ -57,11 +74,16 @@ pub fn attached_container_runs(attached: &Attached) -> bool {
 
 /// Attaches the channel and says where, for a later [`detach`].
 pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<Attached> {
-    let (mount_ns_dev, mount_ns_ino) = mount_ns_of(point.pid)
-        .with_context(|| format!("cannot look at the mount namespace of pid {}", point.pid))?;
+    let (start_time, mount_ns_dev, mount_ns_ino) = identity_of(point.pid).ok_or_else(|| {
+        Error::owner(format!(
+            "cannot look at pid {} and its mount namespace; give the pid of the container's init",
+            point.pid
+        ))
+    })?;
     attach_in(host_path, point)?;
     Ok(Attached {
         pid: point.pid,
+        start_time,
         mount_ns_dev,
         mount_ns_ino,
     })
@@ -71,9 +93,8 @@ pub fn attach(host_path: &Path, point: &AttachPoint<'_>) -> Result<Attached> {
 /// at the container path, if it is a mount of the channel's own tmpfs (`channel_dev`). A
 /// container that is gone, or whose pid now belongs to another namespace, is not an error.
 pub fn detach(attached: &Attached, container_path: &Path, channel_dev: u64) -> Result<bool> {
-    match mount_ns_of(attached.pid) {
-        Ok(identity) if identity == (attached.mount_ns_dev, attached.mount_ns_ino) => {}
-        _ => return Ok(false),
+    if !attached_container_runs(attached) {
+        return Ok(false);
     }
     let fail = |e: Error| {
         e.context(format!(
@@ -296,6 +317,28 @@ fn set_clone_attributes(tree: &OwnedFd, read_only: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processes_are_named_by_pid_and_start_time() {
+        let me = std::process::id() as i32;
+        let start = start_time_of(me).expect("our own start time");
+        assert!(start > 0);
+        let (_, dev, ino) = identity_of(me).unwrap();
+        let attached = Attached {
+            pid: me,
+            start_time: start,
+            mount_ns_dev: dev,
+            mount_ns_ino: ino,
+        };
+        assert!(is_attached_in(&attached, me));
+        // Another process that got the same pid (or namespace inode) later is not this one.
+        let later = Attached {
+            start_time: start + 1,
+            ..attached.clone()
+        };
+        assert!(!is_attached_in(&later, me));
+        assert!(!is_attached_in(&attached, 1));
+    }
 
     #[test]
     fn paths_relative_to_root() {

@@ -295,7 +295,8 @@ impl Sandbox {
             self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
                 .stdout
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: on a loaded machine journald can take seconds to store a line.
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = read();
             if needles.iter().all(|needle| text.contains(needle)) {

@@ -841,10 +841,8 @@ fn attach_in_container(spec: &ChannelSpec, attach: &AttachTo) -> Result<inject::
 /// Unmounts the channel's copy in the container it was attached in, if that still runs.
 fn detach_copy(record: &Record) -> Result<()> {
     if let Some(attached) = &record.attached {
-        if let Ok(stat) = rustix::fs::stat(record.host_path()) {
-            if hostfs::is_mount_point(record.host_path()).unwrap_or(false) {
-                inject::detach(attached, &record.channel.spec.container_path, stat.st_dev)?;
-            }
+        if let Some(device) = hostfs::mounted_device(record.host_path())? {
+            inject::detach(attached, &record.channel.spec.container_path, device)?;
         }
     }
     Ok(())

@@ -285,7 +285,7 @@ fn remove_one(dir: &MadeDir) -> Result<Outcome> {
     let (Some(parent_path), Some(name)) = (dir.path.parent(), dir.path.file_name()) else {
         return Ok(Outcome::Gone);
     };
-    let parent = match open_path(parent_path) {
+    let parent = match open_dir_nofollow(parent_path) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(Outcome::Gone),
         Err(e) => {
@@ -343,55 +343,86 @@ fn remove_one(dir: &MadeDir) -> Result<Outcome> {
     }
 }
 
-/// Opens a directory by absolute path without following any symlink on the way.
-fn open_path(path: &Path) -> rustix::io::Result<OwnedFd> {
+/// Opens a directory by absolute path without following any symlink on the way (nor a /proc
+/// magic link): what every path-based step here starts from.
+pub fn open_dir_nofollow(path: &Path) -> rustix::io::Result<OwnedFd> {
     openat2(
         CWD,
         path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )
 }
 
-/// Whether `path` is the root of a mount; a missing path is not.
-pub fn is_mount_point(path: &Path) -> Result<bool> {
-    use rustix::fs::{statx, StatxAttributes, StatxFlags};
-    match statx(
-        CWD,
-        path,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
-    ) {
-        Ok(stat)
-            if stat
-                .stx_attributes_mask
-                .contains(StatxAttributes::MOUNT_ROOT) =>
-        {
-            Ok(stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
-        }
-        // Kernels before 5.8 do not say; a different device than the parent's is a mount.
-        Ok(stat) => {
-            use std::os::unix::fs::MetadataExt;
-            let parent = path.parent().unwrap_or(Path::new("/"));
-            let parent_dev = std::fs::symlink_metadata(parent)
-                .with_context(|| format!("cannot look at {}", parent.display()))?
-                .dev();
-            Ok(
-                nix::sys::stat::makedev(stat.stx_dev_major.into(), stat.stx_dev_minor.into())
-                    != parent_dev,
-            )
-        }
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(false),
-        Err(e) => Err(Error::io(format!("cannot look at {}", path.display()), e)),
+/// `mkdir` of `path` from its parent's descriptor, reached without symlinks, with exactly
+/// `mode` (the umask does not count); an existing directory is left as it is.
+pub fn make_dir_nofollow(path: &Path, mode: u32) -> rustix::io::Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(());
+    };
+    let parent = open_dir_nofollow(parent)?;
+    match mkdirat(&parent, name, Mode::from_raw_mode(mode)) {
+        Ok(()) => fchmod(&open_beneath(&parent, name)?, Mode::from_raw_mode(mode)),
+        Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
-/// Bytes in use on the file system at `path`.
+/// The device of the mount rooted at `path`, or `None` when nothing is mounted there (a
+/// missing path, or one with a symlink on its way, is no channel's mount). Looked at from the
+/// parent's descriptor, without following symlinks.
+pub fn mounted_device(path: &Path) -> Result<Option<u64>> {
+    use rustix::fs::{statx, StatxAttributes, StatxFlags};
+    let (Some(parent_path), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let parent = match open_dir_nofollow(parent_path) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                format!("cannot look at {}", parent_path.display()),
+                e,
+            ))
+        }
+    };
+    let stat = match statx(
+        &parent,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(stat) => stat,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot look at {}", path.display()), e)),
+    };
+    let device = nix::sys::stat::makedev(stat.stx_dev_major.into(), stat.stx_dev_minor.into());
+    let mounted = if stat
+        .stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+    {
+        stat.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+    } else {
+        // Kernels before 5.8 do not say; a different device than the parent's is a mount.
+        fstat(&parent)
+            .with_context(|| format!("cannot look at {}", parent_path.display()))?
+            .st_dev
+            != device
+    };
+    Ok(mounted.then_some(device))
+}
+
+/// Whether `path` is the root of a mount; a missing path is not.
+pub fn is_mount_point(path: &Path) -> Result<bool> {
+    Ok(mounted_device(path)?.is_some())
+}
+
+/// Bytes in use on the file system at `path`, reached without symlinks.
 pub fn used_bytes(path: &Path) -> Option<u64> {
-    let stat = nix::sys::statvfs::statvfs(path).ok()?;
-    let blocks = stat.blocks().saturating_sub(stat.blocks_free());
-    Some(blocks * stat.fragment_size())
+    let stat = rustix::fs::fstatvfs(open_dir_nofollow(path).ok()?).ok()?;
+    let blocks = stat.f_blocks.saturating_sub(stat.f_bfree);
+    Some(blocks * stat.f_frsize)
 }
 
 #[cfg(test)]
@@ -502,6 +533,30 @@ mod tests {
         // Already gone: nothing to do.
         std::fs::remove_file(dir.join("x")).unwrap();
         assert!(remove_made(&made).unwrap().removed_directory);
+    }
+
+    #[test]
+    fn lookups_never_follow_a_symlink_on_the_way() {
+        let scratch = Scratch::new("hostfs-nofollow");
+        let dir = &scratch.0;
+        std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
+        // /proc is a mount; reached through the symlink it is not ours to judge.
+        assert!(is_mount_point(Path::new("/proc")).unwrap());
+        assert_eq!(mounted_device(&dir.join("root/proc")).unwrap(), None);
+        assert_eq!(mounted_device(&dir.join("root")).unwrap(), None);
+        assert_eq!(used_bytes(&dir.join("root/proc")), None);
+        assert!(used_bytes(dir).is_some());
+        // Nothing is made through a symlink either.
+        std::fs::create_dir(dir.join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        assert!(make_dir_nofollow(&dir.join("link/new"), 0o700).is_err());
+        assert!(!dir.join("real/new").exists());
+        make_dir_nofollow(&dir.join("real/new"), 0o700).unwrap();
+        let mode = std::fs::metadata(dir.join("real/new"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o700);
     }
 
     #[test]

@@ -6,17 +6,14 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{
-    fchmod, fstat, linkat, openat, openat2, renameat, unlinkat, AtFlags, Mode, OFlags,
-    ResolveFlags, CWD,
-};
+use rustix::fs::{fchmod, fstat, linkat, openat, renameat, unlinkat, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
 use crate::error::{Context, Error, Result};
-use crate::hostfs::MadeDir;
+use crate::hostfs::{make_dir_nofollow, open_dir_nofollow, MadeDir};
 use crate::inject::Attached;
 use crate::owner::MemoryChange;
 
@@ -130,9 +127,9 @@ impl Store {
             }
             Err(e) if e == Errno::NOENT && create => {
                 if let Some(parent) = self.dir.parent() {
-                    make_dir(parent, 0o755).map_err(|e| fs_error(context(), e.into()))?;
+                    make_dir_nofollow(parent, 0o755).map_err(|e| fs_error(context(), e.into()))?;
                 }
-                make_dir(&self.dir, 0o700).map_err(|e| fs_error(context(), e.into()))?;
+                make_dir_nofollow(&self.dir, 0o700).map_err(|e| fs_error(context(), e.into()))?;
                 let fd = open_dir_nofollow(&self.dir).map_err(|e| fs_error(context(), e.into()))?;
                 check_owned(&fd, &self.dir)?;
                 Ok(Some(fd))
@@ -332,28 +329,6 @@ impl Store {
         }
         records.sort_by(|a, b| a.host_path().cmp(b.host_path()));
         Ok(records)
-    }
-}
-
-fn open_dir_nofollow(path: &Path) -> rustix::io::Result<OwnedFd> {
-    openat2(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-}
-
-/// `mkdir` with exactly `mode` (the umask does not count); an existing directory is left as is.
-fn make_dir(path: &Path, mode: u32) -> rustix::io::Result<()> {
-    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
-        Ok(()) => {
-            let fd = open_dir_nofollow(path)?;
-            fchmod(&fd, Mode::from_raw_mode(mode))
-        }
-        Err(Errno::EXIST) => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

@@ -51,6 +51,9 @@ pub enum Created {
     /// The units that would have been started.
     DryRun(ChannelUnits),
     Channel(Box<ChannelInfo>),
+    /// The container's channel, found made already with the same spec (and attached in the
+    /// container now running): see [`Channels::reuse`].
+    Existing(Box<ChannelInfo>),
 }
 
 /// One channel: what was asked for, who owns it and which units carry it. The same value is
@@ -158,6 +161,16 @@ impl ChannelInfo {
         &self.channel.spec.host_path
     }
 
+    fn deleted(channel: Channel) -> ChannelInfo {
+        ChannelInfo {
+            used: None,
+            state: State::Deleted,
+            sub_state: String::new(),
+            memory_limit: None,
+            channel,
+        }
+    }
+
     /// A channel just made or found mounted.
     fn mounted(record: Record) -> ChannelInfo {
         ChannelInfo {
@@ -262,9 +275,10 @@ impl Channels {
             }
             return self.reuse(record, &spec, options);
         }
-        hostfs::check_free(&spec.host_path)?;
-        check_among_channels(&spec.host_path, &self.store.all()?)?;
         if options.dry_run {
+            // A real create makes these checks once, in its critical section below.
+            hostfs::check_free(&spec.host_path)?;
+            check_among_channels(&spec.host_path, &self.store.all()?)?;
             return Ok(Created::DryRun(units));
         }
 
@@ -280,12 +294,13 @@ impl Channels {
             inject::check_other_mount_namespace(attach.pid)?;
         }
         let systemd = self.systemd()?;
-        if let (Lifetime::Delete, Owner::Unit(keeper), Some(container)) =
-            (options.lifetime, &options.owner, &options.container)
-        {
-            ensure_keeper(systemd, keeper, container)?;
-        }
-        if let Owner::Unit(owner) = &options.owner {
+        // A delete-lifetime owner is the unit hostchan keeps, started below once the record
+        // stands, so that a refused create never leaves one behind.
+        let keeper = match (options.lifetime, &options.owner, &options.container) {
+            (Lifetime::Delete, Owner::Unit(keeper), Some(container)) => Some((keeper, container)),
+            _ => None,
+        };
+        if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
             owner::check_owner_active(systemd, owner)?;
         }
         // Held until the channel is up, so that a concurrent `gc` does not take it for a
@@ -305,14 +320,21 @@ impl Channels {
             lifetime: options.lifetime,
             root_owner: options.root_owner,
         };
+        let mut shared = Vec::new();
         let mut record = self.store.create_checked(|records| {
-            let shared = check_among_channels(&spec.host_path, records)?;
+            shared = check_among_channels(&spec.host_path, records)?;
             let planned = hostfs::plan_host_path(&spec.host_path)?;
-            let mut record = Record::new(channel, [shared, planned].concat());
+            let mut record = Record::new(channel, [shared.clone(), planned].concat());
             record.idle_limit = config.channels.idle_limit;
             Ok(record)
         })?;
         fail_point::hit("after-record");
+        if let Some((keeper, container)) = keeper {
+            if let Err(e) = ensure_keeper(systemd, keeper, container) {
+                let _ = self.store.remove(record.unit(), &id);
+                return Err(e);
+            }
+        }
         // hostchan makes the directories itself, so that systemd's mount finds them and never
         // follows a symlink someone put on the way.
         let made = match hostfs::make_host_path(&spec.host_path) {
@@ -322,10 +344,7 @@ impl Channels {
                 return Err(e);
             }
         };
-        let shared = record.made.iter().filter(|d| {
-            !made.iter().any(|m| m.path == d.path) && !d.path.starts_with(&spec.host_path)
-        });
-        record.made = shared.cloned().chain(made.iter().cloned()).collect();
+        record.made = [shared, made.clone()].concat();
         if let Err(e) = self.store.replace(&record) {
             let _ = hostfs::remove_made(&made);
             let _ = self.store.remove(record.unit(), &id);
@@ -401,7 +420,7 @@ impl Channels {
         }
         record.last_seen = seconds_since_epoch();
         self.store.replace(&record)?;
-        Ok(Created::Channel(Box::new(ChannelInfo::mounted(record))))
+        Ok(Created::Existing(Box::new(ChannelInfo::mounted(record))))
     }
 
     /// The steps after the host side is up; a failure here rolls the host side back.
@@ -483,29 +502,23 @@ impl Channels {
             "deleted channel {}",
             record.host_path().display()
         );
-        Ok(ChannelInfo {
-            used: None,
-            state: State::Deleted,
-            sub_state: String::new(),
-            memory_limit: None,
-            channel: record.channel,
-        })
+        Ok(ChannelInfo::deleted(record.channel))
     }
 
     /// The poststop hook: the container stopped. Its `stop`-lifetime channels are deleted (those
     /// its scope did not take already); its `delete`-lifetime ones stay, and are marked seen.
     pub fn container_stopped(&self, container: &str) -> Result<Vec<ChannelInfo>> {
-        for mut record in self.store.all()? {
-            if record.channel.container.as_deref() == Some(container)
-                && record.channel.lifetime == Lifetime::Delete
-            {
-                record.last_seen = seconds_since_epoch();
-                self.store.replace(&record)?;
+        let mut stopped = Vec::new();
+        for mut record in self.records_of(container)? {
+            match record.channel.lifetime {
+                Lifetime::Delete => {
+                    record.last_seen = seconds_since_epoch();
+                    self.store.replace(&record)?;
+                }
+                Lifetime::Stop => stopped.push(record),
             }
         }
-        self.delete_container_where(container, |record| {
-            record.channel.lifetime == Lifetime::Stop
-        })
+        self.delete_records(container, stopped)
     }
 
     /// Deletes every channel labelled with this container id, both lifetimes; none is not an
@@ -513,17 +526,14 @@ impl Channels {
     /// all down in one job. Goes on past a channel it cannot delete, and reports every one that
     /// failed.
     pub fn delete_container(&self, container: &str) -> Result<Vec<ChannelInfo>> {
-        let records = self.store.all()?;
-        if records.iter().any(|r| {
-            r.channel.container.as_deref() == Some(container)
-                && r.channel.lifetime == Lifetime::Delete
-        }) {
+        let records = self.records_of(container)?;
+        if records
+            .iter()
+            .any(|r| r.channel.lifetime == Lifetime::Delete)
+        {
             // The copies in a running container first, while the host mounts say which tmpfs
             // is whose: stopping the unit takes only the host side down.
-            for record in records
-                .iter()
-                .filter(|r| r.channel.container.as_deref() == Some(container))
-            {
+            for record in &records {
                 detach_copy(record)?;
             }
             let keeper = unit_name::keeper_unit_name(container);
@@ -533,28 +543,13 @@ impl Channels {
                 }
             }
         }
-        // The kept channels are gone or going with their unit; what is left of them (a cleanup
-        // still running) is waited for below, and they are reported deleted either way.
-        let kept: Vec<Record> = records
-            .into_iter()
-            .filter(|r| {
-                r.channel.container.as_deref() == Some(container)
-                    && r.channel.lifetime == Lifetime::Delete
-            })
-            .collect();
-        let mut deleted = self.delete_container_where(container, |_| true)?;
-        for record in kept {
-            if !deleted.iter().any(|d| d.channel.id == record.channel.id) {
-                deleted.push(ChannelInfo {
-                    used: None,
-                    state: State::Deleted,
-                    sub_state: String::new(),
-                    memory_limit: None,
-                    channel: record.channel,
-                });
-            }
-        }
-        Ok(deleted)
+        self.delete_records(container, records)
+    }
+
+    fn records_of(&self, container: &str) -> Result<Vec<Record>> {
+        let mut records = self.store.all()?;
+        records.retain(|r| r.channel.container.as_deref() == Some(container));
+        Ok(records)
     }
 
     /// Stops the unit that keeps a container's `delete`-lifetime channels once it keeps none.
@@ -570,21 +565,21 @@ impl Channels {
         Ok(())
     }
 
-    fn delete_container_where(
-        &self,
-        container: &str,
-        which: impl Fn(&Record) -> bool,
-    ) -> Result<Vec<ChannelInfo>> {
+    /// Deletes these channels of `container`, going on past failures. A channel that went
+    /// meanwhile (its owner stopped, or its keeper unit took it) counts as deleted if it was
+    /// kept for the container, and is left out if its own owner took it.
+    fn delete_records(&self, container: &str, records: Vec<Record>) -> Result<Vec<ChannelInfo>> {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
-        for record in self.store.all()? {
-            if record.channel.container.as_deref() == Some(container) && which(&record) {
-                match self.delete(&Target::of_unit(record.unit())) {
-                    Ok(info) => deleted.push(info),
-                    // Gone meanwhile: its owner stopped and systemd cleaned it up.
-                    Err(e) if e.kind() == Kind::NotFound => {}
-                    Err(e) => failed.push(e),
+        for record in records {
+            match self.delete(&Target::of_unit(record.unit())) {
+                Ok(info) => deleted.push(info),
+                Err(e) if e.kind() == Kind::NotFound => {
+                    if record.channel.lifetime == Lifetime::Delete {
+                        deleted.push(ChannelInfo::deleted(record.channel));
+                    }
                 }
+                Err(e) => failed.push(e),
             }
         }
         match Error::all_of(failed, |n| {
@@ -735,14 +730,6 @@ impl Channels {
             });
         }
         Ok(leftovers)
-    }
-
-    /// Whether `host_path` is a channel hostchan has a record of.
-    pub fn is_channel(&self, host_path: &Path) -> Result<bool> {
-        Ok(self
-            .store
-            .load(&unit_name::mount_unit_name(host_path))?
-            .is_some())
     }
 
     fn load(&self, target: &Target) -> Result<Record> {

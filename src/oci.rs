@@ -12,7 +12,6 @@ use crate::config::{Config, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
 use crate::owner::{self, OwnerRequest};
-use crate::spec::ChannelSpec;
 use crate::units::validate_container_id;
 
 /// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
@@ -191,11 +190,6 @@ fn create_all(
             }
         };
         let spec = spec.as_str();
-        let existed = ChannelSpec::parse(spec, &config.limits())
-            .ok()
-            .map(|parsed| channels.is_channel(&parsed.host_path))
-            .transpose()?
-            .unwrap_or(false);
         let created = channels.create(
             config,
             &CreateOptions {
@@ -214,7 +208,7 @@ fn create_all(
             },
         );
         match created {
-            Ok(Created::Channel(info)) if existed => found.push(*info),
+            Ok(Created::Existing(info)) => found.push(*info),
             Ok(Created::Channel(info)) => made.push(*info),
             Ok(Created::DryRun(_)) => {}
             Err(e) => {

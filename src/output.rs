@@ -54,7 +54,7 @@ impl Report {
     pub fn text(&self) -> String {
         match self {
             Report::Created(Created::DryRun(units)) => dry_run_text(units),
-            Report::Created(Created::Channel(info)) => {
+            Report::Created(Created::Channel(info) | Created::Existing(info)) => {
                 let mut text = format!(
                     "Created channel {} ({}): {} tmpfs, container path {} ({}), {}\n",
                     info.channel.spec.host_path.display(),

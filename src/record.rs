@@ -462,6 +462,29 @@ mod tests {
     }
 
     #[test]
+    fn stale_files_of_killed_writers_go_and_records_stay() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("hostchan-record-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::new(dir.clone());
+        let r = record("run-chan-c1.mount");
+        store.create_checked(|_| Ok(r.clone())).unwrap();
+        for stale in [".new-c0ffee", ".tmp-42-0"] {
+            fs::write(dir.join(stale), "half").unwrap();
+            fs::set_permissions(dir.join(stale), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let lock = store.lock(true).unwrap();
+        let mut removed = store.remove_stale_files(&lock).unwrap();
+        removed.sort();
+        assert_eq!(removed, [".new-c0ffee", ".tmp-42-0"]);
+        assert_eq!(store.all().unwrap(), vec![r.clone()]);
+        assert!(dir.join(".lock").exists());
+        drop(lock);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn records_are_their_owners_alone() {
         use std::os::unix::fs::{symlink, PermissionsExt};
         let dir = std::env::temp_dir().join(format!("hostchan-record-own-{}", std::process::id()));

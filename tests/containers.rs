@@ -434,25 +434,13 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
     let storage = dir.path("storage").display().to_string();
     let hooks = dir.path("hooks").display().to_string();
     let rootfs = rootfs.display().to_string();
-    let podman = |args: &[&str]| {
-        let mut argv = vec![
-            "podman",
-            "--root",
-            &storage,
-            "--runroot",
-            "/run/podman",
-            "--cgroup-manager",
-            "systemd",
-            "--hooks-dir",
-            &hooks,
-            "--runtime",
-            runtime,
-            "--log-level",
-            "error",
-        ];
-        argv.extend_from_slice(args);
-        sb.run(&argv)
+    let podman = common::Podman {
+        sandbox: &sb,
+        storage,
+        hooks,
+        runtime: Some(runtime),
     };
+    let podman = |args: &[&str]| podman.run(args);
 
     let id = podman(&[
         "run",
@@ -709,23 +697,13 @@ fn podman_with_the_cdi_device() {
         }
         let storage = dir.path("storage").display().to_string();
         let hooks = hooks.display().to_string();
-        let podman = |args: &[&str]| {
-            let mut argv = vec![
-                "podman",
-                "--root",
-                &storage,
-                "--runroot",
-                "/run/podman",
-                "--cgroup-manager",
-                "systemd",
-                "--hooks-dir",
-                &hooks,
-                "--log-level",
-                "error",
-            ];
-            argv.extend_from_slice(args);
-            sb.run(&argv)
+        let podman = common::Podman {
+            sandbox: &sb,
+            storage,
+            hooks,
+            runtime: None,
         };
+        let podman = |args: &[&str]| podman.run(args);
         let name = format!("cdi{n}");
         podman(&[
             "run",
@@ -889,25 +867,13 @@ fn podman_with_kubernetes_annotations() {
     fs::write(hooks.join("hostchan.json"), shipped).unwrap();
     let storage = dir.path("storage").display().to_string();
     let hooks = hooks.display().to_string();
-    let podman = |args: &[&str]| {
-        let mut argv = vec![
-            "podman",
-            "--root",
-            &storage,
-            "--runroot",
-            "/run/podman",
-            "--cgroup-manager",
-            "systemd",
-            "--runtime",
-            "runc",
-            "--hooks-dir",
-            &hooks,
-            "--log-level",
-            "error",
-        ];
-        argv.extend_from_slice(args);
-        sb.run(&argv)
+    let podman = common::Podman {
+        sandbox: &sb,
+        storage,
+        hooks,
+        runtime: Some("runc"),
     };
+    let podman = |args: &[&str]| podman.run(args);
     let run = |name: &str, label: Option<&str>| {
         let label = label.map(|l| format!("io.kubernetes.container.name={l}"));
         let mut args = vec![

@@ -511,3 +511,35 @@ impl Sandbox {
         self.runc(&["exec", name, "sh", "-c", script])
     }
 }
+
+/// podman as the container tests run it: its storage in `storage`, hooks.d files from
+/// `hooks`, the systemd cgroup manager, and `runtime` (podman's default when `None`).
+pub struct Podman<'a> {
+    pub sandbox: &'a Sandbox,
+    pub storage: String,
+    pub hooks: String,
+    pub runtime: Option<&'a str>,
+}
+
+impl Podman<'_> {
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut argv = vec![
+            "podman",
+            "--root",
+            &self.storage,
+            "--runroot",
+            "/run/podman",
+            "--cgroup-manager",
+            "systemd",
+            "--hooks-dir",
+            &self.hooks,
+            "--log-level",
+            "error",
+        ];
+        if let Some(runtime) = self.runtime {
+            argv.extend(["--runtime", runtime]);
+        }
+        argv.extend_from_slice(args);
+        self.sandbox.run(&argv)
+    }
+}

@@ -35,6 +35,8 @@ pub struct CreateOptions {
     pub lifetime: Lifetime,
     /// The owner of the channel's root directory; root when `None`.
     pub root_owner: Option<RootOwner>,
+    /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
+    pub owner_named: bool,
 }
 
 /// The container a channel is attached in.
@@ -301,7 +303,7 @@ impl Channels {
             _ => None,
         };
         if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
-            owner::check_owner_active(systemd, owner)?;
+            owner::check_owner_active(systemd, owner, options.owner_named)?;
         }
         // Held until the channel is up, so that a concurrent `gc` does not take it for a
         // leftover.

@@ -97,6 +97,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                         requester: Requester::Cli,
                         lifetime,
                         root_owner,
+                        owner_named: args.scope.is_some(),
                     },
                 )
                 .map(Report::Created)

@@ -205,6 +205,7 @@ fn create_all(
                 requester: Requester::Hook,
                 lifetime,
                 root_owner,
+                owner_named: false,
             },
         );
         match created {

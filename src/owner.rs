@@ -268,11 +268,14 @@ pub fn systemd_cgroup(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-pub fn check_owner_active(systemd: &Systemd, owner: &str) -> Result<()> {
+/// That the owner unit runs. A unit named by the caller (`named`) is also looked up where it
+/// runs, since only its name was checked; an owner found from a process's cgroup path was
+/// checked against the same table already, and costs no further round trips.
+pub fn check_owner_active(systemd: &Systemd, owner: &str, named: bool) -> Result<()> {
     let states = systemd.unit_states(&[owner])?;
     match states.get(owner) {
         Some(status) if status.exists() && status.active_state == "active" => {
-            let cgroup = if is_unit_with_processes(owner) {
+            let cgroup = if named && is_unit_with_processes(owner) {
                 systemd.control_group(owner)?
             } else {
                 String::new()

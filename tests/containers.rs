@@ -377,6 +377,16 @@ fn create_pid_refuses_what_it_cannot_do_and_leaves_nothing() {
     let out = sb.hostchan(&["create", "--pid", &other, "/run/np:/chan"]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("name it with --scope"), "{out:#?}");
+    // A unit named explicitly is looked up where it runs: under user.slice it is a user's.
+    sb.sh("systemd-run --quiet --scope --slice=user.slice --unit=named-u.scope sleep infinity </dev/null >/dev/null 2>&1 &")
+        .ok();
+    sb.wait_for(
+        || sb.unit_state("named-u.scope") == "active",
+        "named-u.scope to become active",
+    );
+    let out = sb.hostchan(&["create", "--scope", "named-u.scope", "/run/np:/chan"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("runs under user.slice"), "{out:#?}");
     // Named explicitly, the same scope is the owner.
     sb.hostchan(&["create", "--scope", "run-r1.scope", "/run/np/named:/chan"])
         .ok();

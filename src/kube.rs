@@ -172,10 +172,7 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
             return Err(Error::invalid(
                 "host path",
                 host,
-                format!(
-                    "has an unmatched brace; templates are {}",
-                    TEMPLATES.map_braced()
-                ),
+                format!("has an unmatched brace; templates are {}", template_names()),
             ));
         };
         let name = &after[1..close];
@@ -191,7 +188,7 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
                     host,
                     format!(
                         "has an unknown template {{{name}}}; templates are {}",
-                        TEMPLATES.map_braced()
+                        template_names()
                     ),
                 ))
             }
@@ -226,17 +223,13 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
     })
 }
 
-trait Braced {
-    fn map_braced(&self) -> String;
-}
-
-impl Braced for [&str] {
-    fn map_braced(&self) -> String {
-        self.iter()
-            .map(|t| format!("{{{t}}}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+/// `{pod_uid}, {pod_namespace}, ...`, for messages.
+fn template_names() -> String {
+    TEMPLATES
+        .iter()
+        .map(|t| format!("{{{t}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

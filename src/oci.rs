@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
-use crate::config::Lifetime;
-use crate::config::{Config, Requester};
+use crate::config::{Config, Lifetime, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
 use crate::owner::{self, OwnerRequest};
@@ -19,16 +18,15 @@ pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
 /// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
 pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
 
+/// The annotation's value, as `create --lifetime` reads it.
 fn parse_lifetime(text: &str) -> Result<Lifetime> {
-    match text {
-        "stop" => Ok(Lifetime::Stop),
-        "delete" => Ok(Lifetime::Delete),
-        _ => Err(Error::invalid(
+    <Lifetime as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+        Error::invalid(
             "annotation",
             format!("{LIFETIME_ANNOTATION}={text}"),
             "the lifetime must be stop or delete",
-        )),
-    }
+        )
+    })
 }
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
@@ -269,6 +267,15 @@ mod tests {
         let mut state = State::parse(STATE).unwrap();
         state.id = "c1\nWants=x.service".into();
         assert!(state.container_id().is_err());
+    }
+
+    #[test]
+    fn lifetimes_from_the_annotation() {
+        assert_eq!(parse_lifetime("stop").unwrap(), Lifetime::Stop);
+        assert_eq!(parse_lifetime("delete").unwrap(), Lifetime::Delete);
+        for bad in ["", "Delete", "forever"] {
+            assert_eq!(parse_lifetime(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

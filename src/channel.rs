@@ -471,6 +471,12 @@ impl Channels {
     }
 
     pub fn delete(&self, target: &Target) -> Result<ChannelInfo> {
+        self.delete_one(target, true)
+    }
+
+    /// `stop_idle_keeper`: also stop the container's keeper unit if this was the last channel
+    /// it kept; `delete --container` stops it itself, before it deletes the channels.
+    fn delete_one(&self, target: &Target, stop_idle_keeper: bool) -> Result<ChannelInfo> {
         let record = self.load(target)?;
         let systemd = self.systemd()?;
         // The container's copy first, while the host mount still tells which tmpfs it is.
@@ -494,9 +500,11 @@ impl Channels {
         if let Some(change) = &record.memory_limit {
             owner::undo_memory_change(systemd, change)?;
         }
-        if let (Lifetime::Delete, Some(container)) =
-            (record.channel.lifetime, &record.channel.container)
-        {
+        if let (true, Lifetime::Delete, Some(container)) = (
+            stop_idle_keeper,
+            record.channel.lifetime,
+            &record.channel.container,
+        ) {
             self.stop_keeper_if_unused(container)?;
         }
         tracing::info!(
@@ -574,7 +582,7 @@ impl Channels {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         for record in records {
-            match self.delete(&Target::of_unit(record.unit())) {
+            match self.delete_one(&Target::of_unit(record.unit()), false) {
                 Ok(info) => deleted.push(info),
                 Err(e) if e.kind() == Kind::NotFound => {
                     if record.channel.lifetime == Lifetime::Delete {

@@ -589,7 +589,7 @@ fn count_records(dir: &Path) -> usize {
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".toml"))
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
                 .count()
         })
         .unwrap_or(0)

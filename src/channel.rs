@@ -14,9 +14,9 @@ use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
-use crate::record::{Record, Store};
+use crate::record::{Record, Store, StoreLock};
 use crate::spec::{self, ChannelSpec, RootOwner};
-use crate::systemd::{Systemd, UnitStatus};
+use crate::systemd::{Job, Systemd, UnitStatus};
 use crate::unit_name;
 use crate::units::{self, ChannelRequest, ChannelUnits};
 
@@ -56,6 +56,32 @@ pub enum Created {
     /// The container's channel, found made already with the same spec (and attached in the
     /// container now running): see [`Channels::reuse`].
     Existing(Box<ChannelInfo>),
+}
+
+/// A create that failed: which of the requests, and why.
+#[derive(Debug)]
+pub struct CreateFailed {
+    pub index: usize,
+    pub error: Error,
+}
+
+/// A channel whose record and directories exist and whose units are not started yet.
+struct Pending<'a> {
+    /// Which of the requests it is.
+    index: usize,
+    options: &'a CreateOptions,
+    spec: ChannelSpec,
+    units: ChannelUnits,
+    record: Record,
+    /// The directories this create made (the record also names parents other channels made).
+    made: Vec<MadeDir>,
+    /// Held until the channel is up, so that a concurrent `gc` does not take it for a leftover.
+    _creating: StoreLock,
+}
+
+enum Prepared<'a> {
+    Done(Created),
+    Pending(Box<Pending<'a>>),
 }
 
 /// One channel: what was asked for, who owns it and which units carry it. The same value is
@@ -248,7 +274,53 @@ impl Channels {
             .ok_or_else(|| Error::systemd("cannot connect to systemd"))
     }
 
+    /// Creates one channel; see [`Channels::create_all`].
     pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
+        let mut created = self
+            .create_all(config, std::slice::from_ref(options))
+            .map_err(|failed| failed.error)?;
+        created
+            .pop()
+            .ok_or_else(|| Error::runtime("create made nothing"))
+    }
+
+    /// Creates these channels, all or none. Each is checked, recorded and its directories made;
+    /// then the units of all are started at once (one connection, the jobs in flight together,
+    /// so that PID 1 takes the mounts in as few passes over its mount table as it can); then
+    /// each is attached in its container. On a failure the channels this call made are taken
+    /// down again, and the error says which request failed.
+    pub fn create_all(
+        &self,
+        config: &Config,
+        requests: &[CreateOptions],
+    ) -> std::result::Result<Vec<Created>, CreateFailed> {
+        let mut done: Vec<(usize, Created)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        for (index, options) in requests.iter().enumerate() {
+            match self.prepare(config, options, index) {
+                Ok(Prepared::Done(created)) => done.push((index, created)),
+                Ok(Prepared::Pending(one)) => pending.push(*one),
+                Err(error) => {
+                    self.abandon(&pending);
+                    return Err(CreateFailed { index, error });
+                }
+            }
+        }
+        if !pending.is_empty() {
+            done.extend(self.start_all(pending)?);
+        }
+        done.sort_by_key(|(index, _)| *index);
+        Ok(done.into_iter().map(|(_, created)| created).collect())
+    }
+
+    /// Everything up to starting the units: the checks, the record, the directories. A channel
+    /// found made already, or a dry run, is done here.
+    fn prepare<'a>(
+        &self,
+        config: &Config,
+        options: &'a CreateOptions,
+        index: usize,
+    ) -> Result<Prepared<'a>> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
         config.check_host_path(&spec.host_path, options.requester)?;
         if config.channels.check_available_memory {
@@ -275,13 +347,13 @@ impl Channels {
             if options.dry_run {
                 return Err(record.already_a_channel());
             }
-            return self.reuse(record, &spec, options);
+            return self.reuse(record, &spec, options).map(Prepared::Done);
         }
         if options.dry_run {
             // A real create makes these checks once, in its critical section below.
             hostfs::check_free(&spec.host_path)?;
             check_among_channels(&spec.host_path, &self.store.all()?)?;
-            return Ok(Created::DryRun(units));
+            return Ok(Prepared::Done(Created::DryRun(units)));
         }
 
         if let Some(attach) = &options.attach {
@@ -305,9 +377,7 @@ impl Channels {
         if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
             owner::check_owner_active(systemd, owner, options.owner_named)?;
         }
-        // Held until the channel is up, so that a concurrent `gc` does not take it for a
-        // leftover.
-        let _creating = self.store.lock(false)?;
+        let creating = self.store.lock(false)?;
         // The record first, naming the directories about to be made, so that a crash at any
         // later point leaves nothing gc cannot find; the checks against other channels and the
         // write are one step.
@@ -353,41 +423,107 @@ impl Channels {
             return Err(e);
         }
         fail_point::hit("after-dirs");
+        Ok(Prepared::Pending(Box::new(Pending {
+            index,
+            options,
+            spec,
+            units,
+            record,
+            made,
+            _creating: creating,
+        })))
+    }
 
-        match systemd.start_transient(&units.mount, &[&units.cleanup]) {
-            Ok(outcome) if outcome.succeeded() => {}
-            Ok(outcome) => {
-                self.roll_back(systemd, &record);
-                return Err(outcome.error("start", options.owner.unit()));
-            }
-            Err(e) if e.kind() == Kind::AlreadyExists => {
-                // Someone else's unit has this name: leave it alone, take back only what we made.
-                let _ = hostfs::remove_made(&made);
-                let _ = self.store.remove(record.unit(), &id);
-                return Err(Error::already_exists(format!(
-                    "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
-                    record.host_path().display()
-                )));
-            }
+    /// Starts the units of all these channels with every job queued before the first wait,
+    /// then completes each. Takes all of them down again on the first failure.
+    fn start_all(
+        &self,
+        mut pending: Vec<Pending>,
+    ) -> std::result::Result<Vec<(usize, Created)>, CreateFailed> {
+        let failed = |index: usize, error: Error| CreateFailed { index, error };
+        let systemd = match self.systemd() {
+            Ok(systemd) => systemd,
             Err(e) => {
-                self.roll_back(systemd, &record);
-                return Err(e);
+                self.abandon(&pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
+        let mut jobs = Vec::new();
+        let mut refused = None;
+        for (at, one) in pending.iter().enumerate() {
+            match systemd.queue_start_transient(&one.units.mount, &[&one.units.cleanup]) {
+                Ok(job) => jobs.push(job),
+                Err(e) => {
+                    refused = Some((at, e));
+                    break;
+                }
             }
         }
-        if let Err(e) = self.complete(systemd, &spec, options, &mut record) {
-            self.roll_back(systemd, &record);
-            return Err(e);
+        let outcomes = systemd.wait(&jobs);
+        if let Some((at, e)) = refused {
+            let (queued, rest) = pending.split_at(at);
+            let (refused_one, never_queued) = rest.split_at(1);
+            self.roll_back(systemd, queued);
+            self.abandon(never_queued);
+            let one = &refused_one[0];
+            if e.kind() == Kind::AlreadyExists {
+                // Someone else's unit has this name: leave it alone, take back only what we made.
+                self.abandon(refused_one);
+                return Err(failed(
+                    one.index,
+                    Error::already_exists(format!(
+                        "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
+                        one.record.host_path().display()
+                    )),
+                ));
+            }
+            self.roll_back(systemd, refused_one);
+            return Err(failed(one.index, e));
         }
-        tracing::info!(
-            OBJECT_SYSTEMD_UNIT = %record.unit(),
-            "created channel {} -> {} ({}, {} bytes), owner {}",
-            spec.host_path.display(),
-            spec.container_path.display(),
-            spec.access,
-            spec.size,
-            options.owner,
-        );
-        Ok(Created::Channel(Box::new(ChannelInfo::mounted(record))))
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.roll_back(systemd, &pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
+        if let Some((one, outcome)) = pending
+            .iter()
+            .zip(&outcomes)
+            .find(|(_, outcome)| !outcome.succeeded())
+        {
+            let error = outcome.error("start", one.options.owner.unit());
+            let index = one.index;
+            self.roll_back(systemd, &pending);
+            return Err(failed(index, error));
+        }
+        for at in 0..pending.len() {
+            let one = &mut pending[at];
+            if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record) {
+                let index = one.index;
+                self.roll_back(systemd, &pending);
+                return Err(failed(index, e));
+            }
+        }
+        Ok(pending
+            .into_iter()
+            .map(|one| {
+                let spec = &one.spec;
+                tracing::info!(
+                    OBJECT_SYSTEMD_UNIT = %one.record.unit(),
+                    "created channel {} -> {} ({}, {} bytes), owner {}",
+                    spec.host_path.display(),
+                    spec.container_path.display(),
+                    spec.access,
+                    spec.size,
+                    one.options.owner,
+                );
+                (
+                    one.index,
+                    Created::Channel(Box::new(ChannelInfo::mounted(one.record))),
+                )
+            })
+            .collect())
     }
 
     /// A create for a path that is a channel already: the same container asking again with the
@@ -449,24 +585,60 @@ impl Channels {
         Ok(())
     }
 
-    /// Undoes a create that failed after its record was written: stops whatever systemd still
-    /// has of it, then removes the directory (only if empty) and the record.
-    fn roll_back(&self, systemd: &Systemd, record: &Record) {
-        for unit in [record.unit(), &record.channel.cleanup_unit] {
-            if let Err(e) = systemd.stop(unit) {
-                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: cannot stop {unit}: {e}");
+    /// Undoes creates whose units were (or may have been) started: detaches the copies made
+    /// in containers and gives back memory limits raised for them, stops whatever systemd still
+    /// has of them (all stops queued before the wait), then removes the directories (only if
+    /// empty) and the records.
+    fn roll_back(&self, systemd: &Systemd, pending: &[Pending]) {
+        for one in pending {
+            let record = &one.record;
+            if let Err(e) = detach_copy(record) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
+            }
+            if let Some(change) = &record.memory_limit {
+                if let Err(e) = owner::undo_memory_change(systemd, change) {
+                    tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
+                }
             }
         }
-        // Unless the cleanup unit's stop already did it.
-        let removed = match self.store.load(record.unit()) {
-            Ok(Some(left)) if left.channel.id == record.channel.id => {
-                self.remove_leftovers(&left).map(drop)
+        let mut jobs = Vec::new();
+        for record in pending.iter().map(|one| &one.record) {
+            for unit in [record.unit(), &record.channel.cleanup_unit] {
+                match systemd.queue_stop(unit) {
+                    Ok(job) => jobs.extend(job),
+                    Err(e) => {
+                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: cannot stop {unit}: {e}")
+                    }
+                }
             }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = removed {
-            tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
+        }
+        if let Err(e) = systemd.wait(&jobs) {
+            tracing::warn!("rolling back: {e}");
+        }
+        for record in pending.iter().map(|one| &one.record) {
+            // Unless the cleanup unit's stop already did it.
+            let removed = match self.store.load(record.unit()) {
+                Ok(Some(left)) if left.channel.id == record.channel.id => {
+                    self.remove_leftovers(&left).map(drop)
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
+            }
+        }
+    }
+
+    /// Undoes creates whose units were never started: their directories and records.
+    fn abandon(&self, pending: &[Pending]) {
+        for one in pending {
+            if let Err(e) = hostfs::remove_made(&one.made) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %one.record.unit(), "rolling back: {e}");
+            }
+            if let Err(e) = self.store.remove(one.record.unit(), &one.record.channel.id) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %one.record.unit(), "rolling back: {e}");
+            }
         }
     }
 
@@ -481,14 +653,21 @@ impl Channels {
         let systemd = self.systemd()?;
         // The container's copy first, while the host mount still tells which tmpfs it is.
         detach_copy(&record)?;
-        if let Some(outcome) = systemd.stop(record.unit())? {
-            if !outcome.succeeded() {
+        // The cleanup unit is bound to the mount: its stop job comes in the same transaction,
+        // ordered after the unmount. Asking for it as well returns that job, so one wait sees
+        // both end, and the directory is gone when delete returns.
+        let jobs: Vec<Job> = [
+            systemd.queue_stop(record.unit())?,
+            systemd.queue_stop(&record.channel.cleanup_unit)?,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for outcome in systemd.wait(&jobs)? {
+            if outcome.unit == record.unit() && !outcome.succeeded() {
                 return Err(outcome.error("stop", None));
             }
         }
-        // The cleanup unit stops after the mount in the same transaction; waiting for it means
-        // the directory is gone when delete returns.
-        systemd.stop(&record.channel.cleanup_unit)?;
         fail_point::hit("delete-after-stop");
         // The cleanup unit may have been gone already (a crash, a reboot): do its work here,
         // for this channel only (a create may have made a new one at the path meanwhile).
@@ -603,19 +782,72 @@ impl Channels {
         }
     }
 
+    /// Every channel with its state: one `ListUnitsByNames` call for all (units named after
+    /// the record files), asked on one thread while two others read the records and measure
+    /// the tmpfs usage, so that systemd's answer and the reading overlap.
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
-        let records = self.store.all()?;
-        if records.is_empty() {
+        let names = self.store.unit_names()?;
+        if names.is_empty() {
             return Ok(Vec::new());
         }
-        let systemd = self.systemd()?;
-        let names: Vec<&str> = records.iter().map(Record::unit).collect();
-        let states = systemd.unit_states(&names)?;
+        let connected = self.systemd.get().is_some();
+        let store = &self.store;
+        let (read, asked) = std::thread::scope(|scope| {
+            let asking = (!connected).then(|| {
+                scope.spawn(|| {
+                    let systemd = Systemd::connect()?;
+                    let states = systemd.unit_states(&as_strs(&names))?;
+                    Ok::<_, Error>((systemd, states))
+                })
+            });
+            let readers: Vec<_> = names
+                .chunks(names.len().div_ceil(LIST_READERS))
+                .map(|units| {
+                    scope.spawn(move || {
+                        let records = store.records_of_units(units)?;
+                        Ok::<_, Error>(
+                            records
+                                .into_iter()
+                                .map(|record| {
+                                    let used = hostfs::used_bytes(record.host_path());
+                                    (record, used)
+                                })
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                })
+                .collect();
+            let read: Result<Vec<_>> = readers
+                .into_iter()
+                .map(|reader| reader.join().unwrap_or_else(|_| Err(panicked())))
+                .collect();
+            let asked = asking.map(|thread| thread.join().unwrap_or_else(|_| Err(panicked())));
+            (read, asked)
+        });
+        let mut records: Vec<(Record, Option<u64>)> = read?.into_iter().flatten().collect();
+        records.sort_by(|a, b| a.0.host_path().cmp(b.0.host_path()));
+        let mut states = match asked {
+            Some(asked) => {
+                let (systemd, states) = asked?;
+                let _ = self.systemd.set(systemd);
+                states
+            }
+            None => self.systemd()?.unit_states(&as_strs(&names))?,
+        };
+        // Records written after the directory was listed.
+        let late: Vec<&str> = records
+            .iter()
+            .map(|(record, _)| record.unit())
+            .filter(|unit| !states.contains_key(*unit))
+            .collect();
+        if !late.is_empty() {
+            states.extend(self.systemd()?.unit_states(&late)?);
+        }
         Ok(records
             .into_iter()
-            .map(|record| {
+            .map(|(record, used)| {
                 let status = states.get(record.unit());
-                info(record, status)
+                info(record, status, used)
             })
             .collect())
     }
@@ -625,7 +857,8 @@ impl Channels {
         let systemd = self.systemd()?;
         let states = systemd.unit_states(&[record.unit()])?;
         let status = states.get(record.unit());
-        Ok(info(record, status))
+        let used = hostfs::used_bytes(record.host_path());
+        Ok(info(record, status, used))
     }
 
     /// The cleanup unit's `ExecStop=`: removes the directory of a channel, and the parents that
@@ -752,6 +985,18 @@ impl Channels {
     }
 }
 
+/// Threads reading records in `list`: this machine's two cores, and no more file systems
+/// calls in flight than a small host handles well.
+const LIST_READERS: usize = 2;
+
+fn as_strs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
+fn panicked() -> Error {
+    Error::runtime("a thread of list panicked")
+}
+
 /// Refuses a host path that is, is inside, or holds another channel, and returns the
 /// directories other channels' creation made above it: recorded with this channel too, so that
 /// whichever channel goes last removes them (each goes only while empty).
@@ -794,16 +1039,14 @@ fn check_among_channels(host_path: &Path, records: &[Record]) -> Result<Vec<Made
     Ok(shared)
 }
 
-fn info(record: Record, status: Option<&UnitStatus>) -> ChannelInfo {
+/// `used`: the usage of whatever is mounted at the host path, shown only while the channel is
+/// active (otherwise it is the usage of the file system below).
+fn info(record: Record, status: Option<&UnitStatus>, used: Option<u64>) -> ChannelInfo {
     let (state, sub_state) = match status {
         Some(s) if s.exists() => (State::of_unit(&s.active_state), s.sub_state.clone()),
         _ => (State::Gone, String::new()),
     };
-    let used = if state == State::Active {
-        hostfs::used_bytes(record.host_path())
-    } else {
-        None
-    };
+    let used = used.filter(|_| state == State::Active);
     ChannelInfo {
         channel: record.channel,
         used,

@@ -420,7 +420,16 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
 
 /// Bytes in use on the file system at `path`, reached without symlinks.
 pub fn used_bytes(path: &Path) -> Option<u64> {
-    let stat = rustix::fs::fstatvfs(open_dir_nofollow(path).ok()?).ok()?;
+    // O_PATH: nothing is read through it, and `list` makes this call for every channel.
+    let dir = openat2(
+        CWD,
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .ok()?;
+    let stat = rustix::fs::fstatvfs(dir).ok()?;
     let blocks = stat.f_blocks.saturating_sub(stat.f_bfree);
     Some(blocks * stat.f_frsize)
 }

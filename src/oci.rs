@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created, Target};
+use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created};
 use crate::config::{Config, Lifetime, Requester};
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
@@ -160,9 +160,8 @@ fn create_all(
     let pod = kube::Pod::of(&state.annotations);
     let annotations =
         kube::for_this_container(kube::channel_annotations(&state.annotations)?, &pod);
-    let mut made: Vec<ChannelInfo> = Vec::new();
     if annotations.is_empty() {
-        return Ok(outcome(state, stage, made));
+        return Ok(outcome(state, stage, Vec::new()));
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
     let lifetime = match state.annotations.get(LIFETIME_ANNOTATION) {
@@ -176,65 +175,47 @@ fn create_all(
         .transpose()
         .map_err(|e| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
     let owner = owner::for_lifetime(lifetime, Some(&container), &OwnerRequest::Pid(pid), config)?;
-    // Channels this run made, which a later failure takes back; channels found made already
-    // (a delete-lifetime channel attached again, a second hook) are left as they were.
-    let mut found: Vec<ChannelInfo> = Vec::new();
-    for annotation in annotations {
-        let spec = match kube::expand(annotation.spec, &pod, &container) {
-            Ok(spec) => spec,
-            Err(e) => {
-                undo(channels, &made);
-                return Err(e.context(format!("annotation {}", annotation.key)));
-            }
-        };
-        let spec = spec.as_str();
-        let created = channels.create(
-            config,
-            &CreateOptions {
-                spec: spec.to_owned(),
-                owner: owner.clone(),
-                container: Some(container.clone()),
-                dry_run: false,
-                attach: Some(AttachTo {
-                    pid,
-                    rootfs: Some(rootfs.clone()),
-                }),
-                grow_memory_limit: false,
-                requester: Requester::Hook,
-                lifetime,
-                root_owner,
-                owner_named: false,
-            },
-        );
-        match created {
-            Ok(Created::Existing(info)) => found.push(*info),
-            Ok(Created::Channel(info)) => made.push(*info),
-            Ok(Created::DryRun(_)) => {}
-            Err(e) => {
-                undo(channels, &made);
-                // A broken configuration is not about this annotation.
-                return Err(if e.kind() == Kind::Config {
-                    e
-                } else {
-                    e.context(format!("annotation {}", annotation.key))
-                });
-            }
-        }
+    let mut requests = Vec::with_capacity(annotations.len());
+    for annotation in &annotations {
+        let spec = kube::expand(annotation.spec, &pod, &container)
+            .map_err(|e| e.context(format!("annotation {}", annotation.key)))?;
+        requests.push(CreateOptions {
+            spec,
+            owner: owner.clone(),
+            container: Some(container.clone()),
+            dry_run: false,
+            attach: Some(AttachTo {
+                pid,
+                rootfs: Some(rootfs.clone()),
+            }),
+            grow_memory_limit: false,
+            requester: Requester::Hook,
+            lifetime,
+            root_owner,
+            owner_named: false,
+        });
     }
-    found.extend(made);
-    Ok(outcome(state, stage, found))
-}
-
-/// All or nothing: removes the channels this hook made before a later one failed.
-fn undo(channels: &Channels, made: &[ChannelInfo]) {
-    for info in made {
-        if let Err(e) = channels.delete(&Target::of_unit(&info.channel.unit)) {
-            tracing::warn!(
-                "cannot remove channel {}: {e}",
-                info.channel.spec.host_path.display()
-            );
+    // All at once: one connection, every start job in flight together. Channels found made
+    // already (a delete-lifetime channel attached again, a second hook) are left as they were
+    // by a failure; the ones made are taken back.
+    let created = channels.create_all(config, &requests).map_err(|failed| {
+        // A broken configuration is not about this annotation.
+        if failed.error.kind() == Kind::Config {
+            failed.error
+        } else {
+            failed
+                .error
+                .context(format!("annotation {}", annotations[failed.index].key))
         }
-    }
+    })?;
+    let channels = created
+        .into_iter()
+        .filter_map(|created| match created {
+            Created::Channel(info) | Created::Existing(info) => Some(*info),
+            Created::DryRun(_) => None,
+        })
+        .collect();
+    Ok(outcome(state, stage, channels))
 }
 
 fn outcome(state: &State, stage: Stage, channels: Vec<ChannelInfo>) -> HookOutcome {

@@ -20,10 +20,15 @@ use crate::owner::MemoryChange;
 pub const STATE_DIR: &str = "/var/lib/hostchan";
 
 /// Bumped when a record's meaning changes; readers refuse versions they do not know.
-const RECORD_VERSION: u32 = 2;
+const RECORD_VERSION: u32 = 3;
+/// Records of version 2 are TOML files (`<unit>.toml`, with the same fields), written by
+/// hostchan before records became JSON: read as they are, rewritten as JSON at their next
+/// change, so that an upgrade never loses a channel. JSON because `list` reads every record and
+/// TOML parsing was most of its time at 1000 channels.
+const TOML_RECORD_VERSION: u32 = 2;
 
-/// A channel's record: the channel, and what cleaning up after it needs. The file is TOML:
-/// `version`, the channel's fields, then one `[[made]]` table per directory made for it.
+/// A channel's record: the channel, and what cleaning up after it needs. The file is JSON:
+/// `version`, the channel's fields, then `made`, the directories made for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub version: u32,
@@ -83,7 +88,7 @@ impl Record {
 /// Held while it lives: creates hold it shared, `gc` exclusively.
 pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
-/// The directory of channel records, one TOML file per channel named after its mount unit.
+/// The directory of channel records, one JSON file per channel named after its mount unit.
 ///
 /// Records decide what root's cleanup removes, so they are root's alone: the directory is made
 /// 0700 and each file 0600 whatever the umask, every file is opened relative to the directory
@@ -105,9 +110,14 @@ impl Store {
         Store { dir }
     }
 
-    /// A mount unit name is at most 255 bytes; with `.mount` replaced by `.toml` it stays a
+    /// A mount unit name is at most 255 bytes; with `.mount` replaced by `.json` it stays a
     /// valid file name.
     fn file_name(unit: &str) -> String {
+        let stem = unit.strip_suffix(".mount").unwrap_or(unit);
+        format!("{stem}.json")
+    }
+
+    fn toml_file_name(unit: &str) -> String {
         let stem = unit.strip_suffix(".mount").unwrap_or(unit);
         format!("{stem}.toml")
     }
@@ -149,6 +159,10 @@ impl Store {
         let _writing = self.write_lock()?;
         let record = make(&self.all()?)?;
         let dir = self.dir_for_writing()?;
+        let older = Store::toml_file_name(record.unit());
+        if rustix::fs::statat(&dir, older.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            return Err(record.already_a_channel());
+        }
         match self.link_new(&dir, &record, &Store::file_name(record.unit()), true) {
             Ok(()) => Ok(record),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
@@ -170,7 +184,12 @@ impl Store {
         replaced.map_err(|e| {
             let _ = unlinkat(&dir, &staged, AtFlags::empty());
             self.write_error(e)
-        })
+        })?;
+        // The JSON record stands: the TOML one it was read from goes.
+        match unlinkat(&dir, Store::toml_file_name(record.unit()), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.write_error(e.into())),
+        }
     }
 
     fn dir_for_writing(&self) -> Result<OwnedFd> {
@@ -191,7 +210,8 @@ impl Store {
 
     /// Writes `record` unnamed and links it in as `name`; `sync` makes it durable first.
     fn link_new(&self, dir: &OwnedFd, record: &Record, name: &str, sync: bool) -> io::Result<()> {
-        let text = toml::to_string(record).map_err(io::Error::other)?;
+        let mut text = serde_json::to_string_pretty(record).map_err(io::Error::other)?;
+        text.push('\n');
         let file = openat(
             dir,
             ".",
@@ -246,9 +266,19 @@ impl Store {
 
     pub fn load(&self, unit: &str) -> Result<Option<Record>> {
         match self.open_dir(false)? {
-            Some(dir) => read_record(&dir, &Store::file_name(unit), &self.path_of(unit)),
+            Some(dir) => self.read_unit(&dir, unit),
             None => Ok(None),
         }
+    }
+
+    /// The record of a unit: the JSON file, or else a TOML one an older hostchan wrote.
+    fn read_unit(&self, dir: &OwnedFd, unit: &str) -> Result<Option<Record>> {
+        let name = Store::file_name(unit);
+        if let Some(record) = read_record(dir, &name, &self.dir.join(&name), Format::Json)? {
+            return Ok(Some(record));
+        }
+        let name = Store::toml_file_name(unit);
+        read_record(dir, &name, &self.dir.join(&name), Format::Toml)
     }
 
     /// Removes the record of the channel with this id; `false` when there is none, or when the
@@ -259,7 +289,7 @@ impl Store {
             return Ok(false);
         };
         let _writing = self.write_lock()?;
-        match read_record(&dir, &Store::file_name(unit), &self.path_of(unit))? {
+        match self.read_unit(&dir, unit)? {
             Some(record) if record.channel.id == id => {}
             Some(record) => {
                 tracing::info!(
@@ -272,14 +302,20 @@ impl Store {
             }
             None => return Ok(false),
         }
-        match unlinkat(&dir, Store::file_name(unit), AtFlags::empty()) {
-            Ok(()) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
-            Err(e) => Err(Error::io(
-                format!("cannot remove {}", self.path_of(unit).display()),
-                e,
-            )),
+        let mut removed = false;
+        for name in [Store::file_name(unit), Store::toml_file_name(unit)] {
+            match unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+                Ok(()) => removed = true,
+                Err(Errno::NOENT) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("cannot remove {}", self.dir.join(&name).display()),
+                        e,
+                    ))
+                }
+            }
         }
+        Ok(removed)
     }
 
     /// Removes files a killed `replace` left (`.new-*`) and those of older hostchans
@@ -304,30 +340,51 @@ impl Store {
         Ok(removed)
     }
 
-    /// Every record, sorted by host path. Records that cannot be read or trusted are reported,
-    /// not acted on.
-    pub fn all(&self) -> Result<Vec<Record>> {
+    /// The mount units of all records, from the file names alone (no record is read).
+    pub fn unit_names(&self) -> Result<Vec<String>> {
         let Some(dir) = self.open_dir(false)? else {
             return Ok(Vec::new());
         };
-        let context = || format!("cannot read {}", self.dir.display());
-        let mut records = Vec::new();
-        let entries = rustix::fs::Dir::read_from(&dir).with_context(context)?;
-        for entry in entries {
-            let entry = entry.with_context(context)?;
-            let Ok(name) = entry.file_name().to_str() else {
-                continue;
-            };
-            if !name.ends_with(".toml") || name.starts_with('.') {
-                continue;
-            }
-            match read_record(&dir, name, &self.dir.join(name)) {
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?;
+        let mut units: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_str().ok()?;
+                let stem = name
+                    .strip_suffix(".json")
+                    .or_else(|| name.strip_suffix(".toml"))?;
+                (!name.starts_with('.')).then(|| format!("{stem}.mount"))
+            })
+            .collect();
+        // A crash between writing a JSON record and removing the TOML one leaves both.
+        units.sort_unstable();
+        units.dedup();
+        Ok(units)
+    }
+
+    /// Every record, sorted by host path. Records that cannot be read or trusted are reported,
+    /// not acted on.
+    pub fn all(&self) -> Result<Vec<Record>> {
+        let mut records = self.records_of_units(&self.unit_names()?)?;
+        records.sort_by(|a, b| a.host_path().cmp(b.host_path()));
+        Ok(records)
+    }
+
+    /// The records of these units, in their order, leaving out the ones that went meanwhile;
+    /// records that cannot be read or trusted are reported, not acted on.
+    pub fn records_of_units(&self, units: &[String]) -> Result<Vec<Record>> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(Vec::new());
+        };
+        let mut records = Vec::with_capacity(units.len());
+        for unit in units {
+            match self.read_unit(&dir, unit) {
                 Ok(Some(record)) => records.push(record),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("skipping channel record: {e}"),
             }
         }
-        records.sort_by(|a, b| a.host_path().cmp(b.host_path()));
         Ok(records)
     }
 }
@@ -335,6 +392,10 @@ impl Store {
 /// Refuses a file or directory that someone other than hostchan's user could have written.
 fn check_owned(fd: &OwnedFd, path: &Path) -> Result<()> {
     let stat = fstat(fd).with_context(|| format!("cannot look at {}", path.display()))?;
+    check_owned_stat(&stat, path)
+}
+
+fn check_owned_stat(stat: &rustix::fs::Stat, path: &Path) -> Result<()> {
     let owner = rustix::process::geteuid().as_raw();
     let mode = stat.st_mode & 0o7777;
     if stat.st_uid != owner || mode & 0o022 != 0 {
@@ -358,7 +419,14 @@ fn fs_error(context: String, err: io::Error) -> Error {
     }
 }
 
-fn read_record(dir: &OwnedFd, name: &str, path: &Path) -> Result<Option<Record>> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    /// Version 2, written before records became JSON.
+    Toml,
+}
+
+fn read_record(dir: &OwnedFd, name: &str, path: &Path, format: Format) -> Result<Option<Record>> {
     // O_NONBLOCK: a FIFO planted under a record's name must not hang the reader.
     let fd = match openat(
         dir,
@@ -370,32 +438,61 @@ fn read_record(dir: &OwnedFd, name: &str, path: &Path) -> Result<Option<Record>>
         Err(Errno::NOENT) => return Ok(None),
         Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
     };
-    check_owned(&fd, path)?;
+    // One fstat for the owner, the type and the size: `list` reads every record.
     let stat = fstat(&fd).with_context(|| format!("cannot look at {}", path.display()))?;
+    check_owned_stat(&stat, path)?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(Error::runtime(format!(
             "{} is not a regular file; hostchan does not act on it",
             path.display()
         )));
     }
-    let mut text = String::new();
-    io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let record: Record = toml::from_str(&text).map_err(|e| {
+    let text =
+        read_whole(&fd, stat.st_size).with_context(|| format!("cannot read {}", path.display()))?;
+    let damaged = |message: String| {
         Error::runtime(format!(
-            "channel record {} is damaged: {}",
-            path.display(),
-            e.message()
+            "channel record {} is damaged: {message}",
+            path.display()
         ))
-    })?;
-    if record.version != RECORD_VERSION {
+    };
+    let (mut record, known): (Record, u32) = match format {
+        Format::Json => (
+            serde_json::from_str(&text).map_err(|e| damaged(e.to_string()))?,
+            RECORD_VERSION,
+        ),
+        Format::Toml => (
+            toml::from_str(&text).map_err(|e| damaged(e.message().to_owned()))?,
+            TOML_RECORD_VERSION,
+        ),
+    };
+    if record.version != known {
         return Err(Error::runtime(format!(
-            "channel record {} has version {}, this hostchan reads version {RECORD_VERSION}",
+            "channel record {} has version {}, this hostchan reads version {known} there",
             path.display(),
             record.version
         )));
     }
+    record.version = RECORD_VERSION;
     Ok(Some(record))
+}
+
+/// Reads a record whose size fstat gave: one `read` where `read_to_string` makes four calls
+/// (`list` reads every record). A record never changes in place (it is replaced by rename, and
+/// this descriptor keeps the file it opened), so the size holds; a file that ends early is
+/// read to its end.
+fn read_whole(fd: &OwnedFd, size: i64) -> io::Result<String> {
+    let mut buffer = vec![0; usize::try_from(size).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match rustix::io::read(fd, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buffer.truncate(filled);
+    String::from_utf8(buffer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -430,12 +527,56 @@ mod tests {
     }
 
     #[test]
-    fn the_file_is_readable_toml() {
-        let text = toml::to_string(&record("run-chan-c1.mount")).unwrap();
+    fn the_file_is_readable_json() {
+        let text = serde_json::to_string_pretty(&record("run-chan-c1.mount")).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
-            text,
-            "version = 2\nid = \"c0ffee\"\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\nlifetime = \"stop\"\nlast_seen = 1\nidle_limit = 0\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n"
+            value,
+            serde_json::json!({
+                "version": 3, "id": "c0ffee", "host_path": "/run/chan/c1",
+                "container_path": "/chan", "mode": "ro", "size": 4096, "owner": "ctr.scope",
+                "unit": "run-chan-c1.mount",
+                "cleanup_unit": "hostchan-cleanup@run-chan-c1.mount.service", "created": 1,
+                "lifetime": "stop", "last_seen": 1, "idle_limit": 0,
+                "made": [{"path": "/run/chan/c1", "dev": 7, "ino": 42}]
+            })
         );
+    }
+
+    /// A record an older hostchan wrote (version 2, TOML) is read, blocks a create at its path,
+    /// is rewritten as JSON at its next change, and goes with `remove`.
+    #[test]
+    fn toml_records_of_older_hostchans_are_read_and_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hostchan-record-v2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let older = dir.join("run-chan-c1.toml");
+        fs::write(
+            &older,
+            "version = 2\nid = \"c0ffee\"\nhost_path = \"/run/chan/c1\"\ncontainer_path = \"/chan\"\nmode = \"ro\"\nsize = 4096\nowner = \"ctr.scope\"\nunit = \"run-chan-c1.mount\"\ncleanup_unit = \"hostchan-cleanup@run-chan-c1.mount.service\"\ncreated = 1\nlifetime = \"stop\"\nlast_seen = 1\nidle_limit = 0\n\n[[made]]\npath = \"/run/chan/c1\"\ndev = 7\nino = 42\n",
+        )
+        .unwrap();
+        fs::set_permissions(&older, fs::Permissions::from_mode(0o600)).unwrap();
+        let store = Store::new(dir.clone());
+        let r = record("run-chan-c1.mount");
+        assert_eq!(store.load(r.unit()).unwrap(), Some(r.clone()));
+        assert_eq!(store.unit_names().unwrap(), ["run-chan-c1.mount"]);
+        let err = store.create_checked(|_| Ok(r.clone())).unwrap_err();
+        assert_eq!(err.kind(), crate::error::Kind::AlreadyExists, "{err}");
+
+        store.replace(&r).unwrap();
+        assert!(!older.exists());
+        assert!(store.path_of(r.unit()).exists());
+        assert_eq!(store.all().unwrap(), vec![r.clone()]);
+
+        fs::write(&older, "version = 2\n").unwrap();
+        fs::set_permissions(&older, fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(store.unit_names().unwrap(), ["run-chan-c1.mount"]);
+        assert!(store.remove(r.unit(), "c0ffee").unwrap());
+        assert!(!older.exists() && !store.path_of(r.unit()).exists());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -444,7 +585,7 @@ mod tests {
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
         store.create_checked(|_| Ok(r.clone())).unwrap();
-        assert_eq!(store.path_of(r.unit()), dir.join("run-chan-c1.toml"));
+        assert_eq!(store.path_of(r.unit()), dir.join("run-chan-c1.json"));
         assert_eq!(store.load(r.unit()).unwrap(), Some(r.clone()));
         let err = store.create_checked(|_| Ok(r.clone())).unwrap_err();
         assert_eq!(err.kind(), crate::error::Kind::AlreadyExists, "{err}");
@@ -532,15 +673,18 @@ mod tests {
     fn damaged_record_is_an_error_naming_the_file() {
         let dir = std::env::temp_dir().join(format!("hostchan-record-bad-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("x.toml"), "version = 1\nbogus = true\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
-        fs::set_permissions(dir.join("x.toml"), fs::Permissions::from_mode(0o600)).unwrap();
-        let err = Store::new(dir.clone())
-            .load("x.mount")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("x.toml is damaged"), "{err}");
+        for (name, text) in [
+            ("x.json", "{\"version\": 3, \"bogus\": true}\n"),
+            ("y.toml", "version = 1\nbogus = true\n"),
+        ] {
+            fs::write(dir.join(name), text).unwrap();
+            fs::set_permissions(dir.join(name), fs::Permissions::from_mode(0o600)).unwrap();
+            let unit = name.replace(".json", ".mount").replace(".toml", ".mount");
+            let err = Store::new(dir.clone()).load(&unit).unwrap_err().to_string();
+            assert!(err.contains(&format!("{name} is damaged")), "{err}");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 }

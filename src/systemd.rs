@@ -1,6 +1,7 @@
 //! The D-Bus client for systemd's manager: start transient units and wait for their jobs, stop
 //! units, and read unit states. One connection per process, on the system bus.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use serde::Deserialize;
@@ -100,7 +101,30 @@ impl JobOutcome {
 
 pub struct Systemd {
     manager: ManagerProxy<'static>,
+    /// Subscribed to before the first job is queued, and kept: one `AddMatch` per process, and
+    /// the ends of several jobs in flight together are all seen.
+    jobs: RefCell<Option<JobWatch>>,
 }
+
+/// A job systemd queued for this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    path: OwnedObjectPath,
+}
+
+struct JobWatch {
+    removed: zbus::blocking::MessageIterator,
+    /// Jobs queued and not yet ended, with the unique name of the peer that queued them
+    /// (systemd, the sender of the call's reply): only its `JobRemoved` counts.
+    queued: HashMap<OwnedObjectPath, zbus::names::OwnedUniqueName>,
+    /// Jobs that ended before anyone waited for them.
+    ended: HashMap<OwnedObjectPath, JobOutcome>,
+}
+
+/// `JobRemoved` signals held for a wait. The signals of other clients' jobs arrive too where
+/// something subscribed to all of systemd's signals; a full queue stops the connection from
+/// reading (zbus), so it is generous for a short-lived process.
+const QUEUED_SIGNALS: usize = 4096;
 
 impl Systemd {
     // Not systemd's private socket (/run/systemd/private), which systemctl uses as root:
@@ -117,7 +141,10 @@ impl Systemd {
                 ))
             })?;
         let manager = ManagerProxy::new(&connection)?;
-        Ok(Systemd { manager })
+        Ok(Systemd {
+            manager,
+            jobs: RefCell::new(None),
+        })
     }
 
     /// States of the named units in one call; units systemd does not know come back with the
@@ -199,6 +226,16 @@ impl Systemd {
         main: &TransientUnit,
         aux: &[&TransientUnit],
     ) -> Result<JobOutcome> {
+        let job = self.queue_start_transient(main, aux)?;
+        self.wait_one(&job)
+    }
+
+    /// Queues the start of `main` (as [`Systemd::start_transient`]) without waiting for it.
+    pub fn queue_start_transient(
+        &self,
+        main: &TransientUnit,
+        aux: &[&TransientUnit],
+    ) -> Result<Job> {
         let main_props = to_dbus(main);
         let aux_props: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux
             .iter()
@@ -208,7 +245,7 @@ impl Systemd {
             .iter()
             .map(|(name, props)| (*name, props.as_slice()))
             .collect();
-        self.run_job(
+        self.queue(
             "StartTransientUnit",
             &(main.name.as_str(), "fail", main_props, aux_refs),
         )
@@ -216,58 +253,116 @@ impl Systemd {
 
     /// Stops a unit and waits for its stop job. `Ok(None)` when systemd does not know the unit.
     pub fn stop(&self, name: &str) -> Result<Option<JobOutcome>> {
-        match self.run_job("StopUnit", &(name, "replace")) {
-            Ok(outcome) => Ok(Some(outcome)),
+        match self.queue_stop(name)? {
+            Some(job) => self.wait_one(&job).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Queues a unit's stop (job mode `replace`) without waiting for it; asking for a stop
+    /// that is already queued returns that job. `Ok(None)` when systemd does not know the unit.
+    pub fn queue_stop(&self, name: &str) -> Result<Option<Job>> {
+        match self.queue("StopUnit", &(name, "replace")) {
+            Ok(job) => Ok(Some(job)),
             Err(e) if e.kind() == Kind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Subscribes to `JobRemoved` before making the call that creates the job, so the end of a
-    /// fast job cannot be missed, then waits for the job the call returned.
+    /// Makes a call that queues a job, subscribed to `JobRemoved` before it, so that the end
+    /// of a fast job cannot be missed.
     ///
     /// Any client of the system bus can emit a signal named `JobRemoved`: only those sent by
     /// the peer that answered the call, systemd itself, count. Its unique name comes with the
     /// reply, so checking it costs no extra round trip (a match rule on the well-known name
     /// would first ask the bus who owns it).
-    fn run_job(
+    fn queue(
         &self,
         method: &str,
         body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
-    ) -> Result<JobOutcome> {
+    ) -> Result<Job> {
+        let mut jobs = self.jobs.borrow_mut();
+        let watch = match &mut *jobs {
+            Some(watch) => watch,
+            empty => empty.insert(self.watch_jobs()?),
+        };
+        let reply = self.manager.inner().call_method(method, body)?;
+        let path: OwnedObjectPath = reply.body().deserialize()?;
+        let systemd = reply
+            .header()
+            .sender()
+            .map(|name| name.to_owned().into())
+            .ok_or_else(|| Error::systemd("systemd's reply has no sender"))?;
+        watch.queued.insert(path.clone(), systemd);
+        crate::fail_point::hit("after-job-queued");
+        Ok(Job { path })
+    }
+
+    fn watch_jobs(&self) -> Result<JobWatch> {
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .path("/org/freedesktop/systemd1")
             .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
             .and_then(|b| b.member("JobRemoved"))?
             .build();
-        let removed = zbus::blocking::MessageIterator::for_match_rule(
-            rule,
-            self.manager.inner().connection(),
-            None,
-        )?;
-        let reply = self.manager.inner().call_method(method, body)?;
-        let job: OwnedObjectPath = reply.body().deserialize()?;
-        let systemd = reply
-            .header()
-            .sender()
-            .map(|name| name.to_owned())
-            .ok_or_else(|| Error::systemd("systemd's reply has no sender"))?;
-        crate::fail_point::hit("after-job-queued");
-        for message in removed {
+        Ok(JobWatch {
+            removed: zbus::blocking::MessageIterator::for_match_rule(
+                rule,
+                self.manager.inner().connection(),
+                Some(QUEUED_SIGNALS),
+            )?,
+            queued: HashMap::new(),
+            ended: HashMap::new(),
+        })
+    }
+
+    fn wait_one(&self, job: &Job) -> Result<JobOutcome> {
+        let mut outcomes = self.wait(std::slice::from_ref(job))?;
+        outcomes
+            .pop()
+            .ok_or_else(|| Error::systemd("no outcome for a job"))
+    }
+
+    /// Waits until all these jobs have ended; their outcomes, in the same order.
+    pub fn wait(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>> {
+        let mut watch = self.jobs.borrow_mut();
+        let watch = watch
+            .as_mut()
+            .ok_or_else(|| Error::systemd("waiting for a job that was never queued"))?;
+        if let Some(unknown) = jobs.iter().find(|job| {
+            !watch.queued.contains_key(&job.path) && !watch.ended.contains_key(&job.path)
+        }) {
+            return Err(Error::systemd(format!(
+                "waiting for job {} that this process did not queue or waited for already",
+                unknown.path.as_str()
+            )));
+        }
+        while !jobs.iter().all(|job| watch.ended.contains_key(&job.path)) {
+            let Some(message) = watch.removed.next() else {
+                return Err(Error::systemd(
+                    "the connection to systemd closed while waiting for a job",
+                ));
+            };
             let message = message?;
-            if message.header().sender() != Some(&systemd) {
-                continue;
-            }
-            let (_id, removed_job, unit, result): (u32, OwnedObjectPath, String, String) =
+            let (_id, path, unit, result): (u32, OwnedObjectPath, String, String) =
                 message.body().deserialize()?;
-            if removed_job == job {
-                return Ok(JobOutcome { unit, result });
+            let from_systemd = match (watch.queued.get(&path), message.header().sender()) {
+                (Some(systemd), Some(sender)) => sender == systemd.inner(),
+                _ => false,
+            };
+            if from_systemd {
+                watch.queued.remove(&path);
+                watch.ended.insert(path, JobOutcome { unit, result });
             }
         }
-        Err(Error::systemd(
-            "the connection to systemd closed while waiting for a job",
-        ))
+        jobs.iter()
+            .map(|job| {
+                watch
+                    .ended
+                    .remove(&job.path)
+                    .ok_or_else(|| Error::systemd("a job was named twice in one wait"))
+            })
+            .collect()
     }
 }
 

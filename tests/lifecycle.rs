@@ -81,10 +81,11 @@ fn create_bound_to_a_live_scope() {
 
     // The record.
     let record =
-        fs::read_to_string(sb.path("/var/lib/hostchan/channels/run-chan-c1.toml")).unwrap();
-    assert!(record.contains("container_path = \"/chan\""), "{record}");
-    assert!(record.contains("owner = \"ctr1.scope\""), "{record}");
-    assert!(record.contains("container = \"c0ffee\""), "{record}");
+        fs::read_to_string(sb.path("/var/lib/hostchan/channels/run-chan-c1.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["container_path"], "/chan", "{record}");
+    assert_eq!(record["owner"], "ctr1.scope", "{record}");
+    assert_eq!(record["container"], "c0ffee", "{record}");
 }
 
 fn libc_enospc() -> i32 {
@@ -452,7 +453,7 @@ fn racing_creates_for_one_path_have_one_winner() {
             "the winner's channel must stand"
         );
         assert!(sb
-            .path(&format!("/var/lib/hostchan/channels/run-race{round}.toml"))
+            .path(&format!("/var/lib/hostchan/channels/run-race{round}.json"))
             .exists());
     }
 }

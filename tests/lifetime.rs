@@ -138,7 +138,7 @@ fn the_idle_limit_removes_a_forgotten_channel() {
     );
     assert!(!sb.path("/run/hostchan/gone1").exists());
     assert_eq!(sb.mount_options("/run/hostchan/gone1"), None);
-    assert_eq!(sb.record_files(), ["run-hostchan-runs1.toml"]);
+    assert_eq!(sb.record_files(), ["run-hostchan-runs1.json"]);
     sb.wait_for(
         || sb.unit_state("hostchan-keep@gone1.service") == "gone",
         "the forgotten container's keeper to go",

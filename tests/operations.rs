@@ -14,7 +14,7 @@ fn records_in(state: &Path) -> Vec<String> {
             entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.ends_with(".toml"))
+                .filter(|name| name.ends_with(".json"))
                 .collect()
         })
         .unwrap_or_default();
@@ -139,7 +139,8 @@ fn gc_at_boot_removes_leftovers_of_a_crash_and_nothing_else() {
     let kept = records_in(&state.0);
     assert_eq!(kept.len(), 1, "{kept:?}");
     let record = fs::read_to_string(state.path("channels").join(&kept[0])).unwrap();
-    assert!(record.contains(&format!("host_path = \"{c}\"")), "{record}");
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["host_path"], c.as_str(), "{record}");
     sb.journal_with(
         "hostchan-gc.service",
         &[

@@ -229,7 +229,7 @@ fn planted_records_are_never_acted_on() {
     .ok();
     let mode = |path: &str| fs::metadata(sb.path(path)).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode("/var/lib/hostchan/channels"), 0o700);
-    assert_eq!(mode("/var/lib/hostchan/channels/run-u1.toml"), 0o600);
+    assert_eq!(mode("/var/lib/hostchan/channels/run-u1.json"), 0o600);
     assert_eq!(mode("/run/u1"), 0o1777, "the tmpfs root");
     sb.hostchan(&["delete", "/run/u1"]).ok();
 
@@ -243,12 +243,20 @@ fn planted_records_are_never_acted_on() {
         stat.ino()
     );
     fs::write(sb.path("/run/planted.toml"), &planted).unwrap();
+    // The same as this hostchan writes records (JSON), and as older ones did (TOML).
+    let planted_json = serde_json::json!({
+        "version": 3, "id": "0123", "host_path": "/run/victim", "container_path": "/x",
+        "mode": "rw", "size": 4096, "container": "evil", "unit": "victim.scope",
+        "cleanup_unit": "victim.scope", "created": 1,
+        "made": [{"path": "/run/victim", "dev": stat.dev(), "ino": stat.ino()}]
+    });
+    fs::write(sb.path("/run/planted.json"), planted_json.to_string()).unwrap();
 
     // A directory others can write: nothing in it is trusted, by any command.
     sb.sh("chmod 0777 /var/lib/hostchan/channels").ok();
     as_nobody(
         &sb,
-        "cp /run/planted.toml /var/lib/hostchan/channels/evil.toml",
+        "cp /run/planted.toml /var/lib/hostchan/channels/evil.toml && cp /run/planted.json /var/lib/hostchan/channels/evil2.json",
     )
     .ok();
     let poststop = r#"{"id":"evil","status":"stopped","bundle":"/b"}"#;

@@ -1,9 +1,14 @@
-//! hostchan's benchmarks. `bench/run` builds this (`--example bench`, release) and runs it inside
-//! the sandboxed systemd; it prints one table of medians, p95 and ratios, measured side by side in
-//! one run. It times, it never asserts a speed.
+//! hostchan's benchmarks. `bench/run` builds this (`--example bench`, release) and boots a fresh
+//! sandboxed systemd for each phase (`bench phase NAME`), which prints rows of measurements;
+//! `bench print FILE` then prints them as one table, sections in order, with the ratios of
+//! measurements taken side by side in one run. It times, it never asserts a speed.
 //!
-//! Environment: HOSTCHAN (the binary under test), BENCH_SCALE=tiny (CI: a few samples each).
+//! Environment of a phase: HOSTCHAN (the binary under test), BENCH_SCALE=tiny (CI: a few
+//! samples each), BENCH_BURST (the `SYSTEMD_DEFAULT_MOUNT_RATE_LIMIT_BURST` the sandbox's PID 1
+//! was started with, empty for systemd's default).
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
@@ -17,17 +22,19 @@ struct Scale {
     list_sizes: Vec<usize>,
     list_runs: usize,
     parallel_rounds: usize,
+    hook_rounds: usize,
 }
 
 impl Scale {
     fn from_env() -> Scale {
-        if std::env::var("BENCH_SCALE").as_deref() == Ok("tiny") {
+        if tiny() {
             Scale {
                 cycles: 3,
                 version_runs: 3,
                 list_sizes: vec![2, 4],
                 list_runs: 2,
                 parallel_rounds: 1,
+                hook_rounds: 1,
             }
         } else {
             Scale {
@@ -36,9 +43,14 @@ impl Scale {
                 list_sizes: vec![10, 100, 1000],
                 list_runs: 20,
                 parallel_rounds: 5,
+                hook_rounds: 10,
             }
         }
     }
+}
+
+fn tiny() -> bool {
+    std::env::var("BENCH_SCALE").as_deref() == Ok("tiny")
 }
 
 /// How one process ended, with its wall time and peak resident set.
@@ -111,99 +123,73 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-struct Table {
-    rows: Vec<[String; 5]>,
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
-impl Table {
-    fn timing(&mut self, what: &str, samples: &[Duration], note: String) -> Stats {
+/// The sections, in the order they print.
+const SECTIONS: [&str; 7] = [
+    "1. one channel, create + delete (tmpfs 1048576 bytes, bound to a scope, directory removed)",
+    "2. process start to exit",
+    "3. list and status with N live channels (list: one ListUnitsByNames call), vs systemctl list-units --type=mount",
+    "4. the OCI hook of one container (runc, createRuntime): 1 channel vs 8 channels; beside it, 1 vs 8 systemd-mounts at once",
+    "5. creates racing each other (one PID 1, one owner scope)",
+    "6. storm: N containers starting at once, each with its own scope; every measurement on a freshly booted PID 1",
+    "7. peak RSS",
+];
+
+/// Rows of one phase, printed as tab-separated lines for `bench print`:
+/// `ROW section what n median p95 note`.
+struct Rows;
+
+impl Rows {
+    fn row(section: usize, what: &str, n: String, median: String, p95: String, note: String) {
+        println!("ROW\t{section}\t{what}\t{n}\t{median}\t{p95}\t{note}");
+    }
+
+    fn timing(section: usize, what: &str, samples: &[Duration], note: String) -> Stats {
         let s = stats(samples);
-        self.rows.push([
-            what.to_owned(),
+        Rows::row(
+            section,
+            what,
             s.n.to_string(),
             ms(s.median),
             ms(s.p95),
             note,
-        ]);
+        );
         s
     }
 
     /// Two timings and the ratio of their medians; returns the medians.
     fn compare(
-        &mut self,
+        section: usize,
         a: (&str, &[Duration]),
         b: (&str, &[Duration]),
         ratio_label: &str,
     ) -> (Duration, Duration) {
-        let a = self.timing(a.0, a.1, String::new()).median;
-        let b = self.timing(b.0, b.1, String::new()).median;
-        self.line(
+        let sa = Rows::timing(section, a.0, a.1, String::new());
+        let sb = Rows::timing(section, b.0, b.1, String::new());
+        Rows::line(
+            section,
             &format!("  {ratio_label}"),
             String::new(),
-            format!("{:.2}x", ratio(a, b)),
+            format!(
+                "{:.2}x median, {:.2}x p95",
+                ratio(sa.median, sb.median),
+                ratio(sa.p95, sb.p95)
+            ),
         );
-        (a, b)
+        (sa.median, sb.median)
     }
 
-    fn line(&mut self, what: &str, value: String, note: String) {
-        self.rows
-            .push([what.to_owned(), String::new(), value, String::new(), note]);
+    fn line(section: usize, what: &str, value: String, note: String) {
+        Rows::row(section, what, String::new(), value, String::new(), note);
     }
-
-    fn section(&mut self, title: &str) {
-        self.rows.push([
-            format!("-- {title}"),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ]);
-    }
-
-    fn print(&self) {
-        let header = ["what", "n", "median", "p95", "ratio / note"];
-        let mut widths = header.map(str::len);
-        for row in &self.rows {
-            if row[0].starts_with("--") {
-                continue;
-            }
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        let print = |cells: [&str; 5]| {
-            println!(
-                "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}",
-                cells[0],
-                cells[1],
-                cells[2],
-                cells[3],
-                cells[4],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2],
-                w3 = widths[3]
-            );
-        };
-        print(header);
-        for row in &self.rows {
-            if row[0].starts_with("--") {
-                println!("{}", row[0]);
-            } else {
-                print([&row[0], &row[1], &row[2], &row[3], &row[4]]);
-            }
-        }
-    }
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
 
 struct Bench {
     hostchan: String,
     scale: Scale,
-    table: Table,
 }
 
 const SIZE: &str = "1048576";
@@ -219,18 +205,22 @@ fn start_scope(name: &str) {
         .status()
         .expect("systemd-run");
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("systemctl")
-            .args(["is-active", name])
-            .output()
-            .expect("systemctl");
-        if out.stdout.starts_with(b"active") {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(10));
+    wait_until(Duration::from_secs(30), &format!("{name} to start"), || {
+        Command::new("systemctl")
+            .args(["is-active", "--quiet", name])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+}
+
+#[track_caller]
+fn wait_until(limit: Duration, what: &str, condition: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
     }
+    started.elapsed()
 }
 
 /// mount + umount through systemd-mount, then the rmdir it leaves to its caller.
@@ -325,12 +315,13 @@ impl Bench {
         argv
     }
 
-    /// 1: a channel's whole life, three ways. PID 1 handles at most 5 mount events a second
-    /// before it delays the rest (systemd's mount-event rate limit), so each round starts a
-    /// second after the previous one and holds 4 events (a create and a delete each for
-    /// hostchan and systemd-mount), in alternating order: neither pays for the other's events.
-    /// `back_to_back` measures hostchan without the pause, where the limit shows.
-    fn create_delete(&mut self) {
+    /// 1 (and 7): a channel's whole life, three ways. PID 1 handles at most 5 mount events a
+    /// second before it delays the rest (systemd's mount-event rate limit), so each round
+    /// starts a second after the previous one and holds 4 events (a create and a delete each
+    /// for hostchan and systemd-mount), in alternating order: neither pays for the other's
+    /// events. `back_to_back` measures hostchan without the pause, where the limit shows.
+    fn create_delete(&self) {
+        start_scope(OWNER);
         let mut hc = (Vec::new(), Vec::new(), Vec::new());
         let mut sm = (Vec::new(), Vec::new(), Vec::new());
         let mut rss = Vec::new();
@@ -356,87 +347,92 @@ impl Bench {
             );
         }
         let floor = floor_cycles(self.scale.cycles);
-        self.table.section(&format!(
-            "1. one channel, create + delete (tmpfs {SIZE} bytes, bound to a scope, directory removed)"
-        ));
-        self.table.compare(
+        Rows::compare(
+            1,
             ("hostchan create", &hc.0),
             ("systemd-mount", &sm.0),
             "create: hostchan / systemd-mount",
         );
-        self.table.compare(
+        Rows::compare(
+            1,
             ("hostchan delete", &hc.1),
             ("systemd-umount + rmdir", &sm.1),
-            "delete: hostchan / systemd-umount",
+            "delete: hostchan / systemd-umount + rmdir",
         );
-        let (h, _) = self.table.compare(
+        let (h, _) = Rows::compare(
+            1,
             ("hostchan cycle", &hc.2),
             ("systemd-mount cycle", &sm.2),
             "cycle: hostchan / systemd-mount",
         );
-        let f = self
-            .table
-            .timing(
-                "floor: mkdir+mount(2)+umount(2)+rmdir",
-                &floor,
-                "in-process, private mount namespace".into(),
-            )
-            .median;
-        self.table.timing(
+        let f = Rows::timing(
+            1,
+            "floor: mkdir+mount(2)+umount(2)+rmdir",
+            &floor,
+            "in-process, private mount namespace".into(),
+        )
+        .median;
+        Rows::timing(
+            1,
             "hostchan cycle, back to back",
             &back_to_back.2,
             "no pause: PID 1's mount-event rate limit shows in p95".into(),
         );
-        self.table.line(
+        Rows::line(
+            1,
             "  cycle: hostchan / floor",
             String::new(),
             format!("{:.0}x", ratio(h, f)),
         );
         rss.sort();
-        self.table.section("5. peak RSS");
-        self.table.line(
+        Rows::line(
+            7,
             "hostchan create, peak RSS",
             format!("{} KiB", rss[rss.len() / 2]),
             format!("median of {}, max {} KiB", rss.len(), rss[rss.len() - 1]),
         );
         sm_rss.sort();
-        self.table.line(
+        Rows::line(
+            7,
             "systemd-mount, peak RSS",
             format!("{} KiB", sm_rss[sm_rss.len() / 2]),
             format!("median of {}, for comparison", sm_rss.len()),
         );
+        must(&["systemctl", "stop", OWNER]);
     }
 
     /// 2: process start to exit.
-    fn version(&mut self) {
+    fn version(&self) {
         let mut hc = Vec::new();
         let mut sm = Vec::new();
         for _ in 0..self.scale.version_runs {
             hc.push(must(&self.hostchan(&["--version"])).wall);
             sm.push(must(&["systemd-mount", "--version"]).wall);
         }
-        self.table.section("2. process start to exit");
-        self.table.compare(
+        Rows::compare(
+            2,
             ("hostchan --version", &hc),
             ("systemd-mount --version", &sm),
             "hostchan / systemd-mount",
         );
     }
 
-    /// 3: `list` against the number of live channels, beside systemctl's own listing.
-    fn list(&mut self) {
-        self.table.section(
-            "3. list with N live channels (one ListUnitsByNames call), vs systemctl list-units --type=mount",
-        );
-        start_scope("bench-list.scope");
+    /// 3: `list` and `status` against the number of live channels, beside systemctl's own
+    /// listing; then all of them go with their scope (systemd's BindsTo at scale).
+    fn list(&self) {
+        let owner = "bench-list.scope";
+        start_scope(owner);
         let mut live = 0;
-        let mut per_channel = Vec::new();
-        for &size in &self.scale.list_sizes.clone() {
-            self.create_many(live..size, "bench-list.scope");
+        let mut listed = Vec::new();
+        let mut shown = Vec::new();
+        let burst = burst_label();
+        for &size in &self.scale.list_sizes {
+            self.create_many(live..size, owner);
             live = size;
             let mut hc = Vec::new();
             let mut sc = Vec::new();
-            for _ in 0..self.scale.list_runs {
+            let mut status = Vec::new();
+            for run in 0..self.scale.list_runs {
                 hc.push(must(&self.hostchan(&["list"])).wall);
                 sc.push(
                     must(&[
@@ -448,57 +444,67 @@ impl Bench {
                     ])
                     .wall,
                 );
+                let one = format!("/run/bench/l/c{}", run % size);
+                status.push(must(&self.hostchan(&["status", &one])).wall);
             }
-            let h = self
-                .table
-                .timing(
-                    &format!("hostchan list, {size} channels"),
-                    &hc,
-                    String::new(),
-                )
-                .median;
-            let s = self
-                .table
-                .timing(
-                    &format!("systemctl list-units, {size} channels"),
-                    &sc,
-                    String::new(),
-                )
-                .median;
-            self.table.line(
-                &format!("  {size}: hostchan / systemctl"),
+            let h = Rows::timing(
+                3,
+                &format!("hostchan list, {size} channels"),
+                &hc,
                 String::new(),
-                format!("{:.2}x", ratio(h, s)),
             );
-            per_channel.push((size, h));
-        }
-        if let (Some(first), Some(last)) = (per_channel.first(), per_channel.last()) {
-            self.table.line(
-                &format!("  growth {} -> {} channels", first.0, last.0),
+            let s = Rows::timing(
+                3,
+                &format!("systemctl list-units, {size} channels"),
+                &sc,
+                String::new(),
+            );
+            Rows::line(
+                3,
+                &format!("  {size}: hostchan list / systemctl"),
                 String::new(),
                 format!(
-                    "time x{:.1} for channels x{:.0}",
-                    ratio(last.1, first.1),
-                    last.0 as f64 / first.0 as f64
+                    "{:.2}x median, {:.2}x p95",
+                    ratio(h.median, s.median),
+                    ratio(h.p95, s.p95)
                 ),
             );
-        }
-        // All of them go with their scope: systemd's BindsTo at scale.
-        let t = Instant::now();
-        must(&["systemctl", "stop", "bench-list.scope"]);
-        let records = Path::new("/var/lib/hostchan/channels");
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while count_records(records) > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "channels did not go with their scope"
+            let st = Rows::timing(
+                3,
+                &format!("hostchan status of one, {size} channels"),
+                &status,
+                String::new(),
             );
-            std::thread::sleep(Duration::from_millis(10));
+            listed.push((size, h.median));
+            shown.push((size, st.median));
         }
-        self.table.line(
+        for (what, series) in [("list", &listed), ("status of one", &shown)] {
+            if let (Some(first), Some(last)) = (series.first(), series.last()) {
+                Rows::line(
+                    3,
+                    &format!("  {what}: {} -> {} channels", first.0, last.0),
+                    String::new(),
+                    format!(
+                        "time x{:.2} for channels x{:.0}",
+                        ratio(last.1, first.1),
+                        last.0 as f64 / first.0 as f64
+                    ),
+                );
+            }
+        }
+        let t = Instant::now();
+        must(&["systemctl", "stop", owner]);
+        let records = Path::new("/var/lib/hostchan/channels");
+        wait_until(
+            Duration::from_secs(600),
+            "the channels to go with their scope",
+            || count_records(records) == 0,
+        );
+        Rows::line(
+            3,
             &format!("stop the scope of {live} channels until all are gone"),
             ms(t.elapsed()),
-            "unmounted, directories and records removed".into(),
+            format!("unmounted, directories and records removed; PID 1's burst {burst}"),
         );
     }
 
@@ -517,9 +523,132 @@ impl Bench {
         });
     }
 
-    /// 4: creates racing each other.
-    fn parallel(&mut self) {
-        self.table.section("4. parallel creates");
+    /// 4: runc runs the hook at createRuntime for a container with 1 or with 8 channel
+    /// annotations; the hook's own time is measured by `bench hook-timer`, which runc runs in
+    /// its place. Rounds alternate, each after a second without mount events, so that one
+    /// round's mounts and unmounts do not meet the next one's in PID 1's mount-event rate
+    /// limit.
+    fn hook(&self) {
+        let rootfs = Path::new("/run/bench/hook/rootfs");
+        busybox_rootfs(rootfs, 8);
+        let timings = Path::new("/run/bench/hook/timings");
+        let mut one = Vec::new();
+        let mut eight = Vec::new();
+        for round in 0..self.scale.hook_rounds * 2 {
+            // A second without mount events, so that PID 1's rate limit is cold.
+            std::thread::sleep(Duration::from_millis(1200));
+            let channels = if round % 2 == 0 { 1 } else { 8 };
+            let name = format!("bh{round}");
+            let bundle = self.hook_bundle(&name, rootfs, timings, channels);
+            let _ = std::fs::remove_file(timings);
+            let script = format!(
+                "runc --systemd-cgroup run -d --bundle '{}' '{name}' </dev/null >/dev/null 2>/run/bench/hook/runc.err || {{ cat /run/bench/hook/runc.err >&2; exit 1; }}",
+                bundle.display()
+            );
+            must(&["sh", "-c", &script]);
+            let took: f64 = std::fs::read_to_string(timings)
+                .expect("the hook ran")
+                .trim()
+                .parse()
+                .expect("a time in seconds");
+            let took = Duration::from_secs_f64(took);
+            if channels == 1 {
+                one.push(took);
+            } else {
+                eight.push(took);
+            }
+            must(&["runc", "--systemd-cgroup", "delete", "--force", &name]);
+            wait_until(Duration::from_secs(60), "the channels to go", || {
+                count_records(Path::new("/var/lib/hostchan/channels")) == 0
+            });
+        }
+        // The same number of mounts by systemd's own tool, at once, bound to one scope: what
+        // PID 1 itself takes for 1 and for 8 mount units.
+        let owner = "bench-hook.scope";
+        start_scope(owner);
+        let mut sm_one = Vec::new();
+        let mut sm_eight = Vec::new();
+        for round in 0..self.scale.hook_rounds * 2 {
+            std::thread::sleep(Duration::from_millis(1200));
+            let mounts = if round % 2 == 0 { 1 } else { 8 };
+            let paths: Vec<String> = (0..mounts)
+                .map(|i| format!("/run/bench/hook/sm{round}/c{i}"))
+                .collect();
+            let argvs: Vec<Vec<String>> = paths
+                .iter()
+                .map(|path| systemd_mount_argv(path, owner))
+                .collect();
+            let (took, oks) = at_once(&argvs);
+            assert_eq!(oks, mounts, "systemd-mount failed");
+            if mounts == 1 {
+                sm_one.push(took);
+            } else {
+                sm_eight.push(took);
+            }
+            for path in &paths {
+                must(&["systemd-umount", "--quiet", path]);
+                std::fs::remove_dir(path).expect("rmdir after systemd-umount");
+            }
+        }
+        must(&["systemctl", "stop", owner]);
+        let per = |name: &str, one: &[Duration], eight: &[Duration]| {
+            let (s1, s8) = (stats(one), stats(eight));
+            Rows::timing(4, &format!("{name}, 1"), one, String::new());
+            Rows::timing(4, &format!("{name}, 8"), eight, String::new());
+            Rows::line(
+                4,
+                &format!("  {name}: 8 / 1"),
+                String::new(),
+                format!(
+                    "{:.2}x median, {:.2}x p95",
+                    ratio(s8.median, s1.median),
+                    ratio(s8.p95, s1.p95)
+                ),
+            );
+        };
+        per("hook, channels", &one, &eight);
+        per("systemd-mount at once, mounts", &sm_one, &sm_eight);
+    }
+
+    fn hook_bundle(&self, name: &str, rootfs: &Path, timings: &Path, channels: usize) -> PathBuf {
+        let bundle = PathBuf::from(format!("/run/bench/hook/{name}"));
+        std::fs::create_dir_all(&bundle).expect("bundle directory");
+        must(&["runc", "spec", "--bundle", &bundle.display().to_string()]);
+        let path = bundle.join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("runc spec"))
+                .expect("runc spec's JSON");
+        config["process"]["terminal"] = false.into();
+        config["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+        config["root"]["path"] = rootfs.display().to_string().into();
+        config["root"]["readonly"] = false.into();
+        config["linux"]["cgroupsPath"] = format!("system.slice:runc:{name}").into();
+        let me = std::env::current_exe().expect("the bench's own path");
+        let me = me.display().to_string();
+        config["hooks"] = serde_json::json!({
+            "createRuntime": [{
+                "path": me,
+                "args": [me, "hook-timer", timings, self.hostchan, "oci-hook"],
+            }],
+            "poststop": [{ "path": self.hostchan, "args": ["hostchan", "oci-hook"] }],
+        });
+        let annotations: serde_json::Map<String, serde_json::Value> = (0..channels)
+            .map(|i| {
+                (
+                    format!("io.hostchan.channel.c{i}"),
+                    format!("/run/hostchan/{name}/c{i}:/c{i}:rw:{SIZE}").into(),
+                )
+            })
+            .collect();
+        config["annotations"] = annotations.into();
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("JSON"))
+            .expect("config.json");
+        bundle
+    }
+
+    /// 5: creates racing each other.
+    fn parallel(&self) {
+        start_scope(OWNER);
         let mut distinct = Vec::new();
         let mut distinct_errors = 0;
         let mut shared = Vec::new();
@@ -544,43 +673,201 @@ impl Bench {
             winners.push(oks);
             must(&self.hostchan(&["delete", &format!("/run/bench/same{round}")]));
         }
-        self.table.timing(
+        Rows::timing(
+            5,
             "16 creates at once, distinct paths (wall)",
             &distinct,
             format!("errors: {distinct_errors}"),
         );
-        self.table.timing(
+        Rows::timing(
+            5,
             "8 creates at once, one path (wall)",
             &shared,
             format!("winners per round: {winners:?}"),
         );
+        must(&["systemctl", "stop", OWNER]);
     }
 
     /// Starts one create per spec at the same moment; returns the wall time until the last
     /// ends and how many succeeded.
     fn race(&self, specs: &[String]) -> (Duration, usize) {
-        let barrier = Arc::new(Barrier::new(specs.len() + 1));
-        let started = std::thread::scope(|s| {
-            let handles: Vec<_> = specs
-                .iter()
-                .map(|spec| {
-                    let barrier = barrier.clone();
-                    s.spawn(move || {
-                        barrier.wait();
-                        measure(&self.hostchan(&["create", "--scope", OWNER, spec])).ok
-                    })
+        let argvs: Vec<Vec<String>> = specs
+            .iter()
+            .map(|spec| {
+                self.hostchan(&["create", "--scope", OWNER, spec])
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        at_once(&argvs)
+    }
+}
+
+/// Runs every argv at the same moment; the wall time until the last ends, and how many
+/// succeeded.
+fn at_once(argvs: &[Vec<String>]) -> (Duration, usize) {
+    let barrier = Arc::new(Barrier::new(argvs.len() + 1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = argvs
+            .iter()
+            .map(|argv| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+                    barrier.wait();
+                    measure(&argv).ok
                 })
-                .collect();
-            barrier.wait();
-            let t = Instant::now();
-            let oks = handles
-                .into_iter()
-                .map(|h| h.join())
-                .filter(|ok| matches!(ok, Ok(true)))
-                .count();
-            (t.elapsed(), oks)
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let oks = handles
+            .into_iter()
+            .map(|h| h.join())
+            .filter(|ok| matches!(ok, Ok(true)))
+            .count();
+        (t.elapsed(), oks)
+    })
+}
+
+/// 6, one measurement: `n` containers start at once, each with its own scope (started
+/// beforehand), and each gets a channel from `tool`; then all the scopes stop at once and the
+/// clock runs until every channel is gone (for systemd-mount, which leaves the directories,
+/// until every path is unmounted and the bench has removed the directory, as its caller must).
+/// `hot`: just before, PID 1 has seen more mount events in the last second than its burst
+/// allows. Prints one `STORM` line.
+fn storm(hostchan: &str, tool: &str, n: usize, hot: bool) {
+    let scopes: Vec<String> = (0..n).map(|i| format!("storm-{i}.scope")).collect();
+    for scope in &scopes {
+        start_scope(scope);
+    }
+    let paths: Vec<String> = (0..n).map(|i| format!("/run/storm/c{i}")).collect();
+    let argvs: Vec<Vec<String>> = paths
+        .iter()
+        .zip(&scopes)
+        .map(|(path, scope)| match tool {
+            "hostchan" => vec![
+                hostchan.into(),
+                "create".into(),
+                "--scope".into(),
+                scope.clone(),
+                format!("{path}:/x:rw:{SIZE}"),
+            ],
+            _ => systemd_mount_argv(path, scope),
+        })
+        .collect();
+    // Whatever starting the scopes stirred up is over; then, for `hot`, 12 mount events 20 ms
+    // apart: more than PID 1's default burst of 5 in a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    if hot {
+        let dir = Path::new("/run/storm-hot");
+        std::fs::create_dir_all(dir).expect("mkdir");
+        for _ in 0..6 {
+            mount(
+                Some("tmpfs"),
+                dir,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .expect("mount");
+            std::thread::sleep(Duration::from_millis(20));
+            umount(dir).expect("umount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (created, oks) = at_once(&argvs);
+
+    let mut stop = vec!["systemctl", "stop", "--no-block"];
+    stop.extend(scopes.iter().map(String::as_str));
+    let t = Instant::now();
+    must(&stop);
+    let mut left: Vec<&String> = paths.iter().collect();
+    while !left.is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the storm's channels did not go"
+        );
+        left.retain(|path| match tool {
+            "hostchan" => Path::new(path).exists(),
+            _ => {
+                if is_mount_point(path) {
+                    true
+                } else {
+                    // Never mounted (a failed start) or unmounted now: the caller's rmdir.
+                    let _ = std::fs::remove_dir(path);
+                    Path::new(path).exists()
+                }
+            }
         });
-        started
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let teardown = t.elapsed();
+    println!(
+        "STORM\t{}\t{}\t{n}\t{tool}\t{}\t{}\t{}",
+        burst_label(),
+        if hot { "hot" } else { "fresh" },
+        created.as_secs_f64(),
+        n - oks,
+        teardown.as_secs_f64()
+    );
+}
+
+/// A tmpfs as hostchan makes it, by systemd-mount, bound to `owner`.
+fn systemd_mount_argv(path: &str, owner: &str) -> Vec<String> {
+    [
+        "systemd-mount",
+        "--quiet",
+        "--collect",
+        "-t",
+        "tmpfs",
+        "-o",
+        OPTIONS,
+        "-p",
+        &format!("BindsTo={owner}"),
+        "-p",
+        &format!("After={owner}"),
+        "tmpfs",
+        path,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn is_mount_point(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(Ok(parent))) = (
+        std::fs::symlink_metadata(path),
+        Path::new(path).parent().map(std::fs::symlink_metadata),
+    ) else {
+        return false;
+    };
+    here.dev() != parent.dev()
+}
+
+fn burst_label() -> String {
+    match std::env::var("BENCH_BURST") {
+        Ok(burst) if !burst.is_empty() => burst,
+        _ => "5 (default)".into(),
+    }
+}
+
+/// A busybox root for runc, with `/c0`.. as the containers' channel paths.
+fn busybox_rootfs(rootfs: &Path, channels: usize) {
+    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(rootfs.join(sub)).expect("rootfs");
+    }
+    for i in 0..channels {
+        std::fs::create_dir_all(rootfs.join(format!("c{i}"))).expect("rootfs");
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is missing: install busybox-static (bench/run does)");
+    std::fs::copy(busybox, rootfs.join("bin/busybox")).expect("copy busybox");
+    for tool in ["sh", "sleep"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool));
     }
 }
 
@@ -595,17 +882,185 @@ fn count_records(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn main() {
-    let hostchan = std::env::var("HOSTCHAN").expect("HOSTCHAN: the hostchan binary to measure");
-    let mut bench = Bench {
-        hostchan,
-        scale: Scale::from_env(),
-        table: Table { rows: Vec::new() },
+/// `bench hook-timer FILE COMMAND...`: what runc runs as the hook. Runs COMMAND with the
+/// runtime's state on its stdin, writes its wall time (seconds) to FILE, exits as it did.
+fn hook_timer(args: &[String]) -> std::process::ExitCode {
+    let (Some(file), Some(command)) = (args.first(), args.get(1)) else {
+        eprintln!("usage: bench hook-timer FILE COMMAND...");
+        return std::process::ExitCode::from(2);
     };
-    start_scope(OWNER);
-    bench.create_delete();
-    bench.version();
-    bench.parallel();
-    bench.list();
-    bench.table.print();
+    let t = Instant::now();
+    let status = Command::new(command)
+        .args(&args[2..])
+        .status()
+        .expect("run the hook");
+    let took = t.elapsed();
+    std::fs::write(file, format!("{}\n", took.as_secs_f64())).expect("write the time");
+    match status.code() {
+        Some(0) => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
+    }
+}
+
+/// `bench print FILE`: the rows of every phase as one table, sections in order; the storm
+/// measurements as medians per case, hostchan beside systemd-mount.
+fn print(file: &str) {
+    let text = std::fs::read_to_string(file).expect("the results file");
+    let mut sections: BTreeMap<usize, Vec<[String; 5]>> = BTreeMap::new();
+    // (burst, n, condition, tool) -> (create seconds, teardown seconds, errors)
+    type Case = (String, usize, String, String);
+    let mut storms: BTreeMap<Case, (Vec<Duration>, Vec<Duration>, usize)> = BTreeMap::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["ROW", section, what, n, median, p95, note] => {
+                let section: usize = section.parse().expect("a section number");
+                sections.entry(section).or_default().push([
+                    (*what).into(),
+                    (*n).into(),
+                    (*median).into(),
+                    (*p95).into(),
+                    (*note).into(),
+                ]);
+            }
+            ["STORM", burst, condition, n, tool, created, errors, teardown] => {
+                let case = (
+                    (*burst).to_owned(),
+                    n.parse().expect("n"),
+                    (*condition).to_owned(),
+                    (*tool).to_owned(),
+                );
+                let entry = storms.entry(case).or_default();
+                entry
+                    .0
+                    .push(Duration::from_secs_f64(created.parse().expect("seconds")));
+                entry
+                    .1
+                    .push(Duration::from_secs_f64(teardown.parse().expect("seconds")));
+                entry.2 += errors.parse::<usize>().expect("errors");
+            }
+            _ => {}
+        }
+    }
+    let mut storm_rows = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (burst, n, condition, _) in storms.keys() {
+        if !seen.insert((burst.clone(), *n, condition.clone())) {
+            continue;
+        }
+        let get = |tool: &str| storms.get(&(burst.clone(), *n, condition.clone(), tool.into()));
+        let (Some(h), Some(s)) = (get("hostchan"), get("systemd-mount")) else {
+            continue;
+        };
+        let case = format!("{n} at once, {condition} PID 1, burst {burst}");
+        let row = |what: String, samples: &[Duration], note: String| {
+            let st = stats(samples);
+            [what, st.n.to_string(), ms(st.median), ms(st.p95), note]
+        };
+        storm_rows.push(row(
+            format!("hostchan create, {case}"),
+            &h.0,
+            format!("errors: {}", h.2),
+        ));
+        storm_rows.push(row(
+            format!("systemd-mount, {case}"),
+            &s.0,
+            format!("errors: {}", s.2),
+        ));
+        storm_rows.push([
+            "  create: hostchan / systemd-mount".into(),
+            String::new(),
+            format!("{:.2}x", ratio(stats(&h.0).median, stats(&s.0).median)),
+            String::new(),
+            String::new(),
+        ]);
+        storm_rows.push(row(
+            format!("hostchan teardown, {case}"),
+            &h.1,
+            "scopes stopped until every directory is gone".into(),
+        ));
+        storm_rows.push(row(
+            format!("systemd-mount teardown, {case}"),
+            &s.1,
+            "until every path is unmounted and rmdir'd".into(),
+        ));
+        storm_rows.push([
+            "  teardown: hostchan / systemd-mount".into(),
+            String::new(),
+            format!("{:.2}x", ratio(stats(&h.1).median, stats(&s.1).median)),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    sections.entry(6).or_default().extend(storm_rows);
+
+    let header = ["what", "n", "median", "p95", "ratio / note"].map(String::from);
+    let mut widths = [0; 5];
+    for row in std::iter::once(&header).chain(sections.values().flatten()) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &[String; 5]| {
+        format!(
+            "{:<w0$}  {:>w1$}  {:>w2$}  {:>w3$}  {}\n",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        )
+    };
+    let mut out = line(&header);
+    for (section, rows) in &sections {
+        let title = SECTIONS.get(section - 1).copied().unwrap_or("?");
+        let _ = writeln!(out, "-- {title}");
+        for row in rows {
+            out.push_str(&line(row));
+        }
+    }
+    print!("{out}");
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let hostchan = || std::env::var("HOSTCHAN").expect("HOSTCHAN: the hostchan binary to measure");
+    let bench = || Bench {
+        hostchan: hostchan(),
+        scale: Scale::from_env(),
+    };
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["phase", "main"] => {
+            let bench = bench();
+            bench.create_delete();
+            bench.version();
+            bench.parallel();
+        }
+        ["phase", "hook"] => bench().hook(),
+        ["phase", "list"] => bench().list(),
+        ["phase", "storm", tool @ ("hostchan" | "systemd-mount"), n, condition @ ("fresh" | "hot")] => {
+            storm(
+                &hostchan(),
+                tool,
+                n.parse().expect("a number of containers"),
+                *condition == "hot",
+            )
+        }
+        ["hook-timer", ..] => return hook_timer(&args[1..]),
+        ["print", file] => print(file),
+        _ => {
+            eprintln!("usage: bench phase main|hook|list | bench phase storm hostchan|systemd-mount N fresh|hot | bench print FILE");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    std::process::ExitCode::SUCCESS
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -16,9 +16,9 @@ use crate::inject::{self, AttachPoint};
 use crate::owner::{self, MemoryChange, Owner};
 use crate::record::{Record, Store, StoreLock};
 use crate::spec::{self, ChannelSpec, RootOwner};
-use crate::systemd::{Job, Systemd, UnitStatus};
+use crate::systemd::{Job, Memory, Systemd, UnitStatus};
 use crate::unit_name;
-use crate::units::{self, ChannelRequest, ChannelUnits};
+use crate::units::{self, ChannelRequest, ChannelUnits, TransientUnit};
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -296,8 +296,9 @@ impl Channels {
     ) -> std::result::Result<Vec<Created>, CreateFailed> {
         let mut done: Vec<(usize, Created)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
+        let mut active_owners = HashSet::new();
         for (index, options) in requests.iter().enumerate() {
-            match self.prepare(config, options, index) {
+            match self.prepare(config, options, index, &mut active_owners) {
                 Ok(Prepared::Done(created)) => done.push((index, created)),
                 Ok(Prepared::Pending(one)) => pending.push(*one),
                 Err(error) => {
@@ -315,11 +316,14 @@ impl Channels {
 
     /// Everything up to starting the units: the checks, the record, the directories. A channel
     /// found made already, or a dry run, is done here.
+    /// `active_owners`: owner units found running already by this create (the channels of
+    /// one container share one).
     fn prepare<'a>(
         &self,
         config: &Config,
         options: &'a CreateOptions,
         index: usize,
+        active_owners: &mut HashSet<String>,
     ) -> Result<Prepared<'a>> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
         config.check_host_path(&spec.host_path, options.requester)?;
@@ -375,7 +379,10 @@ impl Channels {
             _ => None,
         };
         if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
-            owner::check_owner_active(systemd, owner, options.owner_named)?;
+            if !active_owners.contains(owner) {
+                owner::check_owner_active(systemd, owner, options.owner_named)?;
+                active_owners.insert(owner.clone());
+            }
         }
         let creating = self.store.lock(false)?;
         // The record first, naming the directories about to be made, so that a crash at any
@@ -448,37 +455,52 @@ impl Channels {
                 return Err(failed(pending[0].index, e));
             }
         };
+        let cleanups: Vec<[&TransientUnit; 1]> =
+            pending.iter().map(|one| [&one.units.cleanup]).collect();
+        let starts: Vec<(&TransientUnit, &[&TransientUnit])> = pending
+            .iter()
+            .zip(&cleanups)
+            .map(|(one, cleanup)| (&one.units.mount, &cleanup[..]))
+            .collect();
+        let queued = match systemd.queue_start_transient_all(&starts) {
+            Ok(queued) => queued,
+            Err(e) => {
+                self.abandon(&pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
         let mut jobs = Vec::new();
         let mut refused = None;
-        for (at, one) in pending.iter().enumerate() {
-            match systemd.queue_start_transient(&one.units.mount, &[&one.units.cleanup]) {
+        for (at, result) in queued.into_iter().enumerate() {
+            match result {
                 Ok(job) => jobs.push(job),
                 Err(e) => {
-                    refused = Some((at, e));
-                    break;
+                    refused.get_or_insert((at, e));
                 }
             }
         }
         let outcomes = systemd.wait(&jobs);
         if let Some((at, e)) = refused {
-            let (queued, rest) = pending.split_at(at);
-            let (refused_one, never_queued) = rest.split_at(1);
-            self.roll_back(systemd, queued);
-            self.abandon(never_queued);
-            let one = &refused_one[0];
-            if e.kind() == Kind::AlreadyExists {
+            let one = &pending[at];
+            let error = if e.kind() == Kind::AlreadyExists {
                 // Someone else's unit has this name: leave it alone, take back only what we made.
-                self.abandon(refused_one);
-                return Err(failed(
-                    one.index,
-                    Error::already_exists(format!(
-                        "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
-                        one.record.host_path().display()
-                    )),
-                ));
-            }
-            self.roll_back(systemd, refused_one);
-            return Err(failed(one.index, e));
+                self.abandon(std::slice::from_ref(one));
+                Error::already_exists(format!(
+                    "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
+                    one.record.host_path().display()
+                ))
+            } else {
+                e
+            };
+            let index = one.index;
+            let others: Vec<Pending> = pending
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at || error.kind() != Kind::AlreadyExists)
+                .map(|(_, one)| one)
+                .collect();
+            self.roll_back(systemd, &others);
+            return Err(failed(index, error));
         }
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
@@ -497,9 +519,20 @@ impl Channels {
             self.roll_back(systemd, &pending);
             return Err(failed(index, error));
         }
+        // Channels of one container share its owner: its memory is read once for all of them
+        // (a raise with --grow-memory-limit reads it again, right before).
+        let mut owner_memory: HashMap<String, Option<Memory>> = HashMap::new();
         for at in 0..pending.len() {
             let one = &mut pending[at];
-            if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record) {
+            let memory = match &one.options.owner {
+                Owner::Unit(owner) if pending.len() > 1 => *owner_memory
+                    .entry(owner.clone())
+                    .or_insert_with(|| systemd.memory(owner).ok()),
+                _ => None,
+            };
+            let one = &mut pending[at];
+            if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record, memory)
+            {
                 let index = one.index;
                 self.roll_back(systemd, &pending);
                 return Err(failed(index, e));
@@ -569,6 +602,7 @@ impl Channels {
         spec: &ChannelSpec,
         options: &CreateOptions,
         record: &mut Record,
+        owner_memory: Option<Memory>,
     ) -> Result<()> {
         if let Some(attach) = &options.attach {
             fail_point::hit("before-attach");
@@ -576,8 +610,13 @@ impl Channels {
             self.store.replace(record)?;
         }
         if let Owner::Unit(owner) = &options.owner {
-            record.memory_limit =
-                owner::memory_headroom(systemd, owner, spec.size, options.grow_memory_limit)?;
+            record.memory_limit = owner::memory_headroom(
+                systemd,
+                owner,
+                spec.size,
+                options.grow_memory_limit,
+                owner_memory,
+            )?;
             if record.memory_limit.is_some() {
                 self.store.replace(record)?;
             }

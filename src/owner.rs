@@ -391,14 +391,20 @@ pub fn undo_memory_change(systemd: &Systemd, change: &MemoryChange) -> Result<()
     Ok(())
 }
 
-/// Carries out [`memory_plan`] on the owner unit.
+/// Carries out [`memory_plan`] on the owner unit. `known`: the owner's memory as read for
+/// another channel of the same create (only a raise needs it read again, right before).
 pub fn memory_headroom(
     systemd: &Systemd,
     owner: &str,
     size: u64,
     grow: bool,
+    known: Option<Memory>,
 ) -> Result<Option<MemoryChange>> {
-    let memory = match systemd.memory(owner) {
+    let memory = match known
+        .filter(|_| !grow)
+        .map(Ok)
+        .unwrap_or_else(|| systemd.memory(owner))
+    {
         Ok(memory) => memory,
         Err(e) if grow => return Err(e),
         Err(_) => return Ok(None),

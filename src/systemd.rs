@@ -281,18 +281,81 @@ impl Systemd {
         method: &str,
         body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
     ) -> Result<Job> {
-        let mut jobs = self.jobs.borrow_mut();
-        let watch = match &mut *jobs {
-            Some(watch) => watch,
-            empty => empty.insert(self.watch_jobs()?),
-        };
+        self.ensure_watch()?;
         let reply = self.manager.inner().call_method(method, body)?;
+        self.register(&reply)
+    }
+
+    /// Queues the start of every channel's units, the calls made at once (one thread each),
+    /// not one after another's reply: PID 1 then takes them all in before it runs the jobs, so
+    /// that the mounts happen together and it sees them in few passes over its mount table,
+    /// which its mount-event rate limit counts (5 a second by default). One result per unit,
+    /// in order.
+    pub fn queue_start_transient_all(
+        &self,
+        units: &[(&TransientUnit, &[&TransientUnit])],
+    ) -> Result<Vec<Result<Job>>> {
+        if let [(main, aux)] = units {
+            return Ok(vec![self.queue_start_transient(main, aux)]);
+        }
+        self.ensure_watch()?;
+        let manager = &self.manager;
+        let replies: Vec<zbus::Result<zbus::Message>> = std::thread::scope(|scope| {
+            let calls: Vec<_> = units
+                .iter()
+                .map(|(main, aux)| {
+                    scope.spawn(move || {
+                        let main_props = to_dbus(main);
+                        let aux_props: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux
+                            .iter()
+                            .map(|unit| (unit.name.as_str(), to_dbus(unit)))
+                            .collect();
+                        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_props
+                            .iter()
+                            .map(|(name, props)| (*name, props.as_slice()))
+                            .collect();
+                        manager.inner().call_method(
+                            "StartTransientUnit",
+                            &(main.name.as_str(), "fail", main_props, aux_refs),
+                        )
+                    })
+                })
+                .collect();
+            calls
+                .into_iter()
+                .map(|call| {
+                    call.join().unwrap_or_else(|_| {
+                        Err(zbus::Error::Failure("a D-Bus call thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        Ok(replies
+            .into_iter()
+            .map(|reply| self.register(&reply?))
+            .collect())
+    }
+
+    fn ensure_watch(&self) -> Result<()> {
+        let mut jobs = self.jobs.borrow_mut();
+        if jobs.is_none() {
+            *jobs = Some(self.watch_jobs()?);
+        }
+        Ok(())
+    }
+
+    /// Records the job a reply names, with the reply's sender: systemd's unique name.
+    fn register(&self, reply: &zbus::Message) -> Result<Job> {
         let path: OwnedObjectPath = reply.body().deserialize()?;
         let systemd = reply
             .header()
             .sender()
             .map(|name| name.to_owned().into())
             .ok_or_else(|| Error::systemd("systemd's reply has no sender"))?;
+        let mut jobs = self.jobs.borrow_mut();
+        let watch = jobs
+            .as_mut()
+            .ok_or_else(|| Error::systemd("a job was queued before JobRemoved was watched"))?;
         watch.queued.insert(path.clone(), systemd);
         crate::fail_point::hit("after-job-queued");
         Ok(Job { path })

@@ -123,6 +123,46 @@ fn with_hooks(config: &mut serde_json::Value, annotations: &[(&str, &str)]) {
     config["annotations"] = map.into();
 }
 
+/// The hook starts all of a container's channels together; when one cannot be attached in the
+/// container (its path lies under a file there), the ones already up and attached are taken
+/// down again, inside the container too: all or nothing.
+#[test]
+fn a_hook_that_fails_after_the_units_started_leaves_nothing() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-hook-undo");
+    let bundle = runc_bundle(&dir.0, "hu1", |c| {
+        with_hooks(
+            c,
+            &[
+                ("io.hostchan.channel.a", "/run/hostchan/hu/a:/a:rw:1M"),
+                ("io.hostchan.channel.b", "/run/hostchan/hu/b:/b:rw:1M"),
+                (
+                    "io.hostchan.channel.c",
+                    "/run/hostchan/hu/c:/bin/busybox/c:rw:1M",
+                ),
+            ],
+        )
+    });
+    let out = sb.runc_start(&bundle, "hu1");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("annotation io.hostchan.channel.c: cannot attach channel"),
+        "{out:#?}"
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    for path in [
+        "/run/hostchan/hu/a",
+        "/run/hostchan/hu/b",
+        "/run/hostchan/hu/c",
+    ] {
+        sb.assert_no_trace(path);
+    }
+    assert!(!sb.path("/run/hostchan/hu").exists());
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    sb.runc(&["delete", "--force", "hu1"]);
+}
+
 #[test]
 fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
     let sb = Sandbox::boot();

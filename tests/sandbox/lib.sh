@@ -57,3 +57,26 @@ sandbox_stop() {
     SANDBOX_ID=
     return 0
 }
+
+# ensure_packages PACKAGE...: installs the Debian packages that are missing (as root). Packages
+# such as docker.io start their daemons on install: not on this machine, whose tests and
+# benchmarks start them inside the sandbox only.
+ensure_packages() {
+    local missing=() package policy made_policy=
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$package")
+    done
+    ((${#missing[@]})) || return 0
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" || rc=$?
+    [ -z "$made_policy" ] || rm -f "$policy"
+    return "$rc"
+}

@@ -825,25 +825,42 @@ impl Channels {
     /// the record files), asked on one thread while two others read the records and measure
     /// the tmpfs usage, so that systemd's answer and the reading overlap.
     pub fn list(&self) -> Result<Vec<ChannelInfo>> {
-        let names = self.store.unit_names()?;
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
         let connected = self.systemd.get().is_some();
         let store = &self.store;
-        let (read, asked) = std::thread::scope(|scope| {
+        let (send_names, names_to_ask) = std::sync::mpsc::channel::<Vec<String>>();
+        let (names, read, asked) = std::thread::scope(|scope| {
+            // Connects while the records directory is read; asks once it has the names.
             let asking = (!connected).then(|| {
-                scope.spawn(|| {
-                    let systemd = Systemd::connect()?;
+                scope.spawn(move || {
+                    let systemd = Systemd::connect();
+                    let Ok(names) = names_to_ask.recv() else {
+                        return Ok(None);
+                    };
+                    let systemd = systemd?;
                     let states = systemd.unit_states(&as_strs(&names))?;
-                    Ok::<_, Error>((systemd, states))
+                    Ok::<_, Error>(Some((systemd, states)))
                 })
             });
+            // Dropped on the way out, so that the asking thread never waits for names that
+            // will not come (the scope joins it).
+            let send_names = send_names;
+            let names = match store.unit_names() {
+                Ok(names) if !names.is_empty() => names,
+                other => {
+                    drop(send_names);
+                    let asked =
+                        asking.map(|thread| thread.join().unwrap_or_else(|_| Err(panicked())));
+                    return (other, Ok(Vec::new()), asked);
+                }
+            };
+            let _ = send_names.send(names.clone());
+            drop(send_names);
             let readers: Vec<_> = names
                 .chunks(names.len().div_ceil(LIST_READERS))
                 .map(|units| {
+                    let units = units.to_vec();
                     scope.spawn(move || {
-                        let records = store.records_of_units(units)?;
+                        let records = store.records_of_units(&units)?;
                         Ok::<_, Error>(
                             records
                                 .into_iter()
@@ -861,13 +878,16 @@ impl Channels {
                 .map(|reader| reader.join().unwrap_or_else(|_| Err(panicked())))
                 .collect();
             let asked = asking.map(|thread| thread.join().unwrap_or_else(|_| Err(panicked())));
-            (read, asked)
+            (Ok(names), read, asked)
         });
+        let names = names?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut records: Vec<(Record, Option<u64>)> = read?.into_iter().flatten().collect();
         records.sort_by(|a, b| a.0.host_path().cmp(b.0.host_path()));
-        let mut states = match asked {
-            Some(asked) => {
-                let (systemd, states) = asked?;
+        let mut states = match asked.transpose()?.flatten() {
+            Some((systemd, states)) => {
                 let _ = self.systemd.set(systemd);
                 states
             }

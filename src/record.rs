@@ -396,7 +396,9 @@ fn check_owned(fd: &OwnedFd, path: &Path) -> Result<()> {
 }
 
 fn check_owned_stat(stat: &rustix::fs::Stat, path: &Path) -> Result<()> {
-    let owner = rustix::process::geteuid().as_raw();
+    // Once per process (hostchan never changes its user): `list` checks every record.
+    static OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let owner = *OWNER.get_or_init(|| rustix::process::geteuid().as_raw());
     let mode = stat.st_mode & 0o7777;
     if stat.st_uid != owner || mode & 0o022 != 0 {
         return Err(Error::runtime(format!(

@@ -185,6 +185,11 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         prop("BindsTo", list(&[&mount_name])),
         prop("Before", list(&[&mount_name])),
         prop("DefaultDependencies", PropertyValue::Bool(false)),
+        // What the cleanup has to say goes to the journal by its own socket (with this unit's
+        // name): not connecting stdout and stderr to journald saves PID 1 about half a
+        // millisecond on every delete and every teardown.
+        prop("StandardOutput", s("null")),
+        prop("StandardError", s("null")),
         prop("CollectMode", s("inactive-or-failed")),
     ];
 

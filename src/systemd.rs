@@ -113,13 +113,35 @@ pub struct Job {
 }
 
 struct JobWatch {
-    removed: zbus::blocking::MessageIterator,
-    /// Jobs queued and not yet ended, with the unique name of the peer that queued them
-    /// (systemd, the sender of the call's reply): only its `JobRemoved` counts.
-    queued: HashMap<OwnedObjectPath, zbus::names::OwnedUniqueName>,
+    /// `JobRemoved` signals, passed on by a thread that reads them, so that a wait can stop
+    /// listening now and then and look at the units instead.
+    removed: std::sync::mpsc::Receiver<zbus::Result<zbus::Message>>,
+    /// Jobs queued and not yet ended.
+    queued: HashMap<OwnedObjectPath, QueuedJob>,
     /// Jobs that ended before anyone waited for them.
     ended: HashMap<OwnedObjectPath, JobOutcome>,
 }
+
+struct QueuedJob {
+    /// The unique name of the peer that queued it (systemd, the sender of the call's reply):
+    /// only its `JobRemoved` counts.
+    systemd: zbus::names::OwnedUniqueName,
+    unit: String,
+    kind: JobKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Start,
+    Stop,
+}
+
+/// How long a wait listens for `JobRemoved` before it looks at the units of the jobs it waits
+/// for. systemd reports a job's end only on the bus connection it had when the job was
+/// queued: when PID 1 connects to the bus anew (a daemon-reexec; seen once in a benchmark
+/// without one) the signal can be lost, or come from a name that is not the one that queued
+/// the job, and a wait that only listened would never end.
+const LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// `JobRemoved` signals held for a wait. The signals of other clients' jobs arrive too where
 /// something subscribed to all of systemd's signals; a full queue stops the connection from
@@ -248,6 +270,8 @@ impl Systemd {
         self.queue(
             "StartTransientUnit",
             &(main.name.as_str(), "fail", main_props, aux_refs),
+            &main.name,
+            JobKind::Start,
         )
     }
 
@@ -262,7 +286,7 @@ impl Systemd {
     /// Queues a unit's stop (job mode `replace`) without waiting for it; asking for a stop
     /// that is already queued returns that job. `Ok(None)` when systemd does not know the unit.
     pub fn queue_stop(&self, name: &str) -> Result<Option<Job>> {
-        match self.queue("StopUnit", &(name, "replace")) {
+        match self.queue("StopUnit", &(name, "replace"), name, JobKind::Stop) {
             Ok(job) => Ok(Some(job)),
             Err(e) if e.kind() == Kind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -280,10 +304,12 @@ impl Systemd {
         &self,
         method: &str,
         body: &(impl serde::Serialize + zbus::zvariant::DynamicType),
+        unit: &str,
+        kind: JobKind,
     ) -> Result<Job> {
         self.ensure_watch()?;
         let reply = self.manager.inner().call_method(method, body)?;
-        self.register(&reply)
+        self.register(&reply, unit, kind)
     }
 
     /// Queues the start of every channel's units, the calls made at once (one thread each),
@@ -332,7 +358,8 @@ impl Systemd {
         });
         Ok(replies
             .into_iter()
-            .map(|reply| self.register(&reply?))
+            .zip(units)
+            .map(|(reply, (main, _))| self.register(&reply?, &main.name, JobKind::Start))
             .collect())
     }
 
@@ -345,7 +372,7 @@ impl Systemd {
     }
 
     /// Records the job a reply names, with the reply's sender: systemd's unique name.
-    fn register(&self, reply: &zbus::Message) -> Result<Job> {
+    fn register(&self, reply: &zbus::Message, unit: &str, kind: JobKind) -> Result<Job> {
         let path: OwnedObjectPath = reply.body().deserialize()?;
         let systemd = reply
             .header()
@@ -356,7 +383,14 @@ impl Systemd {
         let watch = jobs
             .as_mut()
             .ok_or_else(|| Error::systemd("a job was queued before JobRemoved was watched"))?;
-        watch.queued.insert(path.clone(), systemd);
+        watch.queued.insert(
+            path.clone(),
+            QueuedJob {
+                systemd,
+                unit: unit.to_owned(),
+                kind,
+            },
+        );
         crate::fail_point::hit("after-job-queued");
         Ok(Job { path })
     }
@@ -368,12 +402,24 @@ impl Systemd {
             .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
             .and_then(|b| b.member("JobRemoved"))?
             .build();
+        let signals = zbus::blocking::MessageIterator::for_match_rule(
+            rule,
+            self.manager.inner().connection(),
+            Some(QUEUED_SIGNALS),
+        )?;
+        let (pass_on, removed) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("job-signals".into())
+            .spawn(move || {
+                for signal in signals {
+                    if pass_on.send(signal).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::io("cannot start a thread", e))?;
         Ok(JobWatch {
-            removed: zbus::blocking::MessageIterator::for_match_rule(
-                rule,
-                self.manager.inner().connection(),
-                Some(QUEUED_SIGNALS),
-            )?,
+            removed,
             queued: HashMap::new(),
             ended: HashMap::new(),
         })
@@ -401,16 +447,22 @@ impl Systemd {
             )));
         }
         while !jobs.iter().all(|job| watch.ended.contains_key(&job.path)) {
-            let Some(message) = watch.removed.next() else {
-                return Err(Error::systemd(
-                    "the connection to systemd closed while waiting for a job",
-                ));
+            let message = match watch.removed.recv_timeout(LOOK_AFTER) {
+                Ok(message) => message?,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    self.look_at_units(watch)?;
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::systemd(
+                        "the connection to systemd closed while waiting for a job",
+                    ))
+                }
             };
-            let message = message?;
             let (_id, path, unit, result): (u32, OwnedObjectPath, String, String) =
                 message.body().deserialize()?;
             let from_systemd = match (watch.queued.get(&path), message.header().sender()) {
-                (Some(systemd), Some(sender)) => sender == systemd.inner(),
+                (Some(queued), Some(sender)) => sender == queued.systemd.inner(),
                 _ => false,
             };
             if from_systemd {
@@ -426,6 +478,67 @@ impl Systemd {
                     .ok_or_else(|| Error::systemd("a job was named twice in one wait"))
             })
             .collect()
+    }
+}
+
+impl Systemd {
+    /// The jobs still queued whose units no longer have them ended without this process being
+    /// told: their outcome is judged from the unit's state (one `ListUnitsByNames` for all).
+    fn look_at_units(&self, watch: &mut JobWatch) -> Result<()> {
+        let units: Vec<&str> = watch.queued.values().map(|q| q.unit.as_str()).collect();
+        if units.is_empty() {
+            return Ok(());
+        }
+        let states = self.unit_states(&units)?;
+        let ended: Vec<OwnedObjectPath> = watch
+            .queued
+            .iter()
+            .filter(|(path, queued)| {
+                let id = job_id(path);
+                !states
+                    .get(&queued.unit)
+                    .is_some_and(|status| status.exists() && id == Some(status.job_id))
+            })
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in ended {
+            if let Some(queued) = watch.queued.remove(&path) {
+                let status = states.get(&queued.unit);
+                let result = judged_result(queued.kind, status);
+                tracing::debug!(
+                    "systemd did not report the end of job {} for {}: judged {result} from the unit's state",
+                    path.as_str(),
+                    queued.unit
+                );
+                watch.ended.insert(
+                    path,
+                    JobOutcome {
+                        unit: queued.unit,
+                        result: result.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The number at the end of a job's object path (`/org/freedesktop/systemd1/job/42`).
+fn job_id(path: &OwnedObjectPath) -> Option<u32> {
+    path.as_str().rsplit('/').next()?.parse().ok()
+}
+
+/// The result word of a job that ended unreported, from its unit as it is now: a start is
+/// done if the unit is active, a stop if the unit is inactive or gone.
+fn judged_result(kind: JobKind, status: Option<&UnitStatus>) -> &'static str {
+    let state = status
+        .filter(|s| s.exists())
+        .map(|s| s.active_state.as_str());
+    match (kind, state) {
+        (JobKind::Start, Some("active")) => "done",
+        (JobKind::Start, _) => "failed",
+        (JobKind::Stop, None | Some("inactive")) => "done",
+        (JobKind::Stop, _) => "failed",
     }
 }
 
@@ -525,6 +638,45 @@ mod tests {
             result: "done".into(),
         };
         assert!(done.succeeded());
+    }
+
+    #[test]
+    fn jobs_that_ended_unreported_are_judged_from_their_units() {
+        let unit = |load: &str, active: &str| UnitStatus {
+            name: "run-x.mount".into(),
+            description: String::new(),
+            load_state: load.into(),
+            active_state: active.into(),
+            sub_state: String::new(),
+            followed: String::new(),
+            path: OwnedObjectPath::try_from("/org/freedesktop/systemd1/unit/x").unwrap(),
+            job_id: 0,
+            job_type: String::new(),
+            job_path: OwnedObjectPath::try_from("/").unwrap(),
+        };
+        use JobKind::{Start, Stop};
+        for (kind, status, expected) in [
+            (Start, Some(unit("loaded", "active")), "done"),
+            (Start, Some(unit("loaded", "failed")), "failed"),
+            (Start, Some(unit("loaded", "inactive")), "failed"),
+            (Start, Some(unit("not-found", "inactive")), "failed"),
+            (Start, None, "failed"),
+            (Stop, Some(unit("loaded", "inactive")), "done"),
+            (Stop, Some(unit("not-found", "inactive")), "done"),
+            (Stop, None, "done"),
+            (Stop, Some(unit("loaded", "active")), "failed"),
+            (Stop, Some(unit("loaded", "failed")), "failed"),
+        ] {
+            assert_eq!(
+                judged_result(kind, status.as_ref()),
+                expected,
+                "{kind:?} {status:?}"
+            );
+        }
+        let path = OwnedObjectPath::try_from("/org/freedesktop/systemd1/job/42").unwrap();
+        assert_eq!(job_id(&path), Some(42));
+        let path = OwnedObjectPath::try_from("/org/freedesktop/systemd1/job").unwrap();
+        assert_eq!(job_id(&path), None);
     }
 
     #[test]

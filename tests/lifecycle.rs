@@ -580,3 +580,50 @@ fn poststop_hook_and_delete_container_remove_a_containers_channels() {
         "Container other has no channels; nothing was deleted.\n"
     );
 }
+
+/// systemd reports the end of a job on the bus connection it had when the job was queued. A
+/// daemon-reexec while a create waits for its mount (held back by PID 1's mount-event rate
+/// limit, made hot first) gives PID 1 a new connection and name: the create still ends, with
+/// the channel up, instead of waiting for a report that never comes from the name it expects.
+#[test]
+fn a_create_waiting_through_a_daemon_reexec_ends() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr-rx.scope");
+    sb.sh("mkdir -p /run/hot && for i in 1 2 3 4 5 6 7 8; do mount -t tmpfs tmpfs /run/hot && umount /run/hot; sleep 0.01; done")
+        .ok();
+    let mut create = sb
+        .command(&[
+            common::HOSTCHAN,
+            "create",
+            "--scope",
+            "ctr-rx.scope",
+            "/run/rx:/x:rw:1M",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    sb.run(&["systemctl", "daemon-reexec"]).ok();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = create.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = create.kill();
+            let _ = create.wait();
+            panic!("create still waits 20 s after the daemon-reexec");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        sb.mount_options("/run/rx").is_some(),
+        "/run/rx is not mounted"
+    );
+    sb.hostchan(&["delete", "/run/rx"]).ok();
+    sb.assert_no_trace("/run/rx");
+}

@@ -230,21 +230,8 @@ fn systemd_mount_cycle(
     rss: &mut Vec<i64>,
 ) {
     let t = Instant::now();
-    let mounted = must(&[
-        "systemd-mount",
-        "--quiet",
-        "--collect",
-        "-t",
-        "tmpfs",
-        "-o",
-        OPTIONS,
-        "-p",
-        &format!("BindsTo={OWNER}"),
-        "-p",
-        &format!("After={OWNER}"),
-        "tmpfs",
-        path,
-    ]);
+    let argv = systemd_mount_argv(path, OWNER);
+    let mounted = must(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let t1 = Instant::now();
     must(&["systemd-umount", "--quiet", path]);
     std::fs::remove_dir(path).expect("rmdir after systemd-umount");

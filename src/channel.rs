@@ -522,15 +522,15 @@ impl Channels {
         // Channels of one container share its owner: its memory is read once for all of them
         // (a raise with --grow-memory-limit reads it again, right before).
         let mut owner_memory: HashMap<String, Option<Memory>> = HashMap::new();
+        let several = pending.len() > 1;
         for at in 0..pending.len() {
             let one = &mut pending[at];
             let memory = match &one.options.owner {
-                Owner::Unit(owner) if pending.len() > 1 => *owner_memory
+                Owner::Unit(owner) if several => *owner_memory
                     .entry(owner.clone())
                     .or_insert_with(|| systemd.memory(owner).ok()),
                 _ => None,
             };
-            let one = &mut pending[at];
             if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record, memory)
             {
                 let index = one.index;

@@ -439,26 +439,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// A scratch directory hostchan's user owns, mode 0755, removed when dropped.
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            // Not under /tmp: a directory anyone can write to is refused as an ancestor.
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("target/unit-scratch")
-                .join(format!("{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-            Scratch(dir)
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_scratch::Scratch;
 
     fn error(result: Result<impl std::fmt::Debug>) -> String {
         let err = result.unwrap_err();

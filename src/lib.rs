@@ -20,5 +20,7 @@ pub mod owner;
 pub mod record;
 pub mod spec;
 pub mod systemd;
+#[cfg(test)]
+mod test_scratch;
 pub mod unit_name;
 pub mod units;

@@ -501,6 +501,7 @@ fn read_whole(fd: &OwnedFd, size: i64) -> io::Result<String> {
 mod tests {
     use super::*;
     use crate::spec::{Access, ChannelSpec};
+    use crate::test_scratch::Scratch;
 
     fn record(unit: &str) -> Record {
         Record::new(
@@ -550,9 +551,9 @@ mod tests {
     #[test]
     fn toml_records_of_older_hostchans_are_read_and_replaced() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("hostchan-record-v2-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("record-v2");
+        let dir = scratch.0.join("channels");
+        fs::create_dir(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         let older = dir.join("run-chan-c1.toml");
         fs::write(
@@ -578,12 +579,12 @@ mod tests {
         assert_eq!(store.unit_names().unwrap(), ["run-chan-c1.mount"]);
         assert!(store.remove(r.unit(), "c0ffee").unwrap());
         assert!(!older.exists() && !store.path_of(r.unit()).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn create_is_exclusive_and_round_trips() {
-        let dir = std::env::temp_dir().join(format!("hostchan-record-test-{}", std::process::id()));
+        let scratch = Scratch::new("record");
+        let dir = scratch.0.join("channels");
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
         store.create_checked(|_| Ok(r.clone())).unwrap();
@@ -601,15 +602,13 @@ mod tests {
             .filter(|name| name != ".write.lock")
             .collect();
         assert_eq!(left, Vec::<std::ffi::OsString>::new(), "files left behind");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn stale_files_of_killed_writers_go_and_records_stay() {
         use std::os::unix::fs::PermissionsExt;
-        let dir =
-            std::env::temp_dir().join(format!("hostchan-record-stale-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = Scratch::new("record-stale");
+        let dir = scratch.0.join("channels");
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
         store.create_checked(|_| Ok(r.clone())).unwrap();
@@ -624,14 +623,13 @@ mod tests {
         assert_eq!(store.all().unwrap(), vec![r.clone()]);
         assert!(dir.join(".lock").exists());
         drop(lock);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn records_are_their_owners_alone() {
         use std::os::unix::fs::{symlink, PermissionsExt};
-        let dir = std::env::temp_dir().join(format!("hostchan-record-own-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let scratch = Scratch::new("record-own");
+        let dir = scratch.0.join("channels");
         let store = Store::new(dir.clone());
         let r = record("run-chan-c1.mount");
         store.create_checked(|_| Ok(r.clone())).unwrap();
@@ -648,7 +646,7 @@ mod tests {
         fs::remove_file(store.path_of(r.unit())).unwrap();
 
         // A symlink or a FIFO under a record's name is never followed nor waited on.
-        fs::write(dir.join("elsewhere"), toml::to_string(&r).unwrap()).unwrap();
+        fs::write(dir.join("elsewhere"), serde_json::to_string(&r).unwrap()).unwrap();
         symlink(dir.join("elsewhere"), store.path_of(r.unit())).unwrap();
         assert!(store.load(r.unit()).is_err());
         fs::remove_file(store.path_of(r.unit())).unwrap();
@@ -668,13 +666,13 @@ mod tests {
         assert!(store.all().is_err());
         assert!(store.remove(r.unit(), "c0ffee").is_err());
         assert!(store.path_of(r.unit()).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn damaged_record_is_an_error_naming_the_file() {
-        let dir = std::env::temp_dir().join(format!("hostchan-record-bad-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("record-bad");
+        let dir = scratch.0.join("channels");
+        fs::create_dir(&dir).unwrap();
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         for (name, text) in [
@@ -687,6 +685,5 @@ mod tests {
             let err = Store::new(dir.clone()).load(&unit).unwrap_err().to_string();
             assert!(err.contains(&format!("{name} is damaged")), "{err}");
         }
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

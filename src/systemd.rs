@@ -258,18 +258,9 @@ impl Systemd {
         main: &TransientUnit,
         aux: &[&TransientUnit],
     ) -> Result<Job> {
-        let main_props = to_dbus(main);
-        let aux_props: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux
-            .iter()
-            .map(|unit| (unit.name.as_str(), to_dbus(unit)))
-            .collect();
-        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_props
-            .iter()
-            .map(|(name, props)| (*name, props.as_slice()))
-            .collect();
         self.queue(
             "StartTransientUnit",
-            &(main.name.as_str(), "fail", main_props, aux_refs),
+            &start_transient_body(main, aux),
             &main.name,
             JobKind::Start,
         )
@@ -331,19 +322,9 @@ impl Systemd {
                 .iter()
                 .map(|(main, aux)| {
                     scope.spawn(move || {
-                        let main_props = to_dbus(main);
-                        let aux_props: Vec<(&str, Vec<(&str, Value<'_>)>)> = aux
-                            .iter()
-                            .map(|unit| (unit.name.as_str(), to_dbus(unit)))
-                            .collect();
-                        let aux_refs: Vec<(&str, &[(&str, Value<'_>)])> = aux_props
-                            .iter()
-                            .map(|(name, props)| (*name, props.as_slice()))
-                            .collect();
-                        manager.inner().call_method(
-                            "StartTransientUnit",
-                            &(main.name.as_str(), "fail", main_props, aux_refs),
-                        )
+                        manager
+                            .inner()
+                            .call_method("StartTransientUnit", &start_transient_body(main, aux))
                     })
                 })
                 .collect();
@@ -540,6 +521,28 @@ fn judged_result(kind: JobKind, status: Option<&UnitStatus>) -> &'static str {
         (JobKind::Stop, None | Some("inactive")) => "done",
         (JobKind::Stop, _) => "failed",
     }
+}
+
+/// The arguments of `StartTransientUnit` (`ssa(sv)a(sa(sv))`): `main` with job mode `fail`, and
+/// `aux` loaded beside it.
+#[allow(clippy::type_complexity)]
+fn start_transient_body<'a>(
+    main: &'a TransientUnit,
+    aux: &[&'a TransientUnit],
+) -> (
+    &'a str,
+    &'static str,
+    Vec<(&'a str, Value<'a>)>,
+    Vec<(&'a str, Vec<(&'a str, Value<'a>)>)>,
+) {
+    (
+        main.name.as_str(),
+        "fail",
+        to_dbus(main),
+        aux.iter()
+            .map(|unit| (unit.name.as_str(), to_dbus(unit)))
+            .collect(),
+    )
 }
 
 fn to_dbus(unit: &TransientUnit) -> Vec<(&str, Value<'_>)> {

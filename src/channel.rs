@@ -920,15 +920,18 @@ impl Channels {
         Ok(info(record, status, used))
     }
 
-    /// The cleanup unit's `ExecStop=`: removes the directory of a channel, and the parents that
-    /// were made for it, only while empty (an unmounted channel's directory is; `rmdir` refuses
-    /// anything else, mount points included), then its record. Paths hostchan has no record of
-    /// are never touched.
+    /// The cleanup unit's `ExecStop=`: once the channel's tmpfs is unmounted, removes the
+    /// directory of a channel, and the parents that were made for it, only while empty (an
+    /// unmounted channel's directory is; `rmdir` refuses anything else, mount points included),
+    /// then its record. Paths hostchan has no record of are never touched.
     pub fn cleanup(&self, host_path: &Path, id: &str) -> Result<Cleanup> {
         let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
         let unit = unit_name::mount_unit_name(&host_path);
         match self.store.load(&unit)? {
-            Some(record) if record.channel.id == id => self.remove_leftovers(&record),
+            Some(record) if record.channel.id == id => {
+                self.wait_for_unmount(&record)?;
+                self.remove_leftovers(&record)
+            }
             Some(record) => Err(Error::not_found(format!(
                 "the record of {} is channel {}, not {id}: it was made after this one went; nothing was removed",
                 host_path.display(),
@@ -939,6 +942,32 @@ impl Channels {
                 host_path.display()
             ))),
         }
+    }
+
+    /// The cleanup unit is not ordered against its mount (see [`units::channel_units`]): PID 1
+    /// runs its stop beside the unmount, and it waits here until the tmpfs is gone from the
+    /// host path. While nothing changes it asks systemd whether the mount is being stopped at
+    /// all: a cleanup stopped on its own, or a failed unmount, leaves everything as it is.
+    fn wait_for_unmount(&self, record: &Record) -> Result<()> {
+        let mut changes = hostfs::MountChanges::watch()?;
+        while hostfs::is_mount_point(record.host_path())? {
+            if changes.wait(UNMOUNT_LOOK_AFTER)? {
+                continue;
+            }
+            let states = self.systemd()?.unit_states(&[record.unit()])?;
+            let stopping = states
+                .get(record.unit())
+                .is_some_and(|s| s.job_type == "stop" || s.active_state == "deactivating");
+            if !stopping {
+                return Err(Error::runtime(format!(
+                    "cannot remove channel directory {}: something is mounted on it and {} is not stopping; left it and its record (stop {} to remove the channel)",
+                    record.host_path().display(),
+                    record.unit(),
+                    record.unit()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The work of [`Channels::cleanup`] for a record in hand: the directory and the parents
@@ -1047,6 +1076,9 @@ impl Channels {
 /// Threads reading records in `list`: this machine's two cores, and no more file systems
 /// calls in flight than a small host handles well.
 const LIST_READERS: usize = 2;
+
+/// How long a cleanup waits for the unmount before it asks systemd whether one is coming.
+const UNMOUNT_LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn as_strs(names: &[String]) -> Vec<&str> {
     names.iter().map(String::as_str).collect()

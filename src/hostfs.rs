@@ -418,6 +418,40 @@ pub fn is_mount_point(path: &Path) -> Result<bool> {
     Ok(mounted_device(path)?.is_some())
 }
 
+/// Changes to this process's mount table, as the kernel signals them on `/proc/self/mountinfo`:
+/// a wait for an unmount that costs nothing while none comes, and misses none that happens
+/// after [`MountChanges::watch`] (the file remembers the table as it was when opened).
+pub struct MountChanges {
+    mountinfo: OwnedFd,
+}
+
+impl MountChanges {
+    pub fn watch() -> Result<MountChanges> {
+        rustix::fs::open(
+            "/proc/self/mountinfo",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(|mountinfo| MountChanges { mountinfo })
+        .context("cannot watch the mount table (/proc/self/mountinfo)")
+    }
+
+    /// Waits up to `limit` for the mount table to change; whether it did.
+    pub fn wait(&mut self, limit: std::time::Duration) -> Result<bool> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.mountinfo, PollFlags::PRI)];
+        let timeout = Timespec::try_from(limit).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(ready) => Ok(ready > 0),
+            Err(Errno::INTR) => Ok(false),
+            Err(e) => Err(Error::io("cannot wait for the mount table to change", e)),
+        }
+    }
+}
+
 /// Bytes in use on the file system at `path`, reached without symlinks.
 pub fn used_bytes(path: &Path) -> Option<u64> {
     // O_PATH: nothing is read through it, and `list` makes this call for every channel.

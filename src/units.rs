@@ -166,8 +166,8 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         prop("Documentation", list(&[DOCUMENTATION])),
         prop("Type", s("oneshot")),
         prop("RemainAfterExit", PropertyValue::Bool(true)),
-        // Started before the mount and bound to it, so it is stopped after every unmount,
-        // whatever stopped the mount; stopping it removes the directory and the record.
+        // Bound to the mount, so it is stopped with every unmount, whatever stopped the mount;
+        // stopping it removes the directory and the record once the tmpfs is gone.
         prop(
             "ExecStop",
             PropertyValue::Commands(vec![Command {
@@ -182,8 +182,12 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
                 ignore_failure: false,
             }]),
         ),
+        // Not ordered against the mount. Its start runs nothing, so it is active in the same
+        // pass of PID 1's run queue that forks /bin/mount, before the mount can be up. Its stop
+        // then runs beside the unmount instead of after it: PID 1 forks the cleanup and
+        // /bin/umount together, and the cleanup waits for the unmount itself: its fork and
+        // exec are off the path of every delete and teardown.
         prop("BindsTo", list(&[&mount_name])),
-        prop("Before", list(&[&mount_name])),
         prop("DefaultDependencies", PropertyValue::Bool(false)),
         // What the cleanup has to say goes to the journal by its own socket (with this unit's
         // name): not connecting stdout and stderr to journald saves PID 1 about half a
@@ -339,7 +343,8 @@ mod tests {
         let cleanup = &units.cleanup;
         assert_eq!(cleanup.name, "hostchan-cleanup@run-chan-c\\x2d1.service");
         assert_eq!(cleanup.property("BindsTo"), Some(&list(&[&mount.name])));
-        assert_eq!(cleanup.property("Before"), Some(&list(&[&mount.name])));
+        assert_eq!(cleanup.property("Before"), None);
+        assert_eq!(cleanup.property("After"), None);
         assert_eq!(
             cleanup.property("ExecStop"),
             Some(&PropertyValue::Commands(vec![Command {

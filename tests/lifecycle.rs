@@ -111,6 +111,35 @@ fn stopping_the_scope_removes_the_channel() {
     assert!(sb.path("/run").exists());
 }
 
+/// The cleanup unit stops beside the unmount and waits for it. Stopped on its own, with the
+/// mount staying, it must give up soon and touch nothing; `delete` still removes everything.
+#[test]
+fn a_cleanup_stopped_without_its_mount_removes_nothing() {
+    let sb = Sandbox::boot();
+    sb.start_scope("ctr1.scope");
+    sb.hostchan(&["create", "--scope", "ctr1.scope", "/run/c1:/chan"])
+        .ok();
+    let mount = "run-c1.mount";
+    let cleanup = "hostchan-cleanup@run-c1.service";
+    assert_eq!(sb.unit_state(cleanup), "active");
+    let started = std::time::Instant::now();
+    // Fails: the cleanup refuses. --no-block would not show that it ended soon.
+    let stop = sb.run(&["systemctl", "stop", cleanup]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "the cleanup waited {:?} for an unmount that was not coming: {stop:#?}",
+        started.elapsed()
+    );
+    assert_eq!(sb.unit_state(mount), "active");
+    assert!(sb.mount_options("/run/c1").is_some());
+    assert_eq!(sb.record_files().len(), 1, "the record went");
+    sb.journal_with(cleanup, &["is not stopping"]);
+
+    sb.hostchan(&["delete", "/run/c1"]).ok();
+    assert!(!sb.path("/run/c1").exists());
+    sb.assert_no_trace("/run/c1");
+}
+
 #[test]
 fn killing_the_container_process_removes_the_channel() {
     let sb = Sandbox::boot();

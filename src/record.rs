@@ -12,10 +12,12 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::Channel;
+use crate::config::Lifetime;
 use crate::error::{Context, Error, Result};
 use crate::hostfs::{make_dir_nofollow, open_dir_nofollow, MadeDir};
 use crate::inject::Attached;
 use crate::owner::MemoryChange;
+use crate::spec::{Access, ChannelSpec, RootOwner};
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
 
@@ -30,6 +32,7 @@ const TOML_RECORD_VERSION: u32 = 2;
 /// A channel's record: the channel, and what cleaning up after it needs. The file is JSON:
 /// `version`, the channel's fields, then `made`, the directories made for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "RecordFields")]
 pub struct Record {
     pub version: u32,
     #[serde(flatten)]
@@ -51,6 +54,72 @@ pub struct Record {
     /// is not running; 0: never. Taken from the configuration at create.
     #[serde(default)]
     pub idle_limit: u64,
+}
+
+/// A record's fields as they are on disk, one flat map: what a record is read as. serde
+/// gathers the fields of `#[serde(flatten)]` members into a buffer of owned keys and values and
+/// then reads that again, which was most of the parsing in `list` at 1000 channels.
+#[derive(Deserialize)]
+struct RecordFields {
+    version: u32,
+    id: String,
+    host_path: PathBuf,
+    container_path: PathBuf,
+    mode: Access,
+    size: u64,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default)]
+    container: Option<String>,
+    unit: String,
+    cleanup_unit: String,
+    created: u64,
+    #[serde(default = "lifetime_stop")]
+    lifetime: Lifetime,
+    #[serde(default)]
+    root_owner: Option<RootOwner>,
+    made: Vec<MadeDir>,
+    #[serde(default)]
+    attached: Option<Attached>,
+    #[serde(default)]
+    memory_limit: Option<MemoryChange>,
+    #[serde(default)]
+    last_seen: u64,
+    #[serde(default)]
+    idle_limit: u64,
+}
+
+fn lifetime_stop() -> Lifetime {
+    Lifetime::Stop
+}
+
+impl From<RecordFields> for Record {
+    fn from(fields: RecordFields) -> Record {
+        Record {
+            version: fields.version,
+            channel: Channel {
+                id: fields.id,
+                spec: ChannelSpec {
+                    host_path: fields.host_path,
+                    container_path: fields.container_path,
+                    access: fields.mode,
+                    size: fields.size,
+                },
+                owner: fields.owner,
+                container: fields.container,
+                unit: fields.unit,
+                cleanup_unit: fields.cleanup_unit,
+                created: fields.created,
+                lifetime: fields.lifetime,
+                root_owner: fields.root_owner,
+            },
+            made: fields.made,
+            attached: fields.attached,
+            memory_limit: fields.memory_limit,
+            last_seen: fields.last_seen,
+            idle_limit: fields.idle_limit,
+        }
+    }
 }
 
 impl Record {
@@ -500,7 +569,6 @@ fn read_whole(fd: &OwnedFd, size: i64) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{Access, ChannelSpec};
     use crate::test_scratch::Scratch;
 
     fn record(unit: &str) -> Record {

@@ -861,11 +861,12 @@ impl Channels {
                     let units = units.to_vec();
                     scope.spawn(move || {
                         let records = store.records_of_units(&units)?;
+                        let mut usage = hostfs::Usage::default();
                         Ok::<_, Error>(
                             records
                                 .into_iter()
                                 .map(|record| {
-                                    let used = hostfs::used_bytes(record.host_path());
+                                    let used = usage.used_bytes(record.host_path());
                                     (record, used)
                                 })
                                 .collect::<Vec<_>>(),

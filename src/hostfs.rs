@@ -454,18 +454,49 @@ impl MountChanges {
 
 /// Bytes in use on the file system at `path`, reached without symlinks.
 pub fn used_bytes(path: &Path) -> Option<u64> {
-    // O_PATH: nothing is read through it, and `list` makes this call for every channel.
-    let dir = openat2(
-        CWD,
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .ok()?;
-    let stat = rustix::fs::fstatvfs(dir).ok()?;
-    let blocks = stat.f_blocks.saturating_sub(stat.f_bfree);
-    Some(blocks * stat.f_frsize)
+    Usage::default().used_bytes(path)
+}
+
+/// Reads the usage of many channels: the parent directory of the last one is kept open, so
+/// that channels side by side (as in `list`, which goes by unit name, so by path) cost one
+/// component's lookup each rather than a walk from `/`.
+#[derive(Default)]
+pub struct Usage {
+    parent: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Usage {
+    /// Bytes in use on the file system at `path`, reached without symlinks; `None` where it
+    /// cannot be reached that way.
+    pub fn used_bytes(&mut self, path: &Path) -> Option<u64> {
+        let (parent_path, name) = (path.parent()?, path.file_name()?);
+        let parent = match &self.parent {
+            Some((kept, fd)) if kept == parent_path => fd,
+            _ => {
+                let fd = openat2(
+                    CWD,
+                    parent_path,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                )
+                .ok()?;
+                &self.parent.insert((parent_path.to_owned(), fd)).1
+            }
+        };
+        // O_PATH: nothing is read through it. O_NOFOLLOW with O_PATH would open a symlink
+        // itself, which O_DIRECTORY then refuses.
+        let dir = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let stat = rustix::fs::fstatvfs(dir).ok()?;
+        let blocks = stat.f_blocks.saturating_sub(stat.f_bfree);
+        Some(blocks * stat.f_frsize)
+    }
 }
 
 #[cfg(test)]
@@ -576,6 +607,11 @@ mod tests {
         assert!(make_dir_nofollow(&dir.join("link/new"), 0o700).is_err());
         assert!(!dir.join("real/new").exists());
         make_dir_nofollow(&dir.join("real/new"), 0o700).unwrap();
+        // Neither through the parent kept open for the next channel.
+        let mut usage = Usage::default();
+        assert!(usage.used_bytes(&dir.join("real")).is_some());
+        assert_eq!(usage.used_bytes(&dir.join("link")), None);
+        assert!(usage.used_bytes(&dir.join("real")).is_some());
         let mode = std::fs::metadata(dir.join("real/new"))
             .unwrap()
             .permissions()

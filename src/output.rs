@@ -252,17 +252,17 @@ fn list_text(channels: &[ChannelInfo]) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let mut out = String::new();
+    let line_width: usize = widths.iter().map(|w| w + 2).sum();
+    let mut out = String::with_capacity((rows.len() + 1) * line_width);
     let mut line = |cells: &[&str]| {
-        let mut text = String::new();
         for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                let _ = write!(text, "{cell:<width$}  ");
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = width.saturating_sub(cell.chars().count()) + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
-        out.push_str(text.trim_end());
+        out.truncate(out.trim_end_matches(' ').len());
         out.push('\n');
     };
     line(&header);

@@ -692,9 +692,9 @@ impl Channels {
         let systemd = self.systemd()?;
         // The container's copy first, while the host mount still tells which tmpfs it is.
         detach_copy(&record)?;
-        // The cleanup unit is bound to the mount: its stop job comes in the same transaction,
-        // ordered after the unmount. Asking for it as well returns that job, so one wait sees
-        // both end, and the directory is gone when delete returns.
+        // The cleanup unit is bound to the mount: its stop job comes in the same transaction
+        // and runs beside the unmount, waiting for it. Asking for it as well returns that job,
+        // so one wait sees both end, and the directory is gone when delete returns.
         let jobs: Vec<Job> = [
             systemd.queue_stop(record.unit())?,
             systemd.queue_stop(&record.channel.cleanup_unit)?,

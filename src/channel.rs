@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{Config, Lifetime, Requester};
 use crate::error::{Context, Error, Kind, Result};
@@ -85,8 +85,9 @@ enum Prepared<'a> {
 }
 
 /// One channel: what was asked for, who owns it and which units carry it. The same value is
-/// recorded, listed, shown and reported by gc.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// recorded, listed, shown and reported by gc. Records are read as
+/// [`crate::record::Record`]'s flat fields, so a channel is only ever written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Channel {
     /// Random, made at create: what the cleanup unit, delete and gc check before they remove
     /// anything, so that they act on this channel and never on a later one at the same path.
@@ -94,22 +95,17 @@ pub struct Channel {
     #[serde(flatten)]
     pub spec: ChannelSpec,
     /// The unit the channel is bound to; absent for an unbound channel.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     pub unit: String,
     pub cleanup_unit: String,
     /// Seconds since the epoch.
     pub created: u64,
-    #[serde(default = "lifetime_stop")]
     pub lifetime: Lifetime,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub root_owner: Option<RootOwner>,
-}
-
-fn lifetime_stop() -> Lifetime {
-    Lifetime::Stop
 }
 
 /// Where a channel stands: systemd's active state of its mount unit, or what hostchan knows

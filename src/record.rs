@@ -41,18 +41,16 @@ pub struct Record {
     /// creation made above it; cleanup removes each only while empty and still the same.
     pub made: Vec<MadeDir>,
     /// Where `create --pid` or the hook attached the channel, for delete to detach it there.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attached: Option<Attached>,
     /// What `--grow-memory-limit` added to the owner's limit, for delete to take back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<MemoryChange>,
     /// When the container was last started or stopped (seconds since the epoch), for the idle
     /// limit of `delete`-lifetime channels.
-    #[serde(default)]
     pub last_seen: u64,
     /// Seconds after `last_seen` that gc removes a `delete`-lifetime channel whose container
     /// is not running; 0: never. Taken from the configuration at create.
-    #[serde(default)]
     pub idle_limit: u64,
 }
 

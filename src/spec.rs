@@ -66,7 +66,7 @@ impl fmt::Display for Access {
 }
 
 /// A validated channel request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChannelSpec {
     pub host_path: PathBuf,
     pub container_path: PathBuf,

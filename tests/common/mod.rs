@@ -302,10 +302,17 @@ impl Sandbox {
             if needles.iter().all(|needle| text.contains(needle)) {
                 return text;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {needles:?} in journalctl -u {unit}:\n{text}"
-            );
+            if Instant::now() >= deadline {
+                // What the journal holds without the unit match: whether the lines were lost
+                // or only not attributed to the unit (their _SYSTEMD_UNIT and stream fields).
+                let all = self
+                    .run(&["journalctl", "--no-pager", "-o", "verbose", "-n", "30"])
+                    .stdout;
+                panic!(
+                    "timed out waiting for {needles:?} in journalctl -u {unit}:\n{text}\n\
+                     the last entries of the whole journal:\n{all}"
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -186,7 +186,7 @@ pub struct CreateArgs {
     /// container, until `hostchan delete --container ID`); needs --container. Default:
     /// channels.lifetime in the configuration.
     #[arg(long, value_enum, value_name = "WHEN")]
-    pub lifetime: Option<crate::config::Lifetime>,
+    pub lifetime: Option<crate::model::Lifetime>,
 
     /// Make UID:GID the owner of the channel's root directory (for a container whose root is
     /// mapped to an unprivileged host user); default root.

@@ -13,6 +13,7 @@ use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags, CWD};
 use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
 
 use crate::error::{Context, Error, Result};
+use crate::model::Attached;
 use crate::spec::Access;
 
 /// Where in which container a channel goes.
@@ -26,20 +27,6 @@ pub struct AttachPoint<'a> {
     pub rootfs: Option<&'a Path>,
     pub container_path: &'a Path,
     pub access: Access,
-}
-
-/// Where a channel is attached, as the record keeps it for `delete`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Attached {
-    pub pid: i32,
-    /// When that process started (clock ticks since boot, /proc/<pid>/stat): with the pid, it
-    /// names one process for good, where a pid, and even a namespace's inode number, can be
-    /// used again once the container is gone.
-    #[serde(default)]
-    pub start_time: u64,
-    /// Device and inode of the container's mount namespace.
-    pub mount_ns_dev: u64,
-    pub mount_ns_ino: u64,
 }
 
 /// The identity of a process and of its mount namespace, now.

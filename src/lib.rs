@@ -1,26 +1,39 @@
 //! hostchan: host channels for containers, owned by systemd.
 //!
-//! Data flows one way: a spec string becomes a validated [`spec::ChannelSpec`], that becomes the
-//! transient [`units`] to start, which the [`systemd`] client starts; [`channel`] composes these
-//! into the lifecycle commands and keeps a [`record`] of each channel.
+//! Data flows one way: argv ([`cli`]) or a container's annotations ([`oci`], [`kube`]) become a
+//! validated request ([`spec`], [`config`], [`owner`]), that becomes the transient units to
+//! start ([`units`], [`unit_name`]), which the systemd client starts ([`systemd`]); the lifecycle
+//! ([`channel`]) composes these, keeps a [`record`] of each channel, and attaches it inside a
+//! container ([`inject`]). The types every layer speaks are in [`model`].
+//!
+//! The binary is [`commands::main`] over a parsed [`cli::Cli`]; everything else is private to the
+//! crate, so that the compiler reports code nothing uses.
 
-pub mod cdi;
-pub mod channel;
+mod cdi;
+mod channel;
 pub mod cli;
-pub mod config;
-pub mod error;
-pub mod fail_point;
-pub mod hostfs;
-pub mod inject;
-pub mod kube;
-pub mod logging;
-pub mod oci;
-pub mod output;
-pub mod owner;
-pub mod record;
-pub mod spec;
-pub mod systemd;
+pub mod commands;
+mod config;
+mod error;
+mod fail_point;
+mod hostfs;
+mod inject;
+mod kube;
+mod logging;
+mod memory;
+mod model;
+mod oci;
+mod output;
+mod owner;
+mod record;
+mod spec;
+mod systemd;
 #[cfg(test)]
 mod test_scratch;
-pub mod unit_name;
-pub mod units;
+mod unit_name;
+mod units;
+
+/// For the integration tests: the names and paths they check hostchan's against.
+pub use config::DEFAULT_PATH as DEFAULT_CONFIG_PATH;
+pub use spec::normalize_absolute;
+pub use unit_name::mount_unit_name;

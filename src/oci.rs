@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created};
-use crate::config::{Config, Lifetime, Requester};
+use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
+use crate::model::{Lifetime, Requester};
 use crate::owner::{self, OwnerRequest};
 use crate::units::validate_container_id;
 
@@ -31,7 +32,7 @@ fn parse_lifetime(text: &str) -> Result<Lifetime> {
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
 #[derive(Debug, Clone, Deserialize)]
-pub struct State {
+pub struct ContainerState {
     pub id: String,
     pub status: String,
     #[serde(default)]
@@ -50,8 +51,8 @@ pub enum Stage {
     Poststop,
 }
 
-impl State {
-    pub fn parse(text: &str) -> Result<State> {
+impl ContainerState {
+    pub fn parse(text: &str) -> Result<ContainerState> {
         serde_json::from_str(text)
             .map_err(|e| Error::usage("the OCI state on stdin is not valid").caused_by(e))
     }
@@ -124,7 +125,7 @@ pub struct HookOutcome {
 pub fn run_hook(
     channels: &Channels,
     load_config: &dyn Fn() -> Result<Config>,
-    state: &State,
+    state: &ContainerState,
     stage: Stage,
 ) -> Result<HookOutcome> {
     match stage {
@@ -147,7 +148,7 @@ pub fn run_hook(
 fn create_all(
     channels: &Channels,
     config: &Config,
-    state: &State,
+    state: &ContainerState,
     stage: Stage,
 ) -> Result<HookOutcome> {
     let pid = state.pid.ok_or_else(|| {
@@ -218,7 +219,7 @@ fn create_all(
     Ok(outcome(state, stage, channels))
 }
 
-fn outcome(state: &State, stage: Stage, channels: Vec<ChannelInfo>) -> HookOutcome {
+fn outcome(state: &ContainerState, stage: Stage, channels: Vec<ChannelInfo>) -> HookOutcome {
     HookOutcome {
         stage,
         container: state.id.clone(),
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn state_and_container_id() {
-        let state = State::parse(STATE).unwrap();
+        let state = ContainerState::parse(STATE).unwrap();
         assert_eq!(state.pid, Some(42));
         let keys: Vec<&str> = kube::channel_annotations(&state.annotations)
             .unwrap()
@@ -245,7 +246,7 @@ mod tests {
             .map(|a| a.key)
             .collect();
         assert_eq!(keys, ["io.hostchan.channel", "io.hostchan.channel.logs"]);
-        let mut state = State::parse(STATE).unwrap();
+        let mut state = ContainerState::parse(STATE).unwrap();
         state.id = "c1\nWants=x.service".into();
         assert!(state.container_id().is_err());
     }
@@ -278,13 +279,13 @@ mod tests {
 
     #[test]
     fn stages() {
-        let mut state = State::parse(STATE).unwrap();
+        let mut state = ContainerState::parse(STATE).unwrap();
         assert_eq!(state.stage(None).unwrap(), Stage::CreateRuntime);
         state.status = "stopped".into();
         assert_eq!(state.stage(None).unwrap(), Stage::Poststop);
         assert_eq!(state.stage(Some(Stage::Prestart)).unwrap(), Stage::Prestart);
         state.status = "running".into();
         assert!(state.stage(None).is_err());
-        assert!(State::parse("{}").is_err());
+        assert!(ContainerState::parse("{}").is_err());
     }
 }

@@ -314,7 +314,7 @@ fn status_text(info: &ChannelInfo) -> String {
         "   Created: {} (seconds since the epoch)",
         info.channel.created
     );
-    if info.state == crate::channel::State::Gone {
+    if info.state == crate::model::ChannelState::Gone {
         let _ = writeln!(
             out,
             "      Note: systemd no longer has this channel (a crash or reboot?); remove the leftovers with: hostchan delete {}",
@@ -327,13 +327,18 @@ fn status_text(info: &ChannelInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channel::{tests::channel, State};
+    use crate::model::{tests::channel, ChannelState};
 
-    fn info(host_path: &str, owner: Option<&str>, state: State, used: Option<u64>) -> ChannelInfo {
+    fn info(
+        host_path: &str,
+        owner: Option<&str>,
+        state: ChannelState,
+        used: Option<u64>,
+    ) -> ChannelInfo {
         ChannelInfo {
             channel: channel(host_path, owner),
             used,
-            sub_state: if state == State::Active {
+            sub_state: if state == ChannelState::Active {
                 "mounted".into()
             } else {
                 String::new()
@@ -349,10 +354,10 @@ mod tests {
             info(
                 "/run/chan/web",
                 Some("libpod-1.scope"),
-                State::Active,
+                ChannelState::Active,
                 Some(8192),
             ),
-            info("/run/c2", None, State::Gone, None),
+            info("/run/c2", None, ChannelState::Gone, None),
         ]);
         assert_eq!(
             report.text(),
@@ -367,7 +372,7 @@ HOST PATH      CONTAINER PATH  MODE  SIZE  USED  OWNER           STATE
 
     #[test]
     fn json_is_flat_and_typed() {
-        let report = Report::Status(info("/run/c2", None, State::Gone, None));
+        let report = Report::Status(info("/run/c2", None, ChannelState::Gone, None));
         let json: serde_json::Value = serde_json::from_str(&report.json()).unwrap();
         assert_eq!(json["host_path"], "/run/c2");
         assert_eq!(json["mode"], "rw");
@@ -381,7 +386,7 @@ HOST PATH      CONTAINER PATH  MODE  SIZE  USED  OWNER           STATE
 
     #[test]
     fn status_of_a_leftover_says_what_to_do() {
-        let text = Report::Status(info("/run/c2", None, State::Gone, None)).text();
+        let text = Report::Status(info("/run/c2", None, ChannelState::Gone, None)).text();
         assert!(
             text.starts_with(
                 "/run/c2 - host channel\n      Unit: run-c2.mount\n     State: gone\n"
@@ -396,7 +401,13 @@ HOST PATH      CONTAINER PATH  MODE  SIZE  USED  OWNER           STATE
             text.contains("remove the leftovers with: hostchan delete /run/c2"),
             "{text}"
         );
-        let live = Report::Status(info("/run/c3", Some("x.scope"), State::Active, Some(0))).text();
+        let live = Report::Status(info(
+            "/run/c3",
+            Some("x.scope"),
+            ChannelState::Active,
+            Some(0),
+        ))
+        .text();
         assert!(live.contains("State: active (mounted)"), "{live}");
         assert!(!live.contains("Note:"), "{live}");
     }
@@ -450,7 +461,7 @@ Kept /run/c: not empty
             Report::Hook(crate::oci::HookOutcome {
                 stage,
                 container: "c0ffee".into(),
-                channels: vec![info("/run/h", Some("x.scope"), State::Active, None)],
+                channels: vec![info("/run/h", Some("x.scope"), ChannelState::Active, None)],
             })
         };
         assert_eq!(

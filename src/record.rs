@@ -11,12 +11,9 @@ use rustix::io::Errno;
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::Channel;
-use crate::config::Lifetime;
 use crate::error::{Context, Error, Result};
 use crate::hostfs::{make_dir_nofollow, open_dir_nofollow, MadeDir};
-use crate::inject::Attached;
-use crate::owner::MemoryChange;
+use crate::model::{Attached, Channel, Lifetime, MemoryChange};
 use crate::spec::{Access, ChannelSpec, RootOwner};
 
 pub const STATE_DIR: &str = "/var/lib/hostchan";
@@ -189,6 +186,7 @@ impl Store {
         format!("{stem}.toml")
     }
 
+    #[cfg(test)]
     pub fn path_of(&self, unit: &str) -> PathBuf {
         self.dir.join(Store::file_name(unit))
     }
@@ -584,7 +582,7 @@ mod tests {
                 unit: unit.into(),
                 cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
                 created: 1,
-                lifetime: crate::config::Lifetime::Stop,
+                lifetime: crate::model::Lifetime::Stop,
                 root_owner: None,
             },
             vec![MadeDir {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Tmpfs;
 use crate::error::{Error, Result as HcResult};
-use crate::owner::Owner;
+use crate::model::Owner;
 use crate::spec::{format_size, ChannelSpec, RootOwner};
 use crate::unit_name;
 
@@ -240,6 +240,7 @@ pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
 }
 
 impl TransientUnit {
+    #[cfg(test)]
     pub fn property(&self, name: &str) -> Option<&PropertyValue> {
         self.properties
             .iter()

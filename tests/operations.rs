@@ -291,7 +291,7 @@ default = "unbound"
     let out = sb
         .run(&["env", "-u", "HOSTCHAN_CONFIG", HOSTCHAN, "config", "check"])
         .ok();
-    if !Path::new(hostchan::config::DEFAULT_PATH).exists() {
+    if !Path::new(hostchan::DEFAULT_CONFIG_PATH).exists() {
         assert!(
             out.stdout.contains("the built-in defaults apply"),
             "{out:#?}"

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hostchan::unit_name::mount_unit_name;
+use hostchan::mount_unit_name;
 
 fn systemd_escape(paths: &[String]) -> Vec<String> {
     let output = Command::new("systemd-escape")
@@ -52,7 +52,7 @@ fn paths() -> Vec<String> {
             path.push(alphabet[(seed % alphabet.len() as u64) as usize]);
         }
         // Keep to normalised paths, which is all hostchan ever names.
-        let normalised = hostchan::spec::normalize_absolute("host path", &path);
+        let normalised = hostchan::normalize_absolute("host path", &path);
         if let Ok(p) = normalised {
             if p != Path::new("/") {
                 paths.push(p.display().to_string());

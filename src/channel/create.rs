@@ -1,0 +1,590 @@
+//! `create`: check, record, make the directories, start every channel's units at once, attach
+//! them in their container; all or none.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::keeper::ensure_keeper;
+use super::{seconds_since_epoch, ChannelInfo, Channels};
+use crate::config::Config;
+use crate::error::{Context, Error, Kind, Result};
+use crate::fail_point;
+use crate::hostfs::{self, MadeDir};
+use crate::inject::{self, AttachPoint};
+use crate::memory;
+use crate::model::{Attached, Channel, Lifetime, Owner, Requester};
+use crate::owner;
+use crate::record::{Record, StoreLock};
+use crate::spec::{ChannelSpec, RootOwner};
+use crate::systemd::{Memory, Systemd};
+use crate::unit_name;
+use crate::units::{self, ChannelRequest, ChannelUnits, TransientUnit};
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub spec: String,
+    pub owner: Owner,
+    pub container: Option<String>,
+    pub dry_run: bool,
+    /// Also attach the channel inside this container.
+    pub attach: Option<AttachTo>,
+    /// Raise the owner's memory limit by the channel's size.
+    pub grow_memory_limit: bool,
+    pub requester: Requester,
+    pub lifetime: Lifetime,
+    /// The owner of the channel's root directory; root when `None`.
+    pub root_owner: Option<RootOwner>,
+    /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
+    pub owner_named: bool,
+}
+
+/// The container a channel is attached in.
+#[derive(Debug, Clone)]
+pub struct AttachTo {
+    pub pid: i32,
+    /// The container's future root, inside its mount namespace, before it pivots into it.
+    pub rootfs: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Created {
+    /// The units that would have been started.
+    DryRun(ChannelUnits),
+    Channel(Box<ChannelInfo>),
+    /// The container's channel, found made already with the same spec (and attached in the
+    /// container now running): see [`Channels::reuse`].
+    Existing(Box<ChannelInfo>),
+}
+
+/// A create that failed: which of the requests, and why.
+#[derive(Debug)]
+pub struct CreateFailed {
+    pub index: usize,
+    pub error: Error,
+}
+
+/// A channel whose record and directories exist and whose units are not started yet.
+pub(super) struct Pending<'a> {
+    /// Which of the requests it is.
+    index: usize,
+    options: &'a CreateOptions,
+    spec: ChannelSpec,
+    units: ChannelUnits,
+    pub(super) record: Record,
+    /// The directories this create made (the record also names parents other channels made).
+    made: Vec<MadeDir>,
+    /// Held until the channel is up, so that a concurrent `gc` does not take it for a leftover.
+    _creating: StoreLock,
+}
+
+enum Prepared<'a> {
+    Done(Created),
+    Pending(Box<Pending<'a>>),
+}
+
+impl Channels {
+    pub fn create(&self, config: &Config, options: &CreateOptions) -> Result<Created> {
+        let mut created = self
+            .create_all(config, std::slice::from_ref(options))
+            .map_err(|failed| failed.error)?;
+        created
+            .pop()
+            .ok_or_else(|| Error::runtime("create made nothing"))
+    }
+
+    /// Creates these channels, all or none. Each is checked, recorded and its directories made;
+    /// then the units of all are started at once (one connection, the jobs in flight together,
+    /// so that PID 1 takes the mounts in as few passes over its mount table as it can); then
+    /// each is attached in its container. On a failure the channels this call made are taken
+    /// down again, and the error says which request failed.
+    pub fn create_all(
+        &self,
+        config: &Config,
+        requests: &[CreateOptions],
+    ) -> std::result::Result<Vec<Created>, CreateFailed> {
+        let mut done: Vec<(usize, Created)> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut active_owners = HashSet::new();
+        for (index, options) in requests.iter().enumerate() {
+            match self.prepare(config, options, index, &mut active_owners) {
+                Ok(Prepared::Done(created)) => done.push((index, created)),
+                Ok(Prepared::Pending(one)) => pending.push(*one),
+                Err(error) => {
+                    self.abandon(&pending);
+                    return Err(CreateFailed { index, error });
+                }
+            }
+        }
+        if !pending.is_empty() {
+            done.extend(self.start_all(pending)?);
+        }
+        done.sort_by_key(|(index, _)| *index);
+        Ok(done.into_iter().map(|(_, created)| created).collect())
+    }
+
+    /// Everything up to starting the units: the checks, the record, the directories. A channel
+    /// found made already, or a dry run, is done here.
+    /// `active_owners`: owner units found running already by this create (the channels of
+    /// one container share one).
+    fn prepare<'a>(
+        &self,
+        config: &Config,
+        options: &'a CreateOptions,
+        index: usize,
+        active_owners: &mut HashSet<String>,
+    ) -> Result<Prepared<'a>> {
+        let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
+        config.check_host_path(&spec.host_path, options.requester)?;
+        if config.channels.check_available_memory {
+            config.check_available_memory(spec.size)?;
+        }
+        if options.owner == Owner::Unbound && !config.owner.allow_unbound {
+            return Err(Error::usage(format!(
+                "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
+                config.origin()
+            )));
+        }
+        let id = new_channel_id()?;
+        let request = ChannelRequest {
+            spec: &spec,
+            owner: &options.owner,
+            container: options.container.as_deref(),
+            tmpfs: &config.tmpfs,
+            hostchan_binary: &self.hostchan_binary,
+            id: &id,
+            root_owner: options.root_owner,
+        };
+        let units = units::channel_units(&request);
+        if let Some(record) = self.store.load(&units.mount.name)? {
+            if options.dry_run {
+                return Err(record.already_a_channel());
+            }
+            return self.reuse(record, &spec, options).map(Prepared::Done);
+        }
+        if options.dry_run {
+            // A real create makes these checks once, in its critical section below.
+            hostfs::check_free(&spec.host_path)?;
+            check_among_channels(&spec.host_path, &self.store.all()?)?;
+            return Ok(Prepared::Done(Created::DryRun(units)));
+        }
+
+        if let Some(attach) = &options.attach {
+            let ns = format!("/proc/{}/ns/mnt", attach.pid);
+            if std::fs::symlink_metadata(&ns).is_err() {
+                return Err(Error::owner(format!(
+                    "pid {} does not exist (no {ns}); give the pid of the container's init",
+                    attach.pid
+                )));
+            }
+            owner::check_container_process(attach.pid)?;
+            inject::check_other_mount_namespace(attach.pid)?;
+        }
+        let systemd = self.systemd()?;
+        // A delete-lifetime owner is the unit hostchan keeps, started below once the record
+        // stands, so that a refused create never leaves one behind.
+        let keeper = match (options.lifetime, &options.owner, &options.container) {
+            (Lifetime::Delete, Owner::Unit(keeper), Some(container)) => Some((keeper, container)),
+            _ => None,
+        };
+        if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
+            if !active_owners.contains(owner) {
+                owner::check_owner_active(systemd, owner, options.owner_named)?;
+                active_owners.insert(owner.clone());
+            }
+        }
+        let creating = self.store.lock(false)?;
+        // The record first, naming the directories about to be made, so that a crash at any
+        // later point leaves nothing gc cannot find; the checks against other channels and the
+        // write are one step.
+        let channel = Channel {
+            id: id.clone(),
+            spec: spec.clone(),
+            owner: options.owner.unit().map(str::to_owned),
+            container: options.container.clone(),
+            unit: units.mount.name.clone(),
+            cleanup_unit: units.cleanup.name.clone(),
+            created: seconds_since_epoch(),
+            lifetime: options.lifetime,
+            root_owner: options.root_owner,
+        };
+        let mut shared = Vec::new();
+        let mut record = self.store.create_checked(|records| {
+            shared = check_among_channels(&spec.host_path, records)?;
+            let planned = hostfs::plan_host_path(&spec.host_path)?;
+            let mut record = Record::new(channel, [shared.clone(), planned].concat());
+            record.idle_limit = config.channels.idle_limit;
+            Ok(record)
+        })?;
+        fail_point::hit("after-record");
+        if let Some((keeper, container)) = keeper {
+            if let Err(e) = ensure_keeper(systemd, keeper, container) {
+                let _ = self.store.remove(record.unit(), &id);
+                return Err(e);
+            }
+        }
+        // hostchan makes the directories itself, so that systemd's mount finds them and never
+        // follows a symlink someone put on the way.
+        let made = match hostfs::make_host_path(&spec.host_path) {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = self.store.remove(record.unit(), &id);
+                return Err(e);
+            }
+        };
+        record.made = [shared, made.clone()].concat();
+        if let Err(e) = self.store.replace(&record) {
+            let _ = hostfs::remove_made(&made);
+            let _ = self.store.remove(record.unit(), &id);
+            return Err(e);
+        }
+        fail_point::hit("after-dirs");
+        Ok(Prepared::Pending(Box::new(Pending {
+            index,
+            options,
+            spec,
+            units,
+            record,
+            made,
+            _creating: creating,
+        })))
+    }
+
+    /// Starts the units of all these channels with every job queued before the first wait,
+    /// then completes each. Takes all of them down again on the first failure.
+    fn start_all(
+        &self,
+        mut pending: Vec<Pending>,
+    ) -> std::result::Result<Vec<(usize, Created)>, CreateFailed> {
+        let failed = |index: usize, error: Error| CreateFailed { index, error };
+        let systemd = match self.systemd() {
+            Ok(systemd) => systemd,
+            Err(e) => {
+                self.abandon(&pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
+        let cleanups: Vec<[&TransientUnit; 1]> =
+            pending.iter().map(|one| [&one.units.cleanup]).collect();
+        let starts: Vec<(&TransientUnit, &[&TransientUnit])> = pending
+            .iter()
+            .zip(&cleanups)
+            .map(|(one, cleanup)| (&one.units.mount, &cleanup[..]))
+            .collect();
+        let queued = match systemd.queue_start_transient_all(&starts) {
+            Ok(queued) => queued,
+            Err(e) => {
+                self.abandon(&pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
+        let mut jobs = Vec::new();
+        let mut refused = None;
+        for (at, result) in queued.into_iter().enumerate() {
+            match result {
+                Ok(job) => jobs.push(job),
+                Err(e) => {
+                    refused.get_or_insert((at, e));
+                }
+            }
+        }
+        let outcomes = systemd.wait(&jobs);
+        if let Some((at, e)) = refused {
+            let one = &pending[at];
+            let error = if e.kind() == Kind::AlreadyExists {
+                // Someone else's unit has this name: leave it alone, take back only what we made.
+                self.abandon(std::slice::from_ref(one));
+                Error::already_exists(format!(
+                    "cannot create channel {}: {e}; a unit of that name exists that hostchan did not make",
+                    one.record.host_path().display()
+                ))
+            } else {
+                e
+            };
+            let index = one.index;
+            let others: Vec<Pending> = pending
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i != at || error.kind() != Kind::AlreadyExists)
+                .map(|(_, one)| one)
+                .collect();
+            self.roll_back(systemd, &others);
+            return Err(failed(index, error));
+        }
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                self.roll_back(systemd, &pending);
+                return Err(failed(pending[0].index, e));
+            }
+        };
+        if let Some((one, outcome)) = pending
+            .iter()
+            .zip(&outcomes)
+            .find(|(_, outcome)| !outcome.succeeded())
+        {
+            let error = outcome.error("start", one.options.owner.unit());
+            let index = one.index;
+            self.roll_back(systemd, &pending);
+            return Err(failed(index, error));
+        }
+        // Channels of one container share its owner: its memory is read once for all of them
+        // (a raise with --grow-memory-limit reads it again, right before).
+        let mut owner_memory: HashMap<String, Option<Memory>> = HashMap::new();
+        let several = pending.len() > 1;
+        for at in 0..pending.len() {
+            let one = &mut pending[at];
+            let memory = match &one.options.owner {
+                Owner::Unit(owner) if several => *owner_memory
+                    .entry(owner.clone())
+                    .or_insert_with(|| systemd.memory(owner).ok()),
+                _ => None,
+            };
+            if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record, memory)
+            {
+                let index = one.index;
+                self.roll_back(systemd, &pending);
+                return Err(failed(index, e));
+            }
+        }
+        Ok(pending
+            .into_iter()
+            .map(|one| {
+                let spec = &one.spec;
+                tracing::info!(
+                    OBJECT_SYSTEMD_UNIT = %one.record.unit(),
+                    "created channel {} -> {} ({}, {} bytes), owner {}",
+                    spec.host_path.display(),
+                    spec.container_path.display(),
+                    spec.access,
+                    spec.size,
+                    one.options.owner,
+                );
+                (
+                    one.index,
+                    Created::Channel(Box::new(ChannelInfo::mounted(one.record))),
+                )
+            })
+            .collect())
+    }
+
+    /// A create for a path that is a channel already: the same container asking again with the
+    /// same spec gets that channel (attached in the container now running, if it is not yet):
+    /// a `delete`-lifetime channel at the container's next start, or a second hook (hooks.d
+    /// and CDI) in the same start. Anything else is "already a channel".
+    fn reuse(
+        &self,
+        mut record: Record,
+        spec: &ChannelSpec,
+        options: &CreateOptions,
+    ) -> Result<Created> {
+        let same = options.container.is_some()
+            && record.channel.container == options.container
+            && &record.channel.spec == spec
+            && record.channel.lifetime == options.lifetime
+            && hostfs::is_mount_point(record.host_path())?;
+        if !same {
+            return Err(record.already_a_channel());
+        }
+        if let Some(attach) = &options.attach {
+            let here = record
+                .attached
+                .as_ref()
+                .is_some_and(|a| inject::is_attached_in(a, attach.pid));
+            if !here {
+                owner::check_container_process(attach.pid)?;
+                inject::check_other_mount_namespace(attach.pid)?;
+                let attached = attach_in_container(spec, attach)?;
+                record.attached = Some(attached);
+            }
+        }
+        record.last_seen = seconds_since_epoch();
+        self.store.replace(&record)?;
+        Ok(Created::Existing(Box::new(ChannelInfo::mounted(record))))
+    }
+
+    /// The steps after the host side is up; a failure here rolls the host side back.
+    /// What it did goes into the record, for delete to undo.
+    fn complete(
+        &self,
+        systemd: &Systemd,
+        spec: &ChannelSpec,
+        options: &CreateOptions,
+        record: &mut Record,
+        owner_memory: Option<Memory>,
+    ) -> Result<()> {
+        if let Some(attach) = &options.attach {
+            fail_point::hit("before-attach");
+            record.attached = Some(attach_in_container(spec, attach)?);
+            self.store.replace(record)?;
+        }
+        if let Owner::Unit(owner) = &options.owner {
+            record.memory_limit = memory::memory_headroom(
+                systemd,
+                owner,
+                spec.size,
+                options.grow_memory_limit,
+                owner_memory,
+            )?;
+            if record.memory_limit.is_some() {
+                self.store.replace(record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes creates whose units were never started: their directories and records.
+    fn abandon(&self, pending: &[Pending]) {
+        for one in pending {
+            if let Err(e) = hostfs::remove_made(&one.made) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %one.record.unit(), "rolling back: {e}");
+            }
+            if let Err(e) = self.store.remove(one.record.unit(), &one.record.channel.id) {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %one.record.unit(), "rolling back: {e}");
+            }
+        }
+    }
+}
+
+/// Refuses a host path that is, is inside, or holds another channel, and returns the
+/// directories other channels' creation made above it: recorded with this channel too, so that
+/// whichever channel goes last removes them (each goes only while empty).
+fn check_among_channels(host_path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
+    let mut shared: Vec<MadeDir> = Vec::new();
+    for record in records {
+        // A racing create for the same path wrote its record since ours was looked for.
+        if host_path == record.host_path() {
+            return Err(record.already_a_channel());
+        }
+        if record.host_path().starts_with(host_path) {
+            return Err(Error::invalid(
+                "host path",
+                host_path.display().to_string(),
+                format!(
+                    "holds the channel {}, which a channel here would cover; choose another path",
+                    record.host_path().display()
+                ),
+            ));
+        }
+        if host_path.starts_with(record.host_path()) {
+            return Err(Error::invalid(
+                "host path",
+                host_path.display().to_string(),
+                format!(
+                    "is inside the channel {}; choose a path outside it",
+                    record.host_path().display()
+                ),
+            ));
+        }
+        for made in &record.made {
+            if made.path != record.host_path()
+                && host_path.starts_with(&made.path)
+                && !shared.iter().any(|s| s.path == made.path)
+            {
+                shared.push(made.clone());
+            }
+        }
+    }
+    Ok(shared)
+}
+
+/// Attaches the channel in the container of `attach.pid`, and says so in the channel's journal.
+fn attach_in_container(spec: &ChannelSpec, attach: &AttachTo) -> Result<Attached> {
+    let attached = inject::attach(
+        &spec.host_path,
+        &AttachPoint {
+            pid: attach.pid,
+            rootfs: attach.rootfs.as_deref(),
+            container_path: &spec.container_path,
+            access: spec.access,
+        },
+    )?;
+    tracing::info!(
+        OBJECT_SYSTEMD_UNIT = %unit_name::mount_unit_name(&spec.host_path),
+        "attached channel {} at {} ({}) in the container of pid {}",
+        spec.host_path.display(),
+        spec.container_path.display(),
+        spec.access,
+        attach.pid
+    );
+    Ok(attached)
+}
+
+/// 128 random bits, in hex.
+fn new_channel_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        filled +=
+            rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
+                .context("cannot get random bytes for a channel id")?;
+    }
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::channel;
+
+    fn made(paths: &[&str]) -> Vec<MadeDir> {
+        paths
+            .iter()
+            .zip(1..)
+            .map(|(path, ino)| MadeDir {
+                path: path.into(),
+                dev: 1,
+                ino,
+            })
+            .collect()
+    }
+
+    fn record(host_path: &str, made_dirs: &[&str]) -> Record {
+        Record::new(channel(host_path, None), made(made_dirs))
+    }
+
+    #[test]
+    fn channels_inside_channels_and_shared_parents() {
+        let records = [
+            record("/run/a/b/c1", &["/run/a", "/run/a/b", "/run/a/b/c1"]),
+            record("/run/x/c2", &["/run/x/c2"]),
+        ];
+        let paths =
+            |dirs: Vec<MadeDir>| -> Vec<PathBuf> { dirs.into_iter().map(|d| d.path).collect() };
+        // A sibling under the parents c1's creation made: the last one to go removes them.
+        assert_eq!(
+            paths(check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()),
+            [PathBuf::from("/run/a"), PathBuf::from("/run/a/b")]
+        );
+        assert_eq!(
+            check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()[0],
+            records[0].made[0],
+            "the identity comes along"
+        );
+        assert_eq!(
+            paths(check_among_channels(Path::new("/run/a/q"), &records).unwrap()),
+            [PathBuf::from("/run/a")]
+        );
+        // Next to a channel whose own directory was all it made: nothing shared.
+        assert!(check_among_channels(Path::new("/run/x/c4"), &records)
+            .unwrap()
+            .is_empty());
+        assert!(check_among_channels(Path::new("/srv/q"), &records)
+            .unwrap()
+            .is_empty());
+        let inside = check_among_channels(Path::new("/run/x/c2/d"), &records).unwrap_err();
+        assert_eq!(inside.kind(), Kind::Invalid);
+        assert!(
+            inside
+                .to_string()
+                .contains("is inside the channel /run/x/c2"),
+            "{inside}"
+        );
+        let same = check_among_channels(Path::new("/run/x/c2"), &records).unwrap_err();
+        assert_eq!(same.kind(), Kind::AlreadyExists);
+        assert!(same.to_string().contains("is already a channel"), "{same}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The cleanup unit's work after an unmount, and `gc` of what crashes and reboots left.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::keeper::is_idle;
+use super::{seconds_since_epoch, Channels, Target};
+use crate::error::{Error, Result};
+use crate::hostfs;
+use crate::model::Channel;
+use crate::record::Record;
+use crate::spec;
+use crate::unit_name;
+
+/// How long a cleanup waits for the unmount before it asks systemd whether one is coming.
+const UNMOUNT_LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Channels {
+    /// The cleanup unit's `ExecStop=`: once the channel's tmpfs is unmounted, removes the
+    /// directory of a channel, and the parents that were made for it, only while empty (an
+    /// unmounted channel's directory is; `rmdir` refuses anything else, mount points included),
+    /// then its record. Paths hostchan has no record of are never touched.
+    pub fn cleanup(&self, host_path: &Path, id: &str) -> Result<Cleanup> {
+        let host_path = spec::normalize_absolute("host path", &host_path.to_string_lossy())?;
+        let unit = unit_name::mount_unit_name(&host_path);
+        match self.store.load(&unit)? {
+            Some(record) if record.channel.id == id => {
+                self.wait_for_unmount(&record)?;
+                self.remove_leftovers(&record)
+            }
+            Some(record) => Err(Error::not_found(format!(
+                "the record of {} is channel {}, not {id}: it was made after this one went; nothing was removed",
+                host_path.display(),
+                record.channel.id
+            ))),
+            None => Err(Error::not_found(format!(
+                "no channel at {}: hostchan has no record of it; nothing was removed",
+                host_path.display()
+            ))),
+        }
+    }
+
+    /// The cleanup unit is not ordered against its mount (see [`units::channel_units`]): PID 1
+    /// runs its stop beside the unmount, and it waits here until the tmpfs is gone from the
+    /// host path. While nothing changes it asks systemd whether the mount is being stopped at
+    /// all: a cleanup stopped on its own, or a failed unmount, leaves everything as it is.
+    fn wait_for_unmount(&self, record: &Record) -> Result<()> {
+        let mut changes = hostfs::MountChanges::watch()?;
+        while hostfs::is_mount_point(record.host_path())? {
+            if changes.wait(UNMOUNT_LOOK_AFTER)? {
+                continue;
+            }
+            let states = self.systemd()?.unit_states(&[record.unit()])?;
+            let stopping = states
+                .get(record.unit())
+                .is_some_and(|s| s.job_type == "stop" || s.active_state == "deactivating");
+            if !stopping {
+                return Err(Error::runtime(format!(
+                    "cannot remove channel directory {}: something is mounted on it and {} is not stopping; left it and its record (stop {} to remove the channel)",
+                    record.host_path().display(),
+                    record.unit(),
+                    record.unit()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what crashes and reboots left behind: for every record whose host path is not
+    /// mounted and whose units systemd no longer has (no unit loaded, no job), the directories
+    /// hostchan made (only while empty) and the record. A path something is mounted on is never
+    /// touched. `offline` (early boot, before D-Bus; a reboot has lost every transient unit):
+    /// the mount alone decides.
+    pub fn gc(&self, dry_run: bool, offline: bool) -> Result<Vec<Leftover>> {
+        let exclusive = self.store.lock(true)?;
+        if !dry_run {
+            for stale in self.store.remove_stale_files(&exclusive)? {
+                tracing::info!("removed {stale}, left by a killed hostchan");
+            }
+        }
+        let records = self.store.all()?;
+        let live_units = if offline || records.is_empty() {
+            HashSet::new()
+        } else {
+            let names: Vec<&str> = records
+                .iter()
+                .flat_map(|r| [r.unit(), r.channel.cleanup_unit.as_str()])
+                .collect();
+            self.systemd()?
+                .unit_states(&names)?
+                .into_values()
+                .filter(|status| status.exists() || status.job_id != 0)
+                .map(|status| status.name)
+                .collect()
+        };
+        let now = seconds_since_epoch();
+        let mut leftovers = Vec::new();
+        for record in records {
+            if !offline && is_idle(&record, now) {
+                let outcome = if dry_run {
+                    LeftoverOutcome::WouldExpire
+                } else {
+                    match self.delete(&Target::of_unit(record.unit())) {
+                        Ok(_) => LeftoverOutcome::Expired,
+                        Err(e) => LeftoverOutcome::Kept {
+                            reason: e.to_string(),
+                        },
+                    }
+                };
+                leftovers.push(Leftover {
+                    channel: record.channel,
+                    outcome,
+                });
+                continue;
+            }
+            if hostfs::is_mount_point(record.host_path())?
+                || live_units.contains(record.unit())
+                || live_units.contains(&record.channel.cleanup_unit)
+            {
+                continue;
+            }
+            let outcome = if dry_run {
+                LeftoverOutcome::WouldRemove
+            } else {
+                match self.remove_leftovers(&record) {
+                    Ok(done) => LeftoverOutcome::Removed {
+                        directory: done.removed_directory,
+                    },
+                    Err(e) => {
+                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "gc kept {}: {e}", record.host_path().display());
+                        LeftoverOutcome::Kept {
+                            reason: e.to_string(),
+                        }
+                    }
+                }
+            };
+            leftovers.push(Leftover {
+                channel: record.channel,
+                outcome,
+            });
+        }
+        Ok(leftovers)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cleanup {
+    pub host_path: PathBuf,
+    pub removed_directory: bool,
+}
+
+/// A channel `gc` found without its mount.
+#[derive(Debug, Serialize)]
+pub struct Leftover {
+    #[serde(flatten)]
+    pub channel: Channel,
+    #[serde(flatten)]
+    pub outcome: LeftoverOutcome,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum LeftoverOutcome {
+    /// `--dry-run`: the record would go, and the directory if it is empty.
+    WouldRemove,
+    /// `--dry-run`: an idle `delete`-lifetime channel would be deleted.
+    WouldExpire,
+    /// A `delete`-lifetime channel whose container was not seen within its idle limit: deleted.
+    Expired,
+    /// The record is gone; `directory` says whether there was a directory to remove.
+    Removed { directory: bool },
+    /// Left as it was (the directory is not empty, say); the reason says what to do.
+    Kept { reason: String },
+}

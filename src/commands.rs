@@ -1,0 +1,215 @@
+//! The commands: one dispatch from the parsed command line to the library, and how results and
+//! errors reach the caller (text or JSON, exit codes 0, 1 and 2).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::channel::{AttachTo, Channels, CreateOptions, Target};
+use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
+use crate::config::{self, Config};
+use crate::error::{Context, Error, Result, EXIT_USAGE};
+use crate::model::Requester;
+use crate::oci;
+use crate::output::Report;
+use crate::owner::{self, OwnerRequest};
+
+/// Runs a parsed command line: the command, then its report or error on stdout or stderr in the
+/// format asked for, and the exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    crate::logging::init(cli.verbose);
+    let config = ConfigSource {
+        path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)),
+        named: cli.config.is_some(),
+    };
+    let result = run(cli.command, &config);
+    match result {
+        Ok(report) => {
+            match cli.output {
+                OutputFormat::Json => emit(&format!("{}\n", report.json())),
+                OutputFormat::Text => emit(&report.text()),
+            }
+            // The process ends here: freeing a list of thousands of channels one allocation
+            // at a time would only make it end later.
+            std::mem::forget(report);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::debug!("failed: {err:?}");
+            // Into the journal as well: a runtime such as crun shows a hook's exit code but
+            // not its stderr.
+            tracing::error!(target: crate::logging::FAILURE, "{err}");
+            match cli.output {
+                OutputFormat::Json => emit(&format!("{}\n", err.json())),
+                OutputFormat::Text => eprintln!("hostchan: {err}"),
+            }
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}
+
+/// Where the configuration comes from; read only by the commands that use it, so that a broken
+/// file never stops `delete`, `gc` or a cleanup unit.
+struct ConfigSource {
+    path: PathBuf,
+    named: bool,
+}
+
+impl ConfigSource {
+    fn load(&self) -> Result<Config> {
+        Config::load(&self.path, self.named)
+    }
+}
+
+fn run(command: Command, config: &ConfigSource) -> Result<Report> {
+    let channels = Channels::new(current_binary());
+    match command {
+        Command::Create(args) => {
+            let config = config.load()?;
+            let request = match (&args.scope, args.unbound, args.pid) {
+                (Some(unit), _, _) => OwnerRequest::Unit(unit.clone()),
+                (None, true, _) => OwnerRequest::Unbound,
+                (None, false, Some(pid)) => OwnerRequest::Pid(pid),
+                (None, false, None) => OwnerRequest::Default,
+            };
+            let container = args
+                .container
+                .map(|id| crate::units::validate_container_id(&id))
+                .transpose()?;
+            let lifetime = args.lifetime.unwrap_or(config.channels.lifetime);
+            let owner = owner::for_lifetime(lifetime, container.as_deref(), &request, &config)?;
+            let root_owner = args
+                .root_owner
+                .as_deref()
+                .map(crate::spec::parse_root_owner)
+                .transpose()?;
+            channels
+                .create(
+                    &config,
+                    &CreateOptions {
+                        spec: args.spec,
+                        owner,
+                        container,
+                        dry_run: args.dry_run,
+                        attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
+                        grow_memory_limit: args.grow_memory_limit,
+                        requester: Requester::Cli,
+                        lifetime,
+                        root_owner,
+                        owner_named: args.scope.is_some(),
+                    },
+                )
+                .map(Report::Created)
+        }
+        Command::Delete {
+            channel: Some(channel),
+            ..
+        } => channels
+            .delete(&Target::parse(&channel)?)
+            .map(Report::Deleted),
+        Command::Delete {
+            container: Some(id),
+            ..
+        } => channels
+            .delete_container(&id)
+            .map(|deleted| Report::DeletedContainer {
+                container: id,
+                deleted,
+            }),
+        Command::Delete { .. } => unreachable!("clap requires a channel or --container"),
+        Command::List => channels.list().map(Report::List),
+        Command::Status { channel } => channels
+            .status(&Target::parse(&channel)?)
+            .map(Report::Status),
+        Command::OciHook { stage } => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .context("cannot read the OCI state on stdin")?;
+            let input = String::from_utf8(bytes).map_err(|e| {
+                Error::usage("the OCI state on stdin is not UTF-8 JSON").caused_by(e)
+            })?;
+            let state = oci::ContainerState::parse(&input)?;
+            let stage = state.stage(stage)?;
+            oci::run_hook(&channels, &|| config.load(), &state, stage).map(Report::Hook)
+        }
+        Command::Gc { dry_run, offline } => channels
+            .gc(dry_run, offline)
+            .map(|leftovers| Report::Gc { dry_run, leftovers }),
+        Command::Config(ConfigCommand::Check) => {
+            let loaded = config.load()?;
+            Ok(Report::ConfigChecked {
+                config: loaded.source,
+                valid: true,
+            })
+        }
+        Command::Config(ConfigCommand::Show) => config.load().map(Report::Config),
+        Command::CdiSpec { hostchan } => Ok(Report::CdiSpec(crate::cdi::spec(&hostchan))),
+        Command::Cleanup { id, host_path } => channels
+            .cleanup(std::path::Path::new(&host_path), &id)
+            .map(Report::Cleanup),
+    }
+}
+
+/// clap's own errors: help and version print as usual; anything else is bad usage (exit 2), as
+/// `{"error": ...}` on stdout when JSON output was asked for.
+pub fn usage_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    // args_os: std::env::args panics on an argument that is not UTF-8, which Linux allows.
+    if json_requested(std::env::args_os().map(|a| a.to_string_lossy().into_owned())) {
+        let error = Error::usage(first_line(&err.to_string()));
+        emit(&format!("{}\n", error.json()));
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
+    if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = err.print();
+    } else {
+        eprintln!(
+            "hostchan: {}; see: hostchan --help",
+            first_line(&err.to_string())
+        );
+    }
+    ExitCode::from(EXIT_USAGE as u8)
+}
+
+/// clap's message without its usage block, on one line.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_start_matches("error: ")
+        .to_owned()
+}
+
+fn json_requested(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.windows(2)
+        .any(|pair| pair[0] == "--output" && pair[1] == "json")
+        || args.iter().any(|a| a == "--output=json")
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// Where the hostchan binary that creates a channel lives, for the cleanup unit to run later.
+fn current_binary() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/hostchan"))
+}

@@ -5,14 +5,14 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::channel::{AttachTo, Channels, CreateOptions, Target};
+use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Target};
 use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use crate::config::{self, Config};
 use crate::error::{Context, Error, Result, EXIT_USAGE};
 use crate::model::Requester;
 use crate::oci;
 use crate::output::Report;
-use crate::owner::{self, OwnerRequest};
+use crate::owner::OwnerRequest;
 
 /// Runs a parsed command line: the command, then its report or error on stdout or stderr in the
 /// format asked for, and the exit code.
@@ -75,34 +75,23 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 (None, false, Some(pid)) => OwnerRequest::Pid(pid),
                 (None, false, None) => OwnerRequest::Default,
             };
-            let container = args
-                .container
-                .map(|id| crate::units::validate_container_id(&id))
-                .transpose()?;
-            let lifetime = args.lifetime.unwrap_or(config.channels.lifetime);
-            let owner = owner::for_lifetime(lifetime, container.as_deref(), &request, &config)?;
             let root_owner = args
                 .root_owner
                 .as_deref()
                 .map(crate::spec::parse_root_owner)
                 .transpose()?;
-            channels
-                .create(
-                    &config,
-                    &CreateOptions {
-                        spec: args.spec,
-                        owner,
-                        container,
-                        dry_run: args.dry_run,
-                        attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
-                        grow_memory_limit: args.grow_memory_limit,
-                        requester: Requester::Cli,
-                        lifetime,
-                        root_owner,
-                        owner_named: args.scope.is_some(),
-                    },
-                )
-                .map(Report::Created)
+            let ask = Ask {
+                requester: Requester::Cli,
+                owner: request,
+                container: args.container,
+                lifetime: args.lifetime,
+                root_owner,
+                attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
+                grow_memory_limit: args.grow_memory_limit,
+                dry_run: args.dry_run,
+            };
+            let options = CreateOptions::new(&config, args.spec, ask)?;
+            channels.create(&config, &options).map(Report::Created)
         }
         Command::Delete {
             channel: Some(channel),

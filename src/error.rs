@@ -52,6 +52,8 @@ pub struct Error {
     /// For [`Kind::Invalid`]: the reason alone, without the field and value.
     reason: Option<String>,
     source: Option<Cause>,
+    /// What came of the attempt to undo what was done, said after the error itself.
+    aftermath: Option<Box<str>>,
 }
 
 impl Error {
@@ -62,6 +64,7 @@ impl Error {
             message: message.into(),
             reason: None,
             source: None,
+            aftermath: None,
         }
     }
 
@@ -121,6 +124,12 @@ impl Error {
         self
     }
 
+    /// Says, after the error, what came of undoing what was done before it failed.
+    pub fn with_aftermath(mut self, aftermath: impl Into<String>) -> Error {
+        self.aftermath = Some(aftermath.into().into_boxed_str());
+        self
+    }
+
     pub fn with_kind(mut self, kind: Kind) -> Error {
         self.kind = kind;
         self
@@ -173,6 +182,10 @@ impl fmt::Display for Error {
                 f.write_str(": ")?;
             }
             write_one_line(f, part)?;
+        }
+        if let Some(aftermath) = &self.aftermath {
+            f.write_str("; ")?;
+            write_one_line(f, aftermath)?;
         }
         Ok(())
     }

@@ -60,11 +60,7 @@ pub fn memory_plan(memory: Memory, size: u64, grow: bool) -> MemoryPlan {
 /// Takes back what `--grow-memory-limit` added, when the channel goes before its owner: the
 /// limit as it is now, less exactly what hostchan added (the owner may have changed it since).
 pub fn undo_memory_change(systemd: &Systemd, change: &MemoryChange) -> Result<()> {
-    let states = systemd.unit_states(&[&change.unit])?;
-    if !states
-        .get(&change.unit)
-        .is_some_and(|s| s.exists() && s.active_state == "active")
-    {
+    if !systemd.is_active(&change.unit)? {
         return Ok(());
     }
     let memory = systemd.memory(&change.unit)?;

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::channel::{AttachTo, ChannelInfo, Channels, CreateOptions, Created};
+use crate::channel::{Ask, AttachTo, ChannelInfo, Channels, CreateOptions, Created};
 use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
 use crate::kube;
 use crate::model::{Lifetime, Requester};
-use crate::owner::{self, OwnerRequest};
+use crate::owner::OwnerRequest;
 use crate::units::validate_container_id;
 
 /// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
@@ -165,36 +165,36 @@ fn create_all(
         return Ok(outcome(state, stage, Vec::new()));
     }
     let rootfs = rootfs_of_bundle(&state.bundle)?;
-    let lifetime = match state.annotations.get(LIFETIME_ANNOTATION) {
-        Some(text) => parse_lifetime(text)?,
-        None => config.channels.lifetime,
-    };
+    let lifetime = state
+        .annotations
+        .get(LIFETIME_ANNOTATION)
+        .map(|text| parse_lifetime(text))
+        .transpose()?;
     let root_owner = state
         .annotations
         .get(ROOT_OWNER_ANNOTATION)
         .map(|text| crate::spec::parse_root_owner(text))
         .transpose()
         .map_err(|e| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
-    let owner = owner::for_lifetime(lifetime, Some(&container), &OwnerRequest::Pid(pid), config)?;
+    let ask = Ask {
+        requester: Requester::Hook,
+        owner: OwnerRequest::Pid(pid),
+        container: Some(container.clone()),
+        lifetime,
+        root_owner,
+        attach: Some(AttachTo {
+            pid,
+            rootfs: Some(rootfs),
+        }),
+        grow_memory_limit: false,
+        dry_run: false,
+    };
+    let base = CreateOptions::new(config, String::new(), ask)?;
     let mut requests = Vec::with_capacity(annotations.len());
     for annotation in &annotations {
         let spec = kube::expand(annotation.spec, &pod, &container)
             .map_err(|e| e.context(format!("annotation {}", annotation.key)))?;
-        requests.push(CreateOptions {
-            spec,
-            owner: owner.clone(),
-            container: Some(container.clone()),
-            dry_run: false,
-            attach: Some(AttachTo {
-                pid,
-                rootfs: Some(rootfs.clone()),
-            }),
-            grow_memory_limit: false,
-            requester: Requester::Hook,
-            lifetime,
-            root_owner,
-            owner_named: false,
-        });
+        requests.push(base.for_spec(spec));
     }
     // All at once: one connection, every start job in flight together. Channels found made
     // already (a delete-lifetime channel attached again, a second hook) are left as they were

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
-use crate::model::{Lifetime, Owner};
+use crate::model::Owner;
 use crate::systemd::Systemd;
 
 /// What the caller said about the owner.
@@ -132,32 +132,6 @@ pub fn check_container_process(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// The owner for a lifetime: `stop` resolves what the caller said; `delete` is always the unit
-/// hostchan keeps for the container (which needs the container's id, and no other owner).
-pub fn for_lifetime(
-    lifetime: Lifetime,
-    container: Option<&str>,
-    request: &OwnerRequest,
-    config: &Config,
-) -> Result<Owner> {
-    match lifetime {
-        Lifetime::Stop => resolve(request, config),
-        Lifetime::Delete => {
-            let Some(container) = container else {
-                return Err(Error::usage(
-                    "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
-                ));
-            };
-            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
-                return Err(Error::usage(
-                    "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
-                ));
-            }
-            Ok(Owner::Unit(crate::unit_name::keeper_unit_name(container)))
-        }
-    }
-}
-
 /// The one place that turns what the caller said into an owner.
 pub fn resolve(request: &OwnerRequest, config: &Config) -> Result<Owner> {
     match request {
@@ -244,7 +218,7 @@ pub fn systemd_cgroup(text: &str) -> Option<String> {
 pub fn check_owner_active(systemd: &Systemd, owner: &str, named: bool) -> Result<()> {
     let states = systemd.unit_states(&[owner])?;
     match states.get(owner) {
-        Some(status) if status.exists() && status.active_state == "active" => {
+        Some(status) if status.is_active() => {
             let cgroup = if named && is_unit_with_processes(owner) {
                 systemd.control_group(owner)?
             } else {

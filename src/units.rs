@@ -158,14 +158,8 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
     }
 
     let binary = request.hostchan_binary.display().to_string();
-    let cleanup = vec![
-        prop(
-            "Description",
-            s(format!("Remove host channel directory {host_path}")),
-        ),
-        prop("Documentation", list(&[DOCUMENTATION])),
-        prop("Type", s("oneshot")),
-        prop("RemainAfterExit", PropertyValue::Bool(true)),
+    let mut cleanup = oneshot_that_stays(format!("Remove host channel directory {host_path}"));
+    cleanup.extend([
         // Bound to the mount, so it is stopped with every unmount, whatever stopped the mount;
         // stopping it removes the directory and the record once the tmpfs is gone.
         prop(
@@ -195,7 +189,7 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         prop("StandardOutput", s("null")),
         prop("StandardError", s("null")),
         prop("CollectMode", s("inactive-or-failed")),
-    ];
+    ]);
 
     ChannelUnits {
         mount: TransientUnit {
@@ -212,31 +206,36 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
 /// The unit that holds a container's `delete`-lifetime channels: a oneshot that does nothing
 /// but stay active until it is stopped; the channels are bound to it.
 pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
+    let mut properties = oneshot_that_stays(format!(
+        "Host channels kept for container {container} until it is deleted"
+    ));
+    properties.extend([
+        // A service needs something to run; this one only has to become active.
+        prop(
+            "ExecStart",
+            PropertyValue::Commands(vec![Command {
+                path: "/bin/true".into(),
+                argv: vec!["/bin/true".into()],
+                ignore_failure: false,
+            }]),
+        ),
+        prop("DefaultDependencies", PropertyValue::Bool(false)),
+        prop("CollectMode", s("inactive-or-failed")),
+    ]);
     TransientUnit {
         name: name.to_owned(),
-        properties: vec![
-            prop(
-                "Description",
-                s(format!(
-                    "Host channels kept for container {container} until it is deleted"
-                )),
-            ),
-            prop("Documentation", list(&[DOCUMENTATION])),
-            prop("Type", s("oneshot")),
-            prop("RemainAfterExit", PropertyValue::Bool(true)),
-            // A service needs something to run; this one only has to become active.
-            prop(
-                "ExecStart",
-                PropertyValue::Commands(vec![Command {
-                    path: "/bin/true".into(),
-                    argv: vec!["/bin/true".into()],
-                    ignore_failure: false,
-                }]),
-            ),
-            prop("DefaultDependencies", PropertyValue::Bool(false)),
-            prop("CollectMode", s("inactive-or-failed")),
-        ],
+        properties,
     }
+}
+
+/// The start of a service that runs nothing lasting and stays active until stopped.
+fn oneshot_that_stays(description: String) -> Vec<Property> {
+    vec![
+        prop("Description", s(description)),
+        prop("Documentation", list(&[DOCUMENTATION])),
+        prop("Type", s("oneshot")),
+        prop("RemainAfterExit", PropertyValue::Bool(true)),
+    ]
 }
 
 impl TransientUnit {

@@ -20,7 +20,14 @@ fn record_dir_files(sb: &Sandbox) -> Vec<String> {
 #[track_caller]
 fn assert_nothing_left(sb: &Sandbox, root: &str) {
     sb.wait_for(|| sb.channel_units().is_empty(), "every channel unit to go");
-    assert_eq!(record_dir_files(sb), Vec::<String>::new(), "records left");
+    let records = record_dir_files(sb);
+    if !records.is_empty() {
+        // What gc says of them, and what is on disk, for the failure to explain itself.
+        let gc = sb.hostchan(&["--output", "json", "gc"]);
+        let tree = sb.run(&["find", root, "-printf", "%p %i %u %m\n"]);
+        let mounts = sb.run(&["findmnt", "-rn", "-o", "TARGET"]).stdout;
+        panic!("records left: {records:?}\ngc again: {gc:#?}\n{root}: {tree:#?}\nmounts: {mounts}");
+    }
     let mounts = sb.run(&["findmnt", "-rn", "-o", "TARGET"]).stdout;
     assert!(
         !mounts.lines().any(|m| m.starts_with(root)),

@@ -2,11 +2,13 @@
 //! them in their container; all or none.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::keeper::ensure_keeper;
+use super::request::{AttachTo, CreateOptions};
+use super::teardown::OnError;
 use super::{seconds_since_epoch, ChannelInfo, Channels};
 use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
@@ -14,40 +16,13 @@ use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::memory;
-use crate::model::{Attached, Channel, Lifetime, Owner, Requester};
+use crate::model::{Attached, Channel, Lifetime, Owner};
 use crate::owner;
 use crate::record::{Record, StoreLock};
-use crate::spec::{ChannelSpec, RootOwner};
+use crate::spec::ChannelSpec;
 use crate::systemd::{Memory, Systemd};
 use crate::unit_name;
 use crate::units::{self, ChannelRequest, ChannelUnits, TransientUnit};
-
-/// What `create` is asked to do.
-#[derive(Debug, Clone)]
-pub struct CreateOptions {
-    pub spec: String,
-    pub owner: Owner,
-    pub container: Option<String>,
-    pub dry_run: bool,
-    /// Also attach the channel inside this container.
-    pub attach: Option<AttachTo>,
-    /// Raise the owner's memory limit by the channel's size.
-    pub grow_memory_limit: bool,
-    pub requester: Requester,
-    pub lifetime: Lifetime,
-    /// The owner of the channel's root directory; root when `None`.
-    pub root_owner: Option<RootOwner>,
-    /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
-    pub owner_named: bool,
-}
-
-/// The container a channel is attached in.
-#[derive(Debug, Clone)]
-pub struct AttachTo {
-    pub pid: i32,
-    /// The container's future root, inside its mount namespace, before it pivots into it.
-    pub rootfs: Option<PathBuf>,
-}
 
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
@@ -274,7 +249,9 @@ impl Channels {
             .zip(&cleanups)
             .map(|(one, cleanup)| (&one.units.mount, &cleanup[..]))
             .collect();
-        let queued = match systemd.queue_start_transient_all(&starts) {
+        let queued = match fail_point::check("create-start")
+            .and_then(|()| systemd.queue_start_transient_all(&starts))
+        {
             Ok(queued) => queued,
             Err(e) => {
                 self.abandon(&pending);
@@ -311,14 +288,13 @@ impl Channels {
                 .filter(|(i, _)| *i != at || error.kind() != Kind::AlreadyExists)
                 .map(|(_, one)| one)
                 .collect();
-            self.roll_back(systemd, &others);
-            return Err(failed(index, error));
+            return Err(failed(index, self.roll_back(systemd, &others, error)));
         }
         let outcomes = match outcomes {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                self.roll_back(systemd, &pending);
-                return Err(failed(pending[0].index, e));
+                let index = pending[0].index;
+                return Err(failed(index, self.roll_back(systemd, &pending, e)));
             }
         };
         if let Some((one, outcome)) = pending
@@ -328,8 +304,7 @@ impl Channels {
         {
             let error = outcome.error("start", one.options.owner.unit());
             let index = one.index;
-            self.roll_back(systemd, &pending);
-            return Err(failed(index, error));
+            return Err(failed(index, self.roll_back(systemd, &pending, error)));
         }
         // Channels of one container share its owner: its memory is read once for all of them
         // (a raise with --grow-memory-limit reads it again, right before).
@@ -346,8 +321,7 @@ impl Channels {
             if let Err(e) = self.complete(systemd, &one.spec, one.options, &mut one.record, memory)
             {
                 let index = one.index;
-                self.roll_back(systemd, &pending);
-                return Err(failed(index, e));
+                return Err(failed(index, self.roll_back(systemd, &pending, e)));
             }
         }
         Ok(pending
@@ -418,10 +392,12 @@ impl Channels {
     ) -> Result<()> {
         if let Some(attach) = &options.attach {
             fail_point::hit("before-attach");
+            fail_point::check("before-attach")?;
             record.attached = Some(attach_in_container(spec, attach)?);
             self.store.replace(record)?;
         }
         if let Owner::Unit(owner) = &options.owner {
+            fail_point::check("create-memory")?;
             record.memory_limit = memory::memory_headroom(
                 systemd,
                 owner,
@@ -433,7 +409,20 @@ impl Channels {
                 self.store.replace(record)?;
             }
         }
-        Ok(())
+        fail_point::check("create-done")
+    }
+
+    /// Undoes creates whose units were (or may have been) started, with the one teardown,
+    /// going on past every failure; returns the error to report: the create's own, and what
+    /// could not be taken back.
+    fn roll_back(&self, systemd: &Systemd, pending: &[Pending], error: Error) -> Error {
+        let records: Vec<&Record> = pending.iter().map(|one| &one.record).collect();
+        match self.tear_down(systemd, &records, OnError::GoOn) {
+            Ok(()) => error,
+            Err(left) => error.with_aftermath(format!(
+                "and taking it back failed: {left}; run hostchan gc once the cause is mended"
+            )),
+        }
     }
 
     /// Undoes creates whose units were never started: their directories and records.
@@ -527,6 +516,8 @@ fn new_channel_id() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::model::tests::channel;
 

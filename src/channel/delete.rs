@@ -1,13 +1,10 @@
 //! `delete`, `delete --container` and the poststop hook.
 
-use super::teardown::detach_copy;
+use super::teardown::{detach_copy, OnError};
 use super::{seconds_since_epoch, ChannelInfo, Channels, Target};
 use crate::error::{Error, Kind, Result};
-use crate::fail_point;
-use crate::memory;
 use crate::model::Lifetime;
 use crate::record::Record;
-use crate::systemd::Job;
 use crate::unit_name;
 
 impl Channels {
@@ -20,34 +17,7 @@ impl Channels {
     fn delete_one(&self, target: &Target, stop_idle_keeper: bool) -> Result<ChannelInfo> {
         let record = self.load(target)?;
         let systemd = self.systemd()?;
-        // The container's copy first, while the host mount still tells which tmpfs it is.
-        detach_copy(&record)?;
-        // The cleanup unit is bound to the mount: its stop job comes in the same transaction
-        // and runs beside the unmount, waiting for it. Asking for it as well returns that job,
-        // so one wait sees both end, and the directory is gone when delete returns.
-        let jobs: Vec<Job> = [
-            systemd.queue_stop(record.unit())?,
-            systemd.queue_stop(&record.channel.cleanup_unit)?,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for outcome in systemd.wait(&jobs)? {
-            if outcome.unit == record.unit() && !outcome.succeeded() {
-                return Err(outcome.error("stop", None));
-            }
-        }
-        fail_point::hit("delete-after-stop");
-        // The cleanup unit may have been gone already (a crash, a reboot): do its work here,
-        // for this channel only (a create may have made a new one at the path meanwhile).
-        if let Some(left) = self.store.load(record.unit())? {
-            if left.channel.id == record.channel.id {
-                self.remove_leftovers(&left)?;
-            }
-        }
-        if let Some(change) = &record.memory_limit {
-            memory::undo_memory_change(systemd, change)?;
-        }
+        self.tear_down(systemd, &[&record], OnError::Stop)?;
         if let (true, Lifetime::Delete, Some(container)) = (
             stop_idle_keeper,
             record.channel.lifetime,

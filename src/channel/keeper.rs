@@ -1,13 +1,41 @@
 //! The keeper: the unit hostchan keeps for a container's `delete`-lifetime channels.
 
 use super::Channels;
-use crate::error::{Kind, Result};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
 use crate::inject;
-use crate::model::Lifetime;
+use crate::model::{Lifetime, Owner};
+use crate::owner::{self, OwnerRequest};
 use crate::record::Record;
 use crate::systemd::Systemd;
 use crate::unit_name;
 use crate::units;
+
+/// The owner for a lifetime: `stop` resolves what the caller said; `delete` is always the unit
+/// hostchan keeps for the container (which needs the container's id, and no other owner).
+pub(super) fn owner_for_lifetime(
+    lifetime: Lifetime,
+    container: Option<&str>,
+    request: &OwnerRequest,
+    config: &Config,
+) -> Result<Owner> {
+    match lifetime {
+        Lifetime::Stop => owner::resolve(request, config),
+        Lifetime::Delete => {
+            let Some(container) = container else {
+                return Err(Error::usage(
+                    "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
+                ));
+            };
+            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
+                return Err(Error::usage(
+                    "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
+                ));
+            }
+            Ok(Owner::Unit(unit_name::keeper_unit_name(container)))
+        }
+    }
+}
 
 impl Channels {
     /// Stops the unit that keeps a container's `delete`-lifetime channels once it keeps none.
@@ -39,19 +67,13 @@ pub(super) fn is_idle(record: &Record, now: u64) -> bool {
 /// Starts the unit that holds a container's `delete`-lifetime channels, unless it runs already
 /// (another channel of the container, or a create racing this one, started it).
 pub(super) fn ensure_keeper(systemd: &Systemd, keeper: &str, container: &str) -> Result<()> {
-    let running = |systemd: &Systemd| -> Result<bool> {
-        Ok(systemd
-            .unit_states(&[keeper])?
-            .get(keeper)
-            .is_some_and(|s| s.exists() && s.active_state == "active"))
-    };
-    if running(systemd)? {
+    if systemd.is_active(keeper)? {
         return Ok(());
     }
     match systemd.start_transient(&units::keeper_unit(keeper, container), &[]) {
         Ok(outcome) if outcome.succeeded() => Ok(()),
         Ok(outcome) => Err(outcome.error("start", None)),
-        Err(e) if e.kind() == Kind::AlreadyExists && running(systemd)? => Ok(()),
+        Err(e) if e.kind() == Kind::AlreadyExists && systemd.is_active(keeper)? => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -7,14 +7,16 @@ mod delete;
 mod gc;
 mod keeper;
 mod list;
+mod request;
 mod teardown;
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use create::{AttachTo, CreateOptions, Created};
+pub use create::Created;
 pub use gc::{Cleanup, Leftover, LeftoverOutcome};
+pub use request::{Ask, AttachTo, CreateOptions};
 
 use crate::error::{Error, Result};
 use crate::hostfs;

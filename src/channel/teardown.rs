@@ -1,48 +1,124 @@
-//! The one teardown of a channel whose units were (or may have been) started.
+//! The one teardown of channels whose units were (or may have been) started: used by the
+//! rollback of a failed create, by `delete` (and so by `delete --container`, the poststop hook
+//! and gc's expiry of idle channels). gc's removal of leftovers whose units are gone already is
+//! its last step alone, [`Channels::remove_leftovers`].
 
-use super::create::Pending;
 use super::{Channels, Cleanup};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fail_point;
 use crate::hostfs;
 use crate::inject;
 use crate::memory;
 use crate::record::Record;
-use crate::systemd::Systemd;
+use crate::systemd::{Job, Systemd};
 
-impl Channels {
-    /// Undoes creates whose units were (or may have been) started: detaches the copies made
-    /// in containers and gives back memory limits raised for them, stops whatever systemd still
-    /// has of them (all stops queued before the wait), then removes the directories (only if
-    /// empty) and the records.
-    pub(super) fn roll_back(&self, systemd: &Systemd, pending: &[Pending]) {
-        for one in pending {
-            let record = &one.record;
-            if let Err(e) = detach_copy(record) {
-                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
-            }
-            if let Some(change) = &record.memory_limit {
-                if let Err(e) = memory::undo_memory_change(systemd, change) {
-                    tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
-                }
+/// What a teardown does when a step fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnError {
+    /// Stop at a failure up to the unmount and say why (`delete`): the channel is still whole,
+    /// and a second `delete` (or the owner's stop) finishes it. Past the unmount it goes on like
+    /// [`OnError::GoOn`]: the record may be gone by then, and a second `delete` could not find
+    /// what is left to do.
+    Stop,
+    /// Log it and go on with every other step and channel, then report them all (the rollback
+    /// of a failed create, which must take back as much as it can).
+    GoOn,
+}
+
+/// The errors of one teardown, kept or returned as the policy says.
+struct Errors {
+    on_error: OnError,
+    seen: Vec<Error>,
+}
+
+impl Errors {
+    /// `Err` when the policy is to stop; otherwise the error is logged and kept.
+    fn note(&mut self, record: &Record, error: Error) -> Result<()> {
+        match self.on_error {
+            OnError::Stop => Err(error),
+            OnError::GoOn => {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "taking down {}: {error}", record.host_path().display());
+                self.seen.push(error);
+                Ok(())
             }
         }
-        let mut jobs = Vec::new();
-        for record in pending.iter().map(|one| &one.record) {
+    }
+}
+
+impl Channels {
+    /// Takes these channels down, each step for all of them before the next:
+    ///
+    /// 1. the copies attached in containers, while the host mount still says which tmpfs is
+    ///    the channel's;
+    /// 2. the mount units and their cleanup units, every stop queued before one wait (the
+    ///    cleanup unit's stop runs beside the unmount and removes the directory and record);
+    /// 3. what the cleanup unit did not remove (it may be gone: a crash, a reboot), only while
+    ///    the record is still this channel's (the same id: a create may have made a new
+    ///    channel at the path meanwhile);
+    /// 4. a memory limit raised for the channel, given back only once the mount's stop
+    ///    succeeded: the container's writes into the tmpfs are charged to it until the tmpfs is
+    ///    unmounted, so a limit lowered before could OOM-kill the container.
+    pub(super) fn tear_down(
+        &self,
+        systemd: &Systemd,
+        records: &[&Record],
+        on_error: OnError,
+    ) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut errors = Errors {
+            on_error,
+            seen: Vec::new(),
+        };
+        for record in records {
+            if let Err(e) = fail_point::check("teardown-detach").and_then(|()| detach_copy(record))
+            {
+                errors.note(record, e)?;
+            }
+        }
+        // Per record: the stop jobs queued, and whether every stop could be asked for.
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut queued: Vec<(usize, usize, bool)> = Vec::new();
+        for record in records {
+            let first = jobs.len();
+            let mut asked = true;
             for unit in [record.unit(), &record.channel.cleanup_unit] {
-                match systemd.queue_stop(unit) {
+                match fail_point::check("teardown-stop").and_then(|()| systemd.queue_stop(unit)) {
                     Ok(job) => jobs.extend(job),
                     Err(e) => {
-                        tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: cannot stop {unit}: {e}")
+                        asked = false;
+                        errors.note(record, e.context(format!("cannot stop {unit}")))?;
                     }
                 }
             }
+            queued.push((first, jobs.len(), asked));
         }
-        if let Err(e) = systemd.wait(&jobs) {
-            tracing::warn!("rolling back: {e}");
+        let outcomes = match systemd.wait(&jobs) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                // Which record is the first is beside the point: the wait was for all.
+                errors.note(records[0], e)?;
+                Vec::new()
+            }
+        };
+        fail_point::hit("delete-after-stop");
+        errors.on_error = OnError::GoOn;
+        let mut unmounted = Vec::with_capacity(records.len());
+        for (record, (first, end, asked)) in records.iter().zip(&queued) {
+            let mut stopped = *asked && outcomes.len() == jobs.len();
+            for outcome in outcomes.get(*first..*end).unwrap_or_default() {
+                if outcome.unit == record.unit() && !outcome.succeeded() {
+                    stopped = false;
+                    errors.note(record, outcome.error("stop", None))?;
+                }
+            }
+            unmounted.push(stopped);
         }
-        for record in pending.iter().map(|one| &one.record) {
-            // Unless the cleanup unit's stop already did it.
-            let removed = match self.store.load(record.unit()) {
+        for record in records {
+            let left =
+                fail_point::check("teardown-remove").and_then(|()| self.store.load(record.unit()));
+            let removed = match left {
                 Ok(Some(left)) if left.channel.id == record.channel.id => {
                     self.remove_leftovers(&left).map(drop)
                 }
@@ -50,8 +126,28 @@ impl Channels {
                 Err(e) => Err(e),
             };
             if let Err(e) = removed {
-                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "rolling back: {e}");
+                errors.note(record, e)?;
             }
+        }
+        for (record, unmounted) in records.iter().zip(unmounted) {
+            let Some(change) = &record.memory_limit else {
+                continue;
+            };
+            if !unmounted {
+                tracing::warn!(OBJECT_SYSTEMD_UNIT = %record.unit(), "kept the raised {} of {}: the channel's tmpfs may still be mounted", change.property, change.unit);
+                continue;
+            }
+            let undone = fail_point::check("teardown-memory")
+                .and_then(|()| memory::undo_memory_change(systemd, change));
+            if let Err(e) = undone {
+                errors.note(record, e)?;
+            }
+        }
+        match Error::all_of(errors.seen, |n| {
+            format!("{n} steps of taking down {} channels failed", records.len())
+        }) {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
     }
 

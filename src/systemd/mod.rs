@@ -66,6 +66,11 @@ impl UnitStatus {
     pub fn exists(&self) -> bool {
         self.load_state != "not-found" && self.load_state != "stub"
     }
+
+    /// Loaded and active: a unit that runs.
+    pub fn is_active(&self) -> bool {
+        self.exists() && self.active_state == "active"
+    }
 }
 
 /// Memory figures of a unit's cgroup, in bytes; `u64::MAX` means none or unknown.
@@ -161,6 +166,14 @@ impl Systemd {
     }
 
     /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
+    /// Whether `unit` runs now.
+    pub fn is_active(&self, unit: &str) -> Result<bool> {
+        Ok(self
+            .unit_states(&[unit])?
+            .get(unit)
+            .is_some_and(UnitStatus::is_active))
+    }
+
     pub fn memory(&self, unit: &str) -> Result<Memory> {
         let all = self.type_properties(unit)?;
         let read = |name: &str| -> u64 {

@@ -1,0 +1,89 @@
+//! The create request: one constructor, used by the CLI and the hook alike, that checks the
+//! container id, takes the lifetime from the configuration when none is asked for, and resolves
+//! the owner for that lifetime.
+
+use std::path::PathBuf;
+
+use super::keeper;
+use crate::config::Config;
+use crate::error::Result;
+use crate::model::{Lifetime, Owner, Requester};
+use crate::owner::OwnerRequest;
+use crate::spec::RootOwner;
+use crate::units::validate_container_id;
+
+/// What `create` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub spec: String,
+    pub owner: Owner,
+    pub container: Option<String>,
+    pub dry_run: bool,
+    /// Also attach the channel inside this container.
+    pub attach: Option<AttachTo>,
+    /// Raise the owner's memory limit by the channel's size.
+    pub grow_memory_limit: bool,
+    pub requester: Requester,
+    pub lifetime: Lifetime,
+    /// The owner of the channel's root directory; root when `None`.
+    pub root_owner: Option<RootOwner>,
+    /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
+    pub owner_named: bool,
+}
+
+/// The container a channel is attached in.
+#[derive(Debug, Clone)]
+pub struct AttachTo {
+    pub pid: i32,
+    /// The container's future root, inside its mount namespace, before it pivots into it.
+    pub rootfs: Option<PathBuf>,
+}
+
+/// What a caller asks for, as it said it: the owner and lifetime are decided from it.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub requester: Requester,
+    pub owner: OwnerRequest,
+    /// The container's id, as given (checked here).
+    pub container: Option<String>,
+    /// `None`: the configuration's `channels.lifetime`.
+    pub lifetime: Option<Lifetime>,
+    pub root_owner: Option<RootOwner>,
+    pub attach: Option<AttachTo>,
+    pub grow_memory_limit: bool,
+    pub dry_run: bool,
+}
+
+impl CreateOptions {
+    /// The request for `spec`, with its owner decided for its lifetime (a `delete`-lifetime
+    /// channel's owner is the container's keeper).
+    pub fn new(config: &Config, spec: String, ask: Ask) -> Result<CreateOptions> {
+        let container = ask
+            .container
+            .as_deref()
+            .map(validate_container_id)
+            .transpose()?;
+        let lifetime = ask.lifetime.unwrap_or(config.channels.lifetime);
+        let owner = keeper::owner_for_lifetime(lifetime, container.as_deref(), &ask.owner, config)?;
+        Ok(CreateOptions {
+            spec,
+            owner,
+            container,
+            dry_run: ask.dry_run,
+            attach: ask.attach,
+            grow_memory_limit: ask.grow_memory_limit,
+            requester: ask.requester,
+            lifetime,
+            root_owner: ask.root_owner,
+            owner_named: matches!(ask.owner, OwnerRequest::Unit(_)),
+        })
+    }
+
+    /// The same request for another channel of the same container.
+    pub fn for_spec(&self, spec: String) -> CreateOptions {
+        CreateOptions {
+            spec,
+            ..self.clone()
+        }
+    }
+}

@@ -103,7 +103,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             container: Some(id),
             ..
         } => channels
-            .delete_container(&id)
+            .delete_container(&crate::units::validate_container_id(&id)?)
             .map(|deleted| Report::DeletedContainer {
                 container: id,
                 deleted,

@@ -138,6 +138,20 @@ impl Record {
         &self.channel.unit
     }
 
+    /// The error for a create at `host_path` whose unit name this record has: the same path,
+    /// or another whose unit name is the same once systemd shortened one with a hash.
+    pub fn refuses(&self, host_path: &Path) -> Error {
+        if host_path == self.host_path() {
+            return self.already_a_channel();
+        }
+        Error::already_exists(format!(
+            "cannot create channel {}: its unit name {} is the channel at {} (systemd shortens unit names over 255 characters with a hash, which two paths can share); choose another path",
+            host_path.display(),
+            self.unit(),
+            self.host_path().display()
+        ))
+    }
+
     /// The error for a create at a path that already has a channel.
     pub fn already_a_channel(&self) -> Error {
         Error::already_exists(format!(
@@ -226,12 +240,26 @@ impl Store {
         let dir = self.dir_for_writing()?;
         let older = Store::toml_file_name(record.unit());
         if rustix::fs::statat(&dir, older.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-            return Err(record.already_a_channel());
+            return Err(self.refusal(record.unit(), record.host_path()));
         }
         match self.link_new(&dir, &record, &Store::file_name(record.unit()), true) {
             Ok(()) => Ok(record),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(record.already_a_channel()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                Err(self.refusal(record.unit(), record.host_path()))
+            }
             Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// The error for a create at `host_path` that found `unit`'s record written: it names the
+    /// channel that has it.
+    fn refusal(&self, unit: &str, host_path: &Path) -> Error {
+        match self.load(unit) {
+            Ok(Some(existing)) => existing.refuses(host_path),
+            _ => Error::already_exists(format!(
+                "cannot create channel {}: hostchan has a record of {unit} already; see hostchan status {unit}",
+                host_path.display()
+            )),
         }
     }
 

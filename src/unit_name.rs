@@ -81,6 +81,8 @@ pub fn fit_unit_name(name: String) -> String {
 /// The unit that holds a container's `--lifetime delete` channels: started with the first of
 /// them, stopped by `hostchan delete --container`, which takes them all down in one job. A
 /// container id is letters, digits and `_.-:@+`; `-` `@` `+` are escaped as systemd escapes.
+/// Never shortened by a hash, so that two ids never share a keeper: ids whose name would pass
+/// 255 characters are refused ([`crate::units::validate_container_id`]).
 pub fn keeper_unit_name(container: &str) -> String {
     let mut escaped = String::with_capacity(container.len());
     for &byte in container.as_bytes() {
@@ -91,7 +93,7 @@ pub fn keeper_unit_name(container: &str) -> String {
             _ => push_escaped(&mut escaped, byte),
         }
     }
-    fit_unit_name(format!("hostchan-keep@{escaped}.service"))
+    format!("hostchan-keep@{escaped}.service")
 }
 
 /// The unit that removes a channel's directory after it is unmounted.
@@ -111,7 +113,18 @@ mod tests {
             keeper_unit_name("web-1_a.b:c@d+e"),
             "hostchan-keep@web\\x2d1_a.b:c\\x40d\\x2be.service"
         );
-        assert!(keeper_unit_name(&"a".repeat(255)).len() < 256);
+    }
+
+    /// A short path can escape to exactly the name systemd gives a long one: the unit name
+    /// alone never tells two channels apart (the lifecycle checks the record's path).
+    #[test]
+    fn a_short_path_can_share_a_long_paths_unit_name() {
+        let long = format!("/run/hostchan/a/{}/{}", "x".repeat(150), "y".repeat(130));
+        let unit = mount_unit_name(Path::new(&long));
+        assert_eq!(unit.len(), 255);
+        let short = format!("/{}", unit.trim_end_matches(".mount").replace('-', "/"));
+        assert!(short.len() < 256);
+        assert_eq!(mount_unit_name(Path::new(&short)), unit);
     }
 
     #[test]

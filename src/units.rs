@@ -264,6 +264,14 @@ pub fn validate_container_id(id: &str) -> HcResult<String> {
             "must be 1 to 255 letters, digits and _.-:@+, starting with a letter or digit",
         ));
     }
+    // systemd would shorten a longer name with a hash, which two ids could share.
+    if unit_name::keeper_unit_name(id).len() > 255 {
+        return Err(Error::invalid(
+            "container id",
+            id,
+            "is too long: hostchan's unit for the container would pass systemd's 255 characters (each of -@+ counts 4)",
+        ));
+    }
     Ok(id.to_owned())
 }
 
@@ -477,5 +485,48 @@ mod tests {
             accepted > 1000,
             "only {accepted} accepted: the test proves little"
         );
+    }
+
+    /// Every pair of distinct container ids that are accepted gets distinct keeper units, over
+    /// short ids, long ids and ids full of the characters systemd escapes; ids whose keeper name
+    /// systemd would shorten with a hash are refused.
+    #[test]
+    fn distinct_container_ids_never_share_a_keeper() {
+        let alphabet = b"ab09_.-:@+";
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut keepers = std::collections::HashMap::new();
+        let mut refused = 0;
+        for _ in 0..20_000 {
+            let len = 1 + (next() % 300) as usize;
+            let mut id = String::from("c");
+            for _ in 1..len {
+                id.push(alphabet[(next() % alphabet.len() as u64) as usize] as char);
+            }
+            match validate_container_id(&id) {
+                Ok(id) => {
+                    let keeper = unit_name::keeper_unit_name(&id);
+                    assert!(keeper.len() <= 255, "{keeper}");
+                    if let Some(other) = keepers.insert(keeper.clone(), id.clone()) {
+                        assert_eq!(other, id, "two ids share {keeper}");
+                    }
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(
+            refused > 1000 && keepers.len() > 5000,
+            "{refused} refused, {} kept",
+            keepers.len()
+        );
+        assert!(validate_container_id(&"a".repeat(233)).is_ok());
+        assert!(validate_container_id(&"a".repeat(234)).is_err());
+        assert!(validate_container_id(&format!("a{}", "-".repeat(58))).is_ok());
+        assert!(validate_container_id(&format!("a{}", "-".repeat(59))).is_err());
     }
 }

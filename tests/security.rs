@@ -474,3 +474,48 @@ fn a_bus_that_goes_away_ends_the_wait() {
     );
     assert!(!stderr.contains("match rule"), "{stderr}");
 }
+
+/// A path whose unit name systemd shortens with a hash, and a short path that escapes to that
+/// very name: whichever comes first is the channel, the other is refused, and `status` and
+/// `delete` of the other path never act on it.
+#[test]
+fn two_paths_never_share_a_unit() {
+    let sb = Sandbox::boot();
+    sb.start_scope("a.scope");
+    let long = format!("/run/hostchan/long/{}/{}", "a".repeat(150), "b".repeat(130));
+    let unit = hostchan::mount_unit_name(std::path::Path::new(&long));
+    assert!(unit.len() == 255 && unit.contains('_'), "{unit}");
+    let short = format!("/{}", unit.trim_end_matches(".mount").replace('-', "/"));
+    assert_eq!(
+        hostchan::mount_unit_name(std::path::Path::new(&short)),
+        unit,
+        "the test's short path does not collide"
+    );
+    for (first, second) in [(&long, &short), (&short, &long)] {
+        sb.hostchan(&["create", "--scope", "a.scope", &format!("{first}:/c:rw:1M")])
+            .ok();
+        let out = sb.hostchan(&[
+            "create",
+            "--scope",
+            "a.scope",
+            &format!("{second}:/c:rw:1M"),
+        ]);
+        assert_eq!(out.code, 1, "{out:#?}");
+        assert!(
+            out.stderr.contains(&format!("is the channel at {first}")),
+            "{out:#?}"
+        );
+        for verb in ["status", "delete"] {
+            let out = sb.hostchan(&[verb, second]);
+            assert_eq!(out.code, 1, "{verb}: {out:#?}");
+            assert!(
+                out.stderr.contains(&format!("no channel at {second}")),
+                "{verb}: {out:#?}"
+            );
+        }
+        assert!(sb.mount_options(first).is_some(), "the first channel went");
+        assert!(!sb.path(second).exists(), "{second} was made");
+        sb.hostchan(&["delete", first]).ok();
+        sb.assert_no_trace(first);
+    }
+}

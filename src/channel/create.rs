@@ -135,15 +135,15 @@ impl Channels {
         };
         let units = units::channel_units(&request);
         if let Some(record) = self.store.load(&units.mount.name)? {
-            if options.dry_run {
-                return Err(record.already_a_channel());
+            if options.dry_run || record.host_path() != spec.host_path {
+                return Err(record.refuses(&spec.host_path));
             }
             return self.reuse(record, &spec, options).map(Prepared::Done);
         }
         if options.dry_run {
             // A real create makes these checks once, in its critical section below.
             hostfs::check_free(&spec.host_path)?;
-            check_among_channels(&spec.host_path, &self.store.all()?)?;
+            check_among_channels(&spec.host_path, &units.mount.name, &self.store.all()?)?;
             return Ok(Prepared::Done(Created::DryRun(units)));
         }
 
@@ -188,7 +188,7 @@ impl Channels {
         };
         let mut shared = Vec::new();
         let mut record = self.store.create_checked(|records| {
-            shared = check_among_channels(&spec.host_path, records)?;
+            shared = check_among_channels(&spec.host_path, &units.mount.name, records)?;
             let planned = hostfs::plan_host_path(&spec.host_path)?;
             let mut record = Record::new(channel, [shared.clone(), planned].concat());
             record.idle_limit = config.channels.idle_limit;
@@ -441,12 +441,13 @@ impl Channels {
 /// Refuses a host path that is, is inside, or holds another channel, and returns the
 /// directories other channels' creation made above it: recorded with this channel too, so that
 /// whichever channel goes last removes them (each goes only while empty).
-fn check_among_channels(host_path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
+fn check_among_channels(host_path: &Path, unit: &str, records: &[Record]) -> Result<Vec<MadeDir>> {
     let mut shared: Vec<MadeDir> = Vec::new();
     for record in records {
-        // A racing create for the same path wrote its record since ours was looked for.
-        if host_path == record.host_path() {
-            return Err(record.already_a_channel());
+        // A racing create for the same path (or unit name) wrote its record since ours was
+        // looked for.
+        if host_path == record.host_path() || unit == record.unit() {
+            return Err(record.refuses(host_path));
         }
         if record.host_path().starts_with(host_path) {
             return Err(Error::invalid(
@@ -537,6 +538,10 @@ mod tests {
         Record::new(channel(host_path, None), made(made_dirs))
     }
 
+    fn check(path: &Path, records: &[Record]) -> Result<Vec<MadeDir>> {
+        check_among_channels(path, &unit_name::mount_unit_name(path), records)
+    }
+
     #[test]
     fn channels_inside_channels_and_shared_parents() {
         let records = [
@@ -547,26 +552,22 @@ mod tests {
             |dirs: Vec<MadeDir>| -> Vec<PathBuf> { dirs.into_iter().map(|d| d.path).collect() };
         // A sibling under the parents c1's creation made: the last one to go removes them.
         assert_eq!(
-            paths(check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()),
+            paths(check(Path::new("/run/a/b/c3"), &records).unwrap()),
             [PathBuf::from("/run/a"), PathBuf::from("/run/a/b")]
         );
         assert_eq!(
-            check_among_channels(Path::new("/run/a/b/c3"), &records).unwrap()[0],
+            check(Path::new("/run/a/b/c3"), &records).unwrap()[0],
             records[0].made[0],
             "the identity comes along"
         );
         assert_eq!(
-            paths(check_among_channels(Path::new("/run/a/q"), &records).unwrap()),
+            paths(check(Path::new("/run/a/q"), &records).unwrap()),
             [PathBuf::from("/run/a")]
         );
         // Next to a channel whose own directory was all it made: nothing shared.
-        assert!(check_among_channels(Path::new("/run/x/c4"), &records)
-            .unwrap()
-            .is_empty());
-        assert!(check_among_channels(Path::new("/srv/q"), &records)
-            .unwrap()
-            .is_empty());
-        let inside = check_among_channels(Path::new("/run/x/c2/d"), &records).unwrap_err();
+        assert!(check(Path::new("/run/x/c4"), &records).unwrap().is_empty());
+        assert!(check(Path::new("/srv/q"), &records).unwrap().is_empty());
+        let inside = check(Path::new("/run/x/c2/d"), &records).unwrap_err();
         assert_eq!(inside.kind(), Kind::Invalid);
         assert!(
             inside
@@ -574,7 +575,7 @@ mod tests {
                 .contains("is inside the channel /run/x/c2"),
             "{inside}"
         );
-        let same = check_among_channels(Path::new("/run/x/c2"), &records).unwrap_err();
+        let same = check(Path::new("/run/x/c2"), &records).unwrap_err();
         assert_eq!(same.kind(), Kind::AlreadyExists);
         assert!(same.to_string().contains("is already a channel"), "{same}");
     }

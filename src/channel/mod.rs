@@ -68,6 +68,9 @@ impl ChannelInfo {
 pub struct Target {
     pub unit: String,
     pub shown: String,
+    /// The host path it was named by: the channel found must be at this very path (two paths
+    /// can share a unit name once systemd shortens long names with a hash).
+    pub path: Option<PathBuf>,
 }
 
 impl Target {
@@ -75,6 +78,7 @@ impl Target {
         Target {
             unit: unit.to_owned(),
             shown: unit.to_owned(),
+            path: None,
         }
     }
 
@@ -84,13 +88,11 @@ impl Target {
             return Ok(Target {
                 unit: unit_name::mount_unit_name(&path),
                 shown: path.display().to_string(),
+                path: Some(path),
             });
         }
         if text.ends_with(".mount") && !text.contains('/') {
-            return Ok(Target {
-                unit: text.to_owned(),
-                shown: text.to_owned(),
-            });
+            return Ok(Target::of_unit(text));
         }
         Err(Error::invalid(
             "channel",
@@ -127,12 +129,21 @@ impl Channels {
     }
 
     fn load(&self, target: &Target) -> Result<Record> {
-        self.store.load(&target.unit)?.ok_or_else(|| {
+        let record = self.store.load(&target.unit)?.ok_or_else(|| {
             Error::not_found(format!(
                 "no channel at {}: hostchan has no record of {}; nothing was changed",
                 target.shown, target.unit
             ))
-        })
+        })?;
+        match &target.path {
+            Some(path) if path != record.host_path() => Err(Error::not_found(format!(
+                "no channel at {}: its unit name {} is the channel at {}; nothing was changed",
+                target.shown,
+                target.unit,
+                record.host_path().display()
+            ))),
+            _ => Ok(record),
+        }
     }
 }
 
@@ -152,7 +163,8 @@ mod tests {
             Target::parse("/run//chan/c1/").unwrap(),
             Target {
                 unit: "run-chan-c1.mount".into(),
-                shown: "/run/chan/c1".into()
+                shown: "/run/chan/c1".into(),
+                path: Some("/run/chan/c1".into()),
             }
         );
         assert_eq!(

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::model::Tenant;
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each; either may end
 /// in `/container.<container name>` to be for that container of a pod only.
@@ -47,12 +48,24 @@ pub struct Pod {
 }
 
 impl Pod {
-    pub fn of(annotations: &BTreeMap<String, String>) -> Pod {
-        let get = |keys: &[&str]| {
-            keys.iter()
-                .find_map(|key| annotations.get(*key))
-                .filter(|value| !value.is_empty())
-                .cloned()
+    /// The pod the annotations describe. CRI-O's and containerd's keys are both read; where
+    /// both name a value they must agree: the runtime writes its own keys over a pod author's,
+    /// but not the other runtime's, so a disagreement is someone posing as another pod.
+    pub fn of(annotations: &BTreeMap<String, String>) -> Result<Pod> {
+        let mut disagreement = None;
+        let mut get = |keys: &[&str]| {
+            let mut values = keys
+                .iter()
+                .filter_map(|key| annotations.get(*key).map(|value| (*key, value)))
+                .filter(|(_, value)| !value.is_empty());
+            let first = values.next();
+            if let (Some((key, value)), Some((other_key, other))) = (first, values.next()) {
+                if value != other {
+                    disagreement
+                        .get_or_insert(format!("{key}={value:?} and {other_key}={other:?}"));
+                }
+            }
+            first.map(|(_, value)| value.clone())
         };
         #[derive(Deserialize)]
         struct Metadata {
@@ -62,7 +75,7 @@ impl Pod {
             .get("io.kubernetes.cri-o.Metadata")
             .and_then(|json| serde_json::from_str::<Metadata>(json).ok())
             .map(|m| m.name);
-        Pod {
+        let pod = Pod {
             sandbox: get(&[
                 "io.kubernetes.cri-o.ContainerType",
                 "io.kubernetes.cri.container-type",
@@ -79,6 +92,31 @@ impl Pod {
                 "io.kubernetes.cri.sandbox-namespace",
             ]),
             uid: get(&["io.kubernetes.pod.uid", "io.kubernetes.cri.sandbox-uid"]),
+        };
+        if let Some(both) = disagreement {
+            return Err(Error::invalid(
+                "annotations",
+                both,
+                "disagree about the pod: the runtime wrote one of them and someone else the other; no channel is made",
+            ));
+        }
+        if let Some(namespace) = &pod.namespace {
+            if !is_name(namespace) || namespace == "." || namespace == ".." {
+                return Err(Error::invalid(
+                    "pod namespace",
+                    namespace,
+                    "is not a Kubernetes namespace name",
+                ));
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Whose subtree the pod's (or the lone container's) channels go in.
+    pub fn tenant(&self, container_id: &str) -> Tenant {
+        match &self.namespace {
+            Some(namespace) => Tenant::Namespace(namespace.clone()),
+            None => Tenant::Container(container_id.to_owned()),
         }
     }
 }
@@ -303,7 +341,7 @@ mod tests {
 
     #[test]
     fn pods_as_cri_o_and_containerd_describe_them() {
-        let pod = Pod::of(&crio("container", "app"));
+        let pod = Pod::of(&crio("container", "app")).unwrap();
         assert_eq!(
             pod,
             Pod {
@@ -314,7 +352,7 @@ mod tests {
                 uid: Some("0b7c2a9e-5d1f-4c3a-9f0e-2b6d8e4a1c7f".into()),
             }
         );
-        assert!(Pod::of(&crio("sandbox", "")).sandbox);
+        assert!(Pod::of(&crio("sandbox", "")).unwrap().sandbox);
         let containerd = map(&[
             ("io.kubernetes.cri.container-type", "container"),
             ("io.kubernetes.cri.container-name", "app"),
@@ -322,13 +360,13 @@ mod tests {
             ("io.kubernetes.cri.sandbox-namespace", "shop"),
             ("io.kubernetes.cri.sandbox-uid", "u1"),
         ]);
-        let pod = Pod::of(&containerd);
+        let pod = Pod::of(&containerd).unwrap();
         assert_eq!(pod.container.as_deref(), Some("app"));
         assert_eq!(pod.uid.as_deref(), Some("u1"));
         let mut sandbox = containerd.clone();
         sandbox.insert("io.kubernetes.cri.container-type".into(), "sandbox".into());
-        assert!(Pod::of(&sandbox).sandbox);
-        assert_eq!(Pod::of(&BTreeMap::new()), Pod::default());
+        assert!(Pod::of(&sandbox).unwrap().sandbox);
+        assert_eq!(Pod::of(&BTreeMap::new()).unwrap(), Pod::default());
     }
 
     #[test]
@@ -343,7 +381,7 @@ mod tests {
                 .map(|a| a.key)
                 .collect()
         };
-        let app = Pod::of(&crio("container", "app"));
+        let app = Pod::of(&crio("container", "app")).unwrap();
         assert_eq!(
             keys(&app),
             [
@@ -351,16 +389,16 @@ mod tests {
                 "io.hostchan.channel.x/container.app"
             ]
         );
-        let other = Pod::of(&crio("container", "init-db"));
+        let other = Pod::of(&crio("container", "init-db")).unwrap();
         assert_eq!(keys(&other), ["io.hostchan.channel.all"]);
-        assert!(keys(&Pod::of(&crio("sandbox", "POD"))).is_empty());
+        assert!(keys(&Pod::of(&crio("sandbox", "POD")).unwrap()).is_empty());
         // Outside Kubernetes the container has no name: only unnamed annotations apply.
         assert_eq!(keys(&Pod::default()), ["io.hostchan.channel.all"]);
     }
 
     #[test]
     fn templates_fill_plain_names_only() {
-        let pod = Pod::of(&crio("container", "app"));
+        let pod = Pod::of(&crio("container", "app")).unwrap();
         assert_eq!(
             expand(
                 "/run/hostchan/{pod_namespace}/{pod_name}/{container}:/c:rw:1M",
@@ -404,5 +442,21 @@ mod tests {
                 "{evil:?}"
             );
         }
+    }
+
+    /// A pod author who writes the other runtime's keys does not become another pod.
+    #[test]
+    fn keys_that_disagree_about_the_pod_are_refused() {
+        let mut posing = crio("container", "app");
+        posing.insert("io.kubernetes.cri.sandbox-namespace".into(), "bank".into());
+        let refused = Pod::of(&posing).unwrap_err().to_string();
+        assert!(refused.contains("disagree about the pod"), "{refused}");
+        let mut agreeing = crio("container", "app");
+        let namespace = agreeing["io.kubernetes.pod.namespace"].clone();
+        agreeing.insert("io.kubernetes.cri.sandbox-namespace".into(), namespace);
+        assert!(Pod::of(&agreeing).is_ok());
+        let mut odd = BTreeMap::new();
+        odd.insert("io.kubernetes.pod.namespace".to_owned(), "..".to_owned());
+        assert!(Pod::of(&odd).is_err());
     }
 }

@@ -139,12 +139,39 @@ impl fmt::Display for Lifetime {
 }
 
 /// Who asks for a channel: a person or engine on the command line (trusted with any path the
-/// configuration allows), or a container's annotations through the hook (confined to the hook's
-/// roots).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// configuration allows), or a container's annotations (confined to the hook's roots, and there
+/// to the tenant's own subtree).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requester {
     Cli,
-    Hook,
+    Annotations(Tenant),
+}
+
+/// Whose annotations they are: a pod's namespace (on Kubernetes, where pod authors of one
+/// namespace share it), or one container where there is no pod. The name is one plain path
+/// component, checked where the tenant is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tenant {
+    Namespace(String),
+    Container(String),
+}
+
+impl Tenant {
+    /// The directory below a root that is the tenant's own.
+    pub fn subtree_name(&self) -> &str {
+        match self {
+            Tenant::Namespace(name) | Tenant::Container(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tenant::Namespace(name) => write!(f, "pod namespace {name}"),
+            Tenant::Container(name) => write!(f, "container {name}"),
+        }
+    }
 }
 
 /// A memory limit hostchan raised so that the container's writes into the channel fit.

@@ -158,9 +158,12 @@ fn create_all(
         ))
     })?;
     let container = state.container_id()?;
-    let pod = kube::Pod::of(&state.annotations);
-    let annotations =
-        kube::for_this_container(kube::channel_annotations(&state.annotations)?, &pod);
+    let asked = kube::channel_annotations(&state.annotations)?;
+    if asked.is_empty() {
+        return Ok(outcome(state, stage, Vec::new()));
+    }
+    let pod = kube::Pod::of(&state.annotations)?;
+    let annotations = kube::for_this_container(asked, &pod);
     if annotations.is_empty() {
         return Ok(outcome(state, stage, Vec::new()));
     }
@@ -177,7 +180,7 @@ fn create_all(
         .transpose()
         .map_err(|e| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
     let ask = Ask {
-        requester: Requester::Hook,
+        requester: Requester::Annotations(pod.tenant(&container)),
         owner: OwnerRequest::Pid(pid),
         container: Some(container.clone()),
         lifetime,

@@ -134,11 +134,11 @@ fn a_hook_that_fails_after_the_units_started_leaves_nothing() {
         with_hooks(
             c,
             &[
-                ("io.hostchan.channel.a", "/run/hostchan/hu/a:/a:rw:1M"),
-                ("io.hostchan.channel.b", "/run/hostchan/hu/b:/b:rw:1M"),
+                ("io.hostchan.channel.a", "/run/hostchan/hu1/a:/a:rw:1M"),
+                ("io.hostchan.channel.b", "/run/hostchan/hu1/b:/b:rw:1M"),
                 (
                     "io.hostchan.channel.c",
-                    "/run/hostchan/hu/c:/bin/busybox/c:rw:1M",
+                    "/run/hostchan/hu1/c:/bin/busybox/c:rw:1M",
                 ),
             ],
         )
@@ -152,13 +152,13 @@ fn a_hook_that_fails_after_the_units_started_leaves_nothing() {
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
     for path in [
-        "/run/hostchan/hu/a",
-        "/run/hostchan/hu/b",
-        "/run/hostchan/hu/c",
+        "/run/hostchan/hu1/a",
+        "/run/hostchan/hu1/b",
+        "/run/hostchan/hu1/c",
     ] {
         sb.assert_no_trace(path);
     }
-    assert!(!sb.path("/run/hostchan/hu").exists());
+    assert!(!sb.path("/run/hostchan/hu1").exists());
     assert_eq!(sb.record_files(), Vec::<String>::new());
     sb.runc(&["delete", "--force", "hu1"]);
 }
@@ -171,10 +171,10 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
         with_hooks(
             c,
             &[
-                ("io.hostchan.channel", "/run/hostchan/hk/a:/a:rw:1M"),
+                ("io.hostchan.channel", "/run/hostchan/hk1/a:/a:rw:1M"),
                 (
                     "io.hostchan.channel.logs",
-                    "/run/hostchan/hk/b:/var/b:ro:2M",
+                    "/run/hostchan/hk1/b:/var/b:ro:2M",
                 ),
             ],
         )
@@ -189,10 +189,10 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
     }
     sb.runc_exec("hk1", "echo in > /a/x").ok();
     assert_eq!(
-        fs::read_to_string(sb.path("/run/hostchan/hk/a/x")).unwrap(),
+        fs::read_to_string(sb.path("/run/hostchan/hk1/a/x")).unwrap(),
         "in\n"
     );
-    fs::write(sb.path("/run/hostchan/hk/b/y"), "out").unwrap();
+    fs::write(sb.path("/run/hostchan/hk1/b/y"), "out").unwrap();
     assert_eq!(sb.runc_exec("hk1", "cat /var/b/y").ok().stdout, "out");
     let out = sb.runc_exec("hk1", "touch /var/b/z");
     assert!(out.stderr.contains("Read-only file system"), "{out:#?}");
@@ -208,9 +208,9 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
     );
     sb.runc(&["delete", "hk1"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/hostchan/hk/a");
-    sb.assert_no_trace("/run/hostchan/hk/b");
-    assert!(!sb.path("/run/hostchan/hk").exists());
+    sb.assert_no_trace("/run/hostchan/hk1/a");
+    sb.assert_no_trace("/run/hostchan/hk1/b");
+    assert!(!sb.path("/run/hostchan/hk1").exists());
 }
 
 #[test]
@@ -221,8 +221,8 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
         with_hooks(
             c,
             &[
-                ("io.hostchan.channel.a", "/run/hostchan/bad/a:/a:rw:1M"),
-                ("io.hostchan.channel.b", "/run/hostchan/bad/b:/b:rw:lots"),
+                ("io.hostchan.channel.a", "/run/hostchan/bad1/a:/a:rw:1M"),
+                ("io.hostchan.channel.b", "/run/hostchan/bad1/b:/b:rw:lots"),
             ],
         )
     });
@@ -234,8 +234,8 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
         "{out:#?}"
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/hostchan/bad/a");
-    assert!(!sb.path("/run/hostchan/bad").exists());
+    sb.assert_no_trace("/run/hostchan/bad1/a");
+    assert!(!sb.path("/run/hostchan/bad1").exists());
     let _ = sb.runc(&["delete", "--force", "bad1"]);
 
     // Annotations get the CLI's rules: what systemd would rewrite, and paths outside the hook's
@@ -247,7 +247,11 @@ fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
             "/run/hostchan/sys${X}temd:/a",
             "unknown template {X}",
         ),
-        ("bad3", "/run/elsewhere/a:/a", "of hook.allowed_roots"),
+        (
+            "bad3",
+            "/run/elsewhere/a:/a",
+            "is outside the subtree of container bad3",
+        ),
     ] {
         let bundle = runc_bundle(&dir.path(name), name, |c| {
             with_hooks(c, &[("io.hostchan.channel", spec)])
@@ -270,7 +274,7 @@ fn symlinks_in_the_rootfs_never_reach_the_host() {
             c,
             &[(
                 "io.hostchan.channel",
-                "/run/hostchan/sym-hook:/hook-escape/x:rw:1M",
+                "/run/hostchan/sym1/hook:/hook-escape/x:rw:1M",
             )],
         )
     });
@@ -311,7 +315,7 @@ fn symlinks_in_the_rootfs_never_reach_the_host() {
         "1\n"
     );
     assert_eq!(
-        fs::read_to_string(sb.path("/run/hostchan/sym-hook/f")).unwrap(),
+        fs::read_to_string(sb.path("/run/hostchan/sym1/hook/f")).unwrap(),
         "2\n"
     );
     assert!(rootfs.join("run/hostdir/x").is_dir());
@@ -500,9 +504,9 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
         "--network",
         "none",
         "--annotation",
-        "io.hostchan.channel=/run/hostchan/pchan/a:/a:rw:1M",
+        "io.hostchan.channel=/run/hostchan/{id}/a:/a:rw:1M",
         "--annotation",
-        "io.hostchan.channel.two=/run/hostchan/pchan/b:/b:ro:1M",
+        "io.hostchan.channel.two=/run/hostchan/{id}/b:/b:ro:1M",
         "--rootfs",
         &rootfs,
         "sleep",
@@ -521,10 +525,10 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
     }
     podman(&["exec", "pc", "sh", "-c", "echo from-podman > /a/x"]).ok();
     assert_eq!(
-        fs::read_to_string(sb.path("/run/hostchan/pchan/a/x")).unwrap(),
+        fs::read_to_string(sb.path(&format!("/run/hostchan/{id}/a/x"))).unwrap(),
         "from-podman\n"
     );
-    fs::write(sb.path("/run/hostchan/pchan/b/y"), "from-host").unwrap();
+    fs::write(sb.path(&format!("/run/hostchan/{id}/b/y")), "from-host").unwrap();
     assert_eq!(
         podman(&["exec", "pc", "cat", "/b/y"]).ok().stdout,
         "from-host"
@@ -534,9 +538,9 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
 
     podman(&["rm", "-f", "-t", "0", "pc"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/hostchan/pchan/a");
-    sb.assert_no_trace("/run/hostchan/pchan/b");
-    assert!(!sb.path("/run/hostchan/pchan").exists());
+    sb.assert_no_trace(&format!("/run/hostchan/{id}/a"));
+    sb.assert_no_trace(&format!("/run/hostchan/{id}/b"));
+    assert!(!sb.path(&format!("/run/hostchan/{id}")).exists());
 
     // A bad spec: podman run fails with hostchan's message, and nothing is left.
     let out = podman(&[
@@ -545,9 +549,9 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
         "--network",
         "none",
         "--annotation",
-        "io.hostchan.channel.ok=/run/hostchan/pbad/ok:/ok:rw:1M",
+        "io.hostchan.channel.ok=/run/hostchan/{id}/ok:/ok:rw:1M",
         "--annotation",
-        "io.hostchan.channel.zbad=/run/hostchan/pbad/x:/x:rw:lots",
+        "io.hostchan.channel.zbad=/run/hostchan/{id}/x:/x:rw:lots",
         "--rootfs",
         &rootfs,
         "true",
@@ -576,8 +580,9 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
         "the hook's error in the journal",
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-    sb.assert_no_trace("/run/hostchan/pbad/ok");
-    assert!(!sb.path("/run/hostchan/pbad").exists());
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    let left = fs::read_dir(sb.path("/run/hostchan")).map_or(0, Iterator::count);
+    assert_eq!(left, 0, "directories left under /run/hostchan");
 }
 
 /// One owner policy: for a container in a login session's scope (as the cgroupfs driver started
@@ -599,7 +604,7 @@ fn the_cli_and_the_hook_agree_on_owners() {
 
     let bundle = runc_bundle(&dir.path("hook"), "s78", |c| {
         c["linux"]["cgroupsPath"] = "user.slice:session:78".into();
-        with_hooks(c, &[("io.hostchan.channel", "/run/hostchan/s:/s")]);
+        with_hooks(c, &[("io.hostchan.channel", "/run/hostchan/s78/s:/s")]);
     });
     let hook = sb.runc_start(&bundle, "s78");
     assert_ne!(hook.code, 0, "{hook:#?}");
@@ -610,7 +615,7 @@ fn the_cli_and_the_hook_agree_on_owners() {
     );
     let _ = sb.runc(&["delete", "--force", "s78"]);
     assert!(sb.channel_units().is_empty());
-    assert!(!sb.path("/run/hostchan/s").exists());
+    assert!(!sb.path("/run/hostchan/s78").exists());
 }
 
 /// Docker (Debian's docker.io, systemd cgroup driver) started inside the sandbox: `create
@@ -755,7 +760,7 @@ fn podman_with_the_cdi_device() {
         };
         let podman = |args: &[&str]| podman.run(args);
         let name = format!("cdi{n}");
-        podman(&[
+        let id = podman(&[
             "run",
             "-d",
             "--name",
@@ -765,22 +770,25 @@ fn podman_with_the_cdi_device() {
             "--device",
             "hostchan.io/channel=hook",
             "--annotation",
-            "io.hostchan.channel=/run/hostchan/cdi/a:/a:rw:1M",
+            "io.hostchan.channel=/run/hostchan/{id}/a:/a:rw:1M",
             "--rootfs",
             &rootfs,
             "sleep",
             "1000",
         ])
-        .ok();
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
         podman(&["exec", &name, "sh", "-c", "echo via-cdi > /a/x"]).ok();
         assert_eq!(
-            fs::read_to_string(sb.path("/run/hostchan/cdi/a/x")).unwrap(),
+            fs::read_to_string(sb.path(&format!("/run/hostchan/{id}/a/x"))).unwrap(),
             "via-cdi\n"
         );
         assert_eq!(sb.channel_units().len(), 2, "{:?}", sb.channel_units());
         podman(&["rm", "-f", "-t", "0", &name]).ok();
         sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
-        sb.assert_no_trace("/run/hostchan/cdi/a");
+        sb.assert_no_trace(&format!("/run/hostchan/{id}/a"));
     }
 }
 
@@ -799,7 +807,7 @@ fn pods_as_cri_o_and_containerd_shape_them() {
         ),
         (
             "io.hostchan.channel.scratch",
-            "/run/hostchan/{pod_uid}/{container}:/scratch:rw:1M",
+            "/run/hostchan/{pod_namespace}/{pod_uid}/{container}:/scratch:rw:1M",
         ),
     ];
     for engine in ["crio", "containerd"] {
@@ -869,9 +877,9 @@ fn pods_as_cri_o_and_containerd_shape_them() {
         assert_eq!(
             paths,
             [
-                format!("/run/hostchan/{uid}/app"),
-                format!("/run/hostchan/{uid}/init-db"),
-                format!("/run/hostchan/{uid}/sidecar"),
+                format!("/run/hostchan/shop/{uid}/app"),
+                format!("/run/hostchan/shop/{uid}/init-db"),
+                format!("/run/hostchan/shop/{uid}/sidecar"),
                 format!("/run/hostchan/shop/{pod_name}/logs"),
             ],
             "{engine}"
@@ -934,14 +942,14 @@ fn podman_with_kubernetes_annotations() {
             "--network",
             "none",
             "--annotation",
-            "io.hostchan.channel.logs/container.app=/run/hostchan/kube/{container}-logs:/logs:rw:1M",
+            "io.hostchan.channel.logs/container.app=/run/hostchan/{id}/{container}-logs:/logs:rw:1M",
         ];
         if let Some(label) = &label {
             args.extend(["--annotation", label.as_str()]);
         }
         args.extend([
             "--annotation",
-            "io.hostchan.channel.id=/run/hostchan/kube/{id}:/id:rw:1M",
+            "io.hostchan.channel.id=/run/hostchan/{id}/id:/id:rw:1M",
             "--rootfs",
             &rootfs,
             "sleep",
@@ -951,17 +959,20 @@ fn podman_with_kubernetes_annotations() {
     };
     let app = run("p-app", Some("app"));
     let other = run("p-other", None);
-    assert!(sb.mount_options("/run/hostchan/kube/app-logs").is_some());
     assert!(sb
-        .mount_options(&format!("/run/hostchan/kube/{app}"))
+        .mount_options(&format!("/run/hostchan/{app}/app-logs"))
         .is_some());
     assert!(sb
-        .mount_options(&format!("/run/hostchan/kube/{other}"))
+        .mount_options(&format!("/run/hostchan/{app}/id"))
+        .is_some());
+    assert!(sb
+        .mount_options(&format!("/run/hostchan/{other}/id"))
         .is_some());
     assert_eq!(sb.channel_units().len(), 6, "{:?}", sb.channel_units());
     podman(&["rm", "-f", "-t", "0", "p-app", "p-other"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
-    assert!(!sb.path("/run/hostchan/kube").exists());
+    assert!(!sb.path(&format!("/run/hostchan/{app}")).exists());
+    assert!(!sb.path(&format!("/run/hostchan/{other}")).exists());
 }
 
 /// systemd-nspawn: a machine registered with machined lives in machine-<name>.scope; `create
@@ -1010,4 +1021,89 @@ fn systemd_nspawn_machine() {
         "the channel to go with the machine",
     );
     sb.assert_no_trace("/run/hostchan/ns");
+}
+
+/// Tenants (issue 20, class 2): pods of namespace `evil` cannot take, shadow or block the paths
+/// of namespace `shop`, literally or through a parent of what shop's templates expand to, nor
+/// pose as a shop pod by writing the other runtime's namespace key; their own subtree works.
+#[test]
+fn one_namespace_never_takes_anothers_paths() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("tenants");
+    // A containerd-shaped pod container in `namespace`, with `extra` annotations.
+    let start = |id: &str, namespace: &str, extra: &[(&str, &str)]| {
+        let mut annotations = vec![
+            ("io.kubernetes.cri.container-type", "container"),
+            ("io.kubernetes.cri.container-name", "app"),
+            ("io.kubernetes.cri.sandbox-name", "web"),
+            ("io.kubernetes.cri.sandbox-namespace", namespace),
+            ("io.kubernetes.cri.sandbox-uid", "u-1"),
+        ];
+        annotations.extend_from_slice(extra);
+        let bundle = runc_bundle(&dir.path(id), id, |c| {
+            with_hooks(c, &annotations);
+            c["linux"]["cgroupsPath"] = format!("system.slice:cri-containerd:{id}").into();
+        });
+        sb.runc_start(&bundle, id)
+    };
+    for (id, spec) in [
+        ("evil1", "/run/hostchan/shop:/x:rw:1M"),
+        ("evil2", "/run/hostchan/shop/web/logs:/x:rw:1M"),
+        ("evil3", "/run/hostchan/shop/web:/x:rw:1M"),
+        ("evil4", "/run/hostchan/{pod_name}/logs:/x:rw:1M"),
+    ] {
+        let out = start(id, "evil", &[("io.hostchan.channel", spec)]);
+        assert_ne!(out.code, 0, "{id}: {out:#?}");
+        assert!(
+            out.stderr.contains(
+                "is outside the subtree of pod namespace evil: its annotations may only name paths under /run/hostchan/evil/"
+            ),
+            "{id}: {out:#?}"
+        );
+        let _ = sb.runc(&["delete", "--force", id]);
+    }
+    // Posing as shop: the runtime's key says evil, the pod author's says shop.
+    let out = start(
+        "evil5",
+        "evil",
+        &[
+            ("io.kubernetes.pod.namespace", "shop"),
+            (
+                "io.hostchan.channel",
+                "/run/hostchan/shop/web/logs:/x:rw:1M",
+            ),
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("disagree about the pod"), "{out:#?}");
+    let _ = sb.runc(&["delete", "--force", "evil5"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/hostchan/shop").exists());
+
+    // evil's own subtree works, and shop's pod gets exactly its path.
+    start(
+        "evil6",
+        "evil",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/web/logs:/x:rw:1M",
+        )],
+    )
+    .ok();
+    start(
+        "shop1",
+        "shop",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/web/logs:/x:rw:1M",
+        )],
+    )
+    .ok();
+    assert!(sb.mount_options("/run/hostchan/evil/web/logs").is_some());
+    assert!(sb.mount_options("/run/hostchan/shop/web/logs").is_some());
+    for id in ["evil6", "shop1"] {
+        sb.runc(&["delete", "--force", id]).ok();
+    }
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+    assert!(!sb.path("/run/hostchan/shop").exists());
 }

@@ -39,7 +39,7 @@ fn delete_lifetime_survives_stop_and_start() {
         &dir,
         "k1",
         &[
-            ("io.hostchan.channel", "/run/hostchan/keep:/chan:rw:1M"),
+            ("io.hostchan.channel", "/run/hostchan/k1/keep:/chan:rw:1M"),
             ("io.hostchan.lifetime", "delete"),
         ],
     );
@@ -48,7 +48,7 @@ fn delete_lifetime_survives_stop_and_start() {
     let keeper = "hostchan-keep@k1.service";
     assert_eq!(sb.unit_state(keeper), "active");
     assert_eq!(
-        sb.property("run-hostchan-keep.mount", "BindsTo"),
+        sb.property("run-hostchan-k1-keep.mount", "BindsTo"),
         keeper,
         "bound to the keeper, not the container's scope"
     );
@@ -60,9 +60,9 @@ fn delete_lifetime_survives_stop_and_start() {
         "the container to stop",
     );
     sb.runc(&["delete", "k1"]).ok();
-    assert!(sb.mount_options("/run/hostchan/keep").is_some());
+    assert!(sb.mount_options("/run/hostchan/k1/keep").is_some());
     assert_eq!(
-        fs::read_to_string(sb.path("/run/hostchan/keep/f")).unwrap(),
+        fs::read_to_string(sb.path("/run/hostchan/k1/keep/f")).unwrap(),
         "before-stop\n"
     );
 
@@ -83,7 +83,7 @@ fn delete_lifetime_survives_stop_and_start() {
         "k1",
         "--pid",
         &pid,
-        "/run/hostchan/keep:/chan:rw:2M",
+        "/run/hostchan/k1/keep:/chan:rw:2M",
     ]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("is already a channel"), "{out:#?}");
@@ -97,7 +97,7 @@ fn delete_lifetime_survives_stop_and_start() {
     let mounts = sb.runc_exec("k1", "cat /proc/mounts").ok().stdout;
     assert!(!mounts.contains(" /chan "), "{mounts}");
     sb.wait_for(|| sb.unit_state(keeper) == "gone", "the keeper to go");
-    sb.assert_no_trace("/run/hostchan/keep");
+    sb.assert_no_trace("/run/hostchan/k1/keep");
     sb.runc(&["delete", "--force", "k1"]).ok();
 }
 
@@ -123,7 +123,7 @@ fn the_idle_limit_removes_a_forgotten_channel() {
             name,
             "--pid",
             &pid,
-            &format!("/run/hostchan/{name}:/chan:rw:1M"),
+            &format!("/run/hostchan/{name}/c:/chan:rw:1M"),
         ])
         .ok();
     }
@@ -133,18 +133,21 @@ fn the_idle_limit_removes_a_forgotten_channel() {
     let gc = sb.hostchan(&["gc"]).ok();
     assert!(
         gc.stdout
-            .contains("Deleted idle channel /run/hostchan/gone1"),
+            .contains("Deleted idle channel /run/hostchan/gone1/c"),
         "{gc:#?}"
     );
     assert!(!sb.path("/run/hostchan/gone1").exists());
-    assert_eq!(sb.mount_options("/run/hostchan/gone1"), None);
-    assert_eq!(sb.record_files(), ["run-hostchan-runs1.json"]);
+    assert_eq!(sb.mount_options("/run/hostchan/gone1/c"), None);
+    assert_eq!(sb.record_files(), ["run-hostchan-runs1-c.json"]);
     sb.wait_for(
         || sb.unit_state("hostchan-keep@gone1.service") == "gone",
         "the forgotten container's keeper to go",
     );
     // The running container's channel stays, past the limit too.
-    assert!(sb.mount_options("/run/hostchan/runs1").is_some(), "{gc:#?}");
+    assert!(
+        sb.mount_options("/run/hostchan/runs1/c").is_some(),
+        "{gc:#?}"
+    );
     sb.hostchan(&["delete", "--container", "runs1"]).ok();
     sb.runc(&["delete", "--force", "runs1"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");

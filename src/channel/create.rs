@@ -113,7 +113,7 @@ impl Channels {
         active_owners: &mut HashSet<String>,
     ) -> Result<Prepared<'a>> {
         let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
-        config.check_host_path(&spec.host_path, options.requester)?;
+        config.check_host_path(&spec.host_path, &options.requester)?;
         if config.channels.check_available_memory {
             config.check_available_memory(spec.size)?;
         }

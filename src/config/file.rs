@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::machine::Machine;
-use super::{Config, DefaultOwner, Hook, MaxSize, OwnerPolicy, Tmpfs, MAX_PERCENT_OF_MEMORY};
+use super::{
+    Config, DefaultOwner, Hook, MaxSize, OwnerPolicy, Tenancy, Tmpfs, MAX_PERCENT_OF_MEMORY,
+};
 use crate::error::{Error, Result};
 use crate::model::Lifetime;
 use crate::spec::{self, format_size};
@@ -110,6 +112,9 @@ impl Config {
                 ));
             }
             config.hook.allowed_roots = parse_roots(roots.get_ref(), &location)?;
+        }
+        if let Some(tenancy) = file.hook.tenancy {
+            config.hook.tenancy = tenancy;
         }
 
         if let Some(noexec) = file.tmpfs.noexec {
@@ -225,6 +230,7 @@ struct File {
 #[serde(deny_unknown_fields, default)]
 struct HookIn {
     allowed_roots: Option<Spanned<Vec<String>>>,
+    tenancy: Option<Tenancy>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -51,6 +51,20 @@ pub const DEFAULT_HOOK_ROOT: &str = "/run/hostchan";
 pub struct Hook {
     /// Host paths from annotations must lie under one of these; never empty.
     pub allowed_roots: Vec<PathBuf>,
+    /// Where below a root a tenant's annotations may name paths.
+    pub tenancy: Tenancy,
+}
+
+/// How the hook's roots are shared between the tenants whose annotations name paths in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tenancy {
+    /// `<root>/<pod namespace>/...`, or `<root>/<container id>/...` for a container outside
+    /// any pod: no tenant can take, shadow or block another's paths.
+    Subtree,
+    /// Anywhere below a root, for every tenant: for hosts where whoever writes annotations is
+    /// trusted alike (a single-tenant node), set by the operator.
+    Shared,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -152,6 +166,7 @@ impl Config {
             },
             hook: Hook {
                 allowed_roots: vec![PathBuf::from(DEFAULT_HOOK_ROOT)],
+                tenancy: Tenancy::Subtree,
             },
         }
     }
@@ -190,13 +205,38 @@ impl Config {
     /// spec parser whatever this says).
     /// `[channels] allowed_roots` for the CLI, `[hook] allowed_roots` for channels that
     /// container annotations ask for.
-    pub fn check_host_path(&self, host_path: &Path, requester: Requester) -> Result<()> {
+    pub fn check_host_path(&self, host_path: &Path, requester: &Requester) -> Result<()> {
         let (roots, key) = match requester {
             Requester::Cli => (&self.channels.allowed_roots, "channels.allowed_roots"),
-            Requester::Hook => (&self.hook.allowed_roots, "hook.allowed_roots"),
+            Requester::Annotations(_) => (&self.hook.allowed_roots, "hook.allowed_roots"),
         };
         let inside = |root: &PathBuf| host_path.starts_with(root) && host_path != root;
-        if (requester == Requester::Cli && roots.is_empty()) || roots.iter().any(inside) {
+        if *requester == Requester::Cli && roots.is_empty() {
+            return Ok(());
+        }
+        if let (Requester::Annotations(tenant), Tenancy::Subtree) = (requester, self.hook.tenancy) {
+            let subtrees: Vec<PathBuf> = roots
+                .iter()
+                .map(|root| root.join(tenant.subtree_name()))
+                .collect();
+            if subtrees.iter().any(inside) {
+                return Ok(());
+            }
+            let shown: Vec<String> = subtrees
+                .iter()
+                .map(|s| format!("{}/", s.display()))
+                .collect();
+            return Err(Error::invalid(
+                "host path",
+                host_path.display().to_string(),
+                format!(
+                    "is outside the subtree of {tenant}: its annotations may only name paths under {} (hook.tenancy in {})",
+                    shown.join(" or "),
+                    self.origin()
+                ),
+            ));
+        }
+        if roots.iter().any(inside) {
             return Ok(());
         }
         let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
@@ -247,6 +287,7 @@ mod tests {
     use super::file::{format_duration, parse_duration};
     use super::machine::mem_total_bytes;
     use super::*;
+    use crate::model::Tenant;
 
     const GIB: u64 = 1 << 30;
     const MACHINE: Machine = Machine {
@@ -457,44 +498,71 @@ allow_unbound = true
 
     #[test]
     fn allowed_roots() {
-        use Requester::{Cli, Hook};
+        let cli = &Requester::Cli;
+        let shop = &Requester::Annotations(Tenant::Namespace("shop".into()));
+        let c1 = &Requester::Annotations(Tenant::Container("c1".into()));
         let config = parse("[channels]\nallowed_roots = [\"/run/chan\"]\n").unwrap();
         assert!(config
-            .check_host_path(Path::new("/run/chan/c1"), Cli)
+            .check_host_path(Path::new("/run/chan/c1"), cli)
             .is_ok());
         let refused = config
-            .check_host_path(Path::new("/run/chance"), Cli)
+            .check_host_path(Path::new("/run/chance"), cli)
             .unwrap_err()
             .to_string();
         assert_eq!(
             refused,
             "invalid host path \"/run/chance\": is outside the allowed roots (/run/chan) of channels.allowed_roots in /etc/hostchan/config.toml; choose a path under one of them"
         );
-        assert!(config.check_host_path(Path::new("/run/chan"), Cli).is_err());
-        // The hook has its own roots, /run/hostchan by default, whatever [channels] says.
+        assert!(config.check_host_path(Path::new("/run/chan"), cli).is_err());
+        // Annotations have their own roots, /run/hostchan by default, whatever [channels] says,
+        // and in them only the tenant's own subtree.
         assert!(config
-            .check_host_path(Path::new("/run/chan/c1"), Hook)
+            .check_host_path(Path::new("/run/chan/shop/c1"), shop)
             .is_err());
         assert!(config
-            .check_host_path(Path::new("/run/hostchan/c1"), Hook)
+            .check_host_path(Path::new("/run/hostchan/shop/c1"), shop)
             .is_ok());
         let builtin = Config::builtin(&MACHINE);
-        assert!(builtin.check_host_path(Path::new("/anywhere"), Cli).is_ok());
+        assert!(builtin.check_host_path(Path::new("/anywhere"), cli).is_ok());
+        for (path, tenant) in [
+            ("/run/hostchan/c1", shop),
+            ("/run/hostchan/shop", shop),
+            ("/run/hostchan/shopping/x", shop),
+            ("/run/hostchan/evil/x", shop),
+            ("/anywhere", shop),
+            ("/run/hostchan/shop/x", c1),
+        ] {
+            let refused = builtin
+                .check_host_path(Path::new(path), tenant)
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains("is outside the subtree of"), "{refused}");
+        }
         let refused = builtin
-            .check_host_path(Path::new("/anywhere"), Hook)
+            .check_host_path(Path::new("/run/hostchan/evil/x"), shop)
             .unwrap_err()
             .to_string();
-        assert!(
-            refused.contains("(/run/hostchan) of hook.allowed_roots in the built-in defaults"),
-            "{refused}"
+        assert_eq!(
+            refused,
+            "invalid host path \"/run/hostchan/evil/x\": is outside the subtree of pod namespace shop: its annotations may only name paths under /run/hostchan/shop/ (hook.tenancy in the built-in defaults)"
         );
         assert!(builtin
-            .check_host_path(Path::new("/run/hostchan"), Hook)
-            .is_err());
+            .check_host_path(Path::new("/run/hostchan/c1/a/b"), c1)
+            .is_ok());
         let hook = parse("[hook]\nallowed_roots = [\"/srv/chan\", \"/run/k8s\"]\n").unwrap();
-        assert!(hook.check_host_path(Path::new("/run/k8s/p1"), Hook).is_ok());
         assert!(hook
-            .check_host_path(Path::new("/run/hostchan/p1"), Hook)
+            .check_host_path(Path::new("/run/k8s/shop/p1"), shop)
+            .is_ok());
+        assert!(hook
+            .check_host_path(Path::new("/run/hostchan/shop/p1"), shop)
+            .is_err());
+        // Widened by the operator: anywhere below a root, for every tenant.
+        let shared = parse("[hook]\ntenancy = \"shared\"\n").unwrap();
+        assert!(shared
+            .check_host_path(Path::new("/run/hostchan/evil/x"), shop)
+            .is_ok());
+        assert!(shared
+            .check_host_path(Path::new("/run/hostchan"), shop)
             .is_err());
         let empty = parse("[hook]\nallowed_roots = []\n")
             .unwrap_err()
@@ -549,6 +617,7 @@ allow_unbound = true
             "nr_inodes",
             "default",
             "allow_unbound",
+            "tenancy",
         ] {
             assert!(uncommented.contains(&format!("\n{key} = ")), "{key}");
         }

@@ -116,6 +116,11 @@ pub enum Command {
         /// stopped: poststop).
         #[arg(long, value_enum)]
         stage: Option<crate::oci::Stage>,
+        /// The engine deletes its containers through `hostchan delete --container ID` (or relies
+        /// on channels.idle_limit, as iSulad does): annotations may then ask for the delete
+        /// lifetime where hook.delete_lifetime = "engine" (the default).
+        #[arg(long)]
+        engine_deletes: bool,
     },
     /// Print a CDI spec whose device hostchan.io/channel=hook runs hostchan as an OCI hook at
     /// createRuntime and poststop (for engines that take CDI devices: podman, CRI-O,

@@ -113,7 +113,10 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
         Command::Status { channel } => channels
             .status(&Target::parse(&channel)?)
             .map(Report::Status),
-        Command::OciHook { stage } => {
+        Command::OciHook {
+            stage,
+            engine_deletes,
+        } => {
             let mut bytes = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut bytes)
@@ -123,7 +126,8 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             })?;
             let state = oci::ContainerState::parse(&input)?;
             let stage = state.stage(stage)?;
-            oci::run_hook(&channels, &|| config.load(), &state, stage).map(Report::Hook)
+            oci::run_hook(&channels, &|| config.load(), &state, stage, engine_deletes)
+                .map(Report::Hook)
         }
         Command::Gc { dry_run, offline } => channels
             .gc(dry_run, offline)

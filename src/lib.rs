@@ -9,6 +9,7 @@
 //! The binary is [`commands::main`] over a parsed [`cli::Cli`]; everything else is private to the
 //! crate, so that the compiler reports code nothing uses.
 
+mod annotations;
 mod cdi;
 mod channel;
 pub mod cli;

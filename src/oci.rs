@@ -6,29 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::channel::{Ask, AttachTo, ChannelInfo, Channels, CreateOptions, Created};
+use crate::annotations;
+use crate::channel::{AttachTo, ChannelInfo, Channels, Created};
 use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
-use crate::kube;
-use crate::model::{Lifetime, Requester};
 use crate::owner::OwnerRequest;
 use crate::units::validate_container_id;
-
-/// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
-pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
-/// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
-pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
-
-/// The annotation's value, as `create --lifetime` reads it.
-fn parse_lifetime(text: &str) -> Result<Lifetime> {
-    <Lifetime as clap::ValueEnum>::from_str(text, false).map_err(|_| {
-        Error::invalid(
-            "annotation",
-            format!("{LIFETIME_ANNOTATION}={text}"),
-            "the lifetime must be stop or delete",
-        )
-    })
-}
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -122,15 +105,19 @@ pub struct HookOutcome {
 
 /// `load_config` is only called for the stages that create channels: a broken configuration
 /// must not keep `poststop` from removing them.
+/// `engine_deletes`: the hook's command line says the engine deletes containers through
+/// hostchan (`--engine-deletes`), so annotations may ask for the `delete` lifetime where the
+/// operator leaves that to the engine.
 pub fn run_hook(
     channels: &Channels,
     load_config: &dyn Fn() -> Result<Config>,
     state: &ContainerState,
     stage: Stage,
+    engine_deletes: bool,
 ) -> Result<HookOutcome> {
     match stage {
         Stage::Prestart | Stage::CreateRuntime => {
-            create_all(channels, &load_config()?, state, stage)
+            create_all(channels, &load_config()?, state, stage, engine_deletes)
         }
         Stage::Poststop => {
             let container = state.container_id()?;
@@ -150,6 +137,7 @@ fn create_all(
     config: &Config,
     state: &ContainerState,
     stage: Stage,
+    engine_deletes: bool,
 ) -> Result<HookOutcome> {
     let pid = state.pid.ok_or_else(|| {
         Error::usage(format!(
@@ -158,60 +146,38 @@ fn create_all(
         ))
     })?;
     let container = state.container_id()?;
-    let asked = kube::channel_annotations(&state.annotations)?;
-    if asked.is_empty() {
+    let Some(requests) = annotations::requests(
+        config,
+        &annotations::Container {
+            id: &container,
+            annotations: &state.annotations,
+            owner: OwnerRequest::Pid(pid),
+            attach: Some(AttachTo {
+                pid,
+                rootfs: Some(rootfs_of_bundle(&state.bundle)?),
+            }),
+            root_mapping: annotations::root_mapping_of(pid),
+            engine_deletes,
+        },
+    )?
+    else {
         return Ok(outcome(state, stage, Vec::new()));
-    }
-    let pod = kube::Pod::of(&state.annotations)?;
-    let annotations = kube::for_this_container(asked, &pod);
-    if annotations.is_empty() {
-        return Ok(outcome(state, stage, Vec::new()));
-    }
-    let rootfs = rootfs_of_bundle(&state.bundle)?;
-    let lifetime = state
-        .annotations
-        .get(LIFETIME_ANNOTATION)
-        .map(|text| parse_lifetime(text))
-        .transpose()?;
-    let root_owner = state
-        .annotations
-        .get(ROOT_OWNER_ANNOTATION)
-        .map(|text| crate::spec::parse_root_owner(text))
-        .transpose()
-        .map_err(|e| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
-    let ask = Ask {
-        requester: Requester::Annotations(pod.tenant(&container)),
-        owner: OwnerRequest::Pid(pid),
-        container: Some(container.clone()),
-        lifetime,
-        root_owner,
-        attach: Some(AttachTo {
-            pid,
-            rootfs: Some(rootfs),
-        }),
-        grow_memory_limit: false,
-        dry_run: false,
     };
-    let base = CreateOptions::new(config, String::new(), ask)?;
-    let mut requests = Vec::with_capacity(annotations.len());
-    for annotation in &annotations {
-        let spec = kube::expand(annotation.spec, &pod, &container)
-            .map_err(|e| e.context(format!("annotation {}", annotation.key)))?;
-        requests.push(base.for_spec(spec));
-    }
     // All at once: one connection, every start job in flight together. Channels found made
     // already (a delete-lifetime channel attached again, a second hook) are left as they were
     // by a failure; the ones made are taken back.
-    let created = channels.create_all(config, &requests).map_err(|failed| {
-        // A broken configuration is not about this annotation.
-        if failed.error.kind() == Kind::Config {
-            failed.error
-        } else {
-            failed
-                .error
-                .context(format!("annotation {}", annotations[failed.index].key))
-        }
-    })?;
+    let created = channels
+        .create_all(config, &requests.options)
+        .map_err(|failed| {
+            // A broken configuration is not about this annotation.
+            if failed.error.kind() == Kind::Config {
+                failed.error
+            } else {
+                failed
+                    .error
+                    .context(format!("annotation {}", requests.keys[failed.index]))
+            }
+        })?;
     let channels = created
         .into_iter()
         .filter_map(|created| match created {
@@ -243,7 +209,7 @@ mod tests {
     fn state_and_container_id() {
         let state = ContainerState::parse(STATE).unwrap();
         assert_eq!(state.pid, Some(42));
-        let keys: Vec<&str> = kube::channel_annotations(&state.annotations)
+        let keys: Vec<&str> = crate::kube::channel_annotations(&state.annotations)
             .unwrap()
             .iter()
             .map(|a| a.key)
@@ -252,15 +218,6 @@ mod tests {
         let mut state = ContainerState::parse(STATE).unwrap();
         state.id = "c1\nWants=x.service".into();
         assert!(state.container_id().is_err());
-    }
-
-    #[test]
-    fn lifetimes_from_the_annotation() {
-        assert_eq!(parse_lifetime("stop").unwrap(), Lifetime::Stop);
-        assert_eq!(parse_lifetime("delete").unwrap(), Lifetime::Delete);
-        for bad in ["", "Delete", "forever"] {
-            assert_eq!(parse_lifetime(bad).unwrap_err().exit_code(), 2, "{bad:?}");
-        }
     }
 
     #[test]

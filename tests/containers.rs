@@ -1107,3 +1107,131 @@ fn one_namespace_never_takes_anothers_paths() {
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
     assert!(!sb.path("/run/hostchan/shop").exists());
 }
+
+/// An annotation never overrides the operator (issue 20, class 3): the owner policy holds for
+/// the delete lifetime too, the delete lifetime needs the operator's (or the engine's hook
+/// file's) leave, and a root owner must be the container's own root.
+#[test]
+fn annotations_never_override_the_operator() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("override");
+    let start = |id: &str, hook_args: &[&str], cgroup: &str, annotations: &[(&str, &str)]| {
+        let bundle = runc_bundle(&dir.path(id), id, |c| {
+            with_hooks(c, annotations);
+            let mut args = vec!["hostchan", "oci-hook"];
+            args.extend_from_slice(hook_args);
+            let hook = serde_json::json!([{ "path": HOSTCHAN, "args": args }]);
+            c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+            c["linux"]["cgroupsPath"] = cgroup.into();
+        });
+        let out = sb.runc_start(&bundle, id);
+        let _ = sb.runc(&["delete", "--force", id]);
+        out
+    };
+    let delete = [
+        ("io.hostchan.channel", "/run/hostchan/{id}/a:/a:rw:1M"),
+        ("io.hostchan.lifetime", "delete"),
+    ];
+    // A unit no engine made: refused for the delete lifetime as for stop.
+    let out = start("o1", &["--engine-deletes"], "system.slice:misc:o1", &delete);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is in misc-o1.scope, which is not a container engine's unit"),
+        "{out:#?}"
+    );
+    // A hook that does not say the engine deletes containers through hostchan.
+    let out = start("o2", &[], "system.slice:runc:o2", &delete);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("io.hostchan.lifetime=delete\\\": is not allowed here"),
+        "{out:#?}"
+    );
+    // Somebody else's uid as the channel's owner, in a container without a user namespace.
+    let out = start(
+        "o3",
+        &[],
+        "system.slice:runc:o3",
+        &[
+            ("io.hostchan.channel", "/run/hostchan/{id}/a:/a:rw:1M"),
+            ("io.hostchan.root-owner", "1000:1000"),
+        ],
+    );
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("is not the container's root, which its user namespace maps to 0:0"),
+        "{out:#?}"
+    );
+    assert!(sb.channel_units().is_empty(), "{:?}", sb.channel_units());
+    assert!(sb.units_matching("hostchan-keep@*").is_empty());
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    // The engine's hook file says it deletes: the same annotations make a kept channel.
+    let bundle = runc_bundle(&dir.path("o4"), "o4", |c| {
+        with_hooks(c, &delete);
+        let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook", "--engine-deletes"] }]);
+        c["hooks"] = serde_json::json!({ "createRuntime": hook });
+    });
+    sb.runc_start(&bundle, "o4").ok();
+    assert_eq!(sb.unit_state("hostchan-keep@o4.service"), "active");
+    sb.hostchan(&["delete", "--container", "o4"]).ok();
+    sb.runc(&["delete", "--force", "o4"]).ok();
+    sb.assert_no_trace("/run/hostchan/o4/a");
+}
+
+/// One container's annotations are bounded in count and total size (issue 20, class 6): a
+/// hundred channels, or two of half the memory each, are refused with one line, and nothing is
+/// made.
+#[test]
+fn a_containers_channels_are_bounded() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("bounded");
+    let many: Vec<(String, String)> = (0..100)
+        .map(|i| {
+            (
+                format!("io.hostchan.channel.c{i}"),
+                format!("/run/hostchan/{{id}}/c{i}:/c{i}:rw:4k"),
+            )
+        })
+        .collect();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let half_bytes = total_kib * 1024 / 2;
+    let two_halves = vec![
+        (
+            "io.hostchan.channel.a".to_owned(),
+            format!("/run/hostchan/{{id}}/a:/a:rw:{half_bytes}"),
+        ),
+        (
+            "io.hostchan.channel.b".to_owned(),
+            format!("/run/hostchan/{{id}}/b:/b:rw:{half_bytes}"),
+        ),
+    ];
+    for (id, annotations, expected) in [
+        (
+            "b1",
+            many,
+            "asks for more than hook.max_channels_per_container (16)",
+        ),
+        ("b2", two_halves, "above hook.max_total_size"),
+    ] {
+        let pairs: Vec<(&str, &str)> = annotations
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let bundle = runc_bundle(&dir.path(id), id, |c| with_hooks(c, &pairs));
+        let out = sb.runc_start(&bundle, id);
+        assert_ne!(out.code, 0, "{id}: {out:#?}");
+        assert!(out.stderr.contains(expected), "{id}: {out:#?}");
+        let _ = sb.runc(&["delete", "--force", id]);
+    }
+    assert!(sb.channel_units().is_empty());
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    assert!(!sb.path("/run/hostchan/b1").exists() && !sb.path("/run/hostchan/b2").exists());
+}

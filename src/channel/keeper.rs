@@ -32,6 +32,11 @@ pub(super) fn owner_for_lifetime(
                     "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
                 ));
             }
+            // The owner policy holds for every lifetime: a container it would refuse a
+            // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
+            if let OwnerRequest::Pid(_) = request {
+                owner::resolve(request, config)?;
+            }
             Ok(Owner::Unit(unit_name::keeper_unit_name(container)))
         }
     }

@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::machine::Machine;
 use super::{
-    Config, DefaultOwner, Hook, MaxSize, OwnerPolicy, Tenancy, Tmpfs, MAX_PERCENT_OF_MEMORY,
+    Config, DefaultOwner, DeleteLifetime, Hook, MaxSize, OwnerPolicy, Tenancy, Tmpfs,
+    MAX_PERCENT_OF_MEMORY,
 };
 use crate::error::{Error, Result};
 use crate::model::Lifetime;
@@ -25,38 +26,11 @@ impl Config {
         };
         let mut config = Config::builtin(machine);
         config.source = Some(origin.to_owned());
-        let half = machine.mem_total / 2;
 
         if let Some(max) = &file.channels.max_size {
             let location = at(max.span(), "channels.max_size");
-            let max_size = match max.get_ref() {
-                SizeValue::Text(text) if text.trim_end().ends_with('%') => {
-                    let number = text.trim_end().trim_end_matches('%').trim();
-                    let percent: u64 = number.parse().map_err(|_| {
-                        location.error(text, "is not a whole percentage such as \"25%\"")
-                    })?;
-                    if percent == 0 || percent > MAX_PERCENT_OF_MEMORY {
-                        return Err(location.error(
-                            text,
-                            "must be between 1% and 50%: a channel is never allowed above half of the physical memory",
-                        ));
-                    }
-                    MaxSize::PercentOfMemory(percent)
-                }
-                value => MaxSize::Bytes(value.bytes(&location)?),
-            };
-            config.channels.effective_max_size = match max_size {
-                MaxSize::Bytes(bytes) => bytes.min(half),
-                MaxSize::PercentOfMemory(percent) => {
-                    (u128::from(machine.mem_total) * u128::from(percent) / 100) as u64
-                }
-            };
-            if config.channels.effective_max_size < machine.page_size {
-                return Err(location.error(
-                    &max_size.to_string(),
-                    format!("is below one page ({} bytes)", machine.page_size),
-                ));
-            }
+            let (max_size, effective) = max_size_of(max.get_ref(), &location, machine)?;
+            config.channels.effective_max_size = effective;
             config.channels.max_size = max_size;
         }
 
@@ -116,6 +90,25 @@ impl Config {
         if let Some(tenancy) = file.hook.tenancy {
             config.hook.tenancy = tenancy;
         }
+        if let Some(delete) = file.hook.delete_lifetime {
+            config.hook.delete_lifetime = delete;
+        }
+        if let Some(count) = &file.hook.max_channels_per_container {
+            let value = *count.get_ref();
+            if value == 0 {
+                return Err(at(count.span(), "hook.max_channels_per_container").error(
+                    "0",
+                    "would refuse every annotation; set hook.allowed_roots to where channels may go instead",
+                ));
+            }
+            config.hook.max_channels_per_container = value;
+        }
+        if let Some(max) = &file.hook.max_total_size {
+            let location = at(max.span(), "hook.max_total_size");
+            let (max_size, effective) = max_size_of(max.get_ref(), &location, machine)?;
+            config.hook.max_total_size = max_size;
+            config.hook.effective_max_total_size = effective;
+        }
 
         if let Some(noexec) = file.tmpfs.noexec {
             config.tmpfs.noexec = noexec;
@@ -164,6 +157,44 @@ impl Config {
         text.push_str(&toml::to_string(&file).unwrap_or_default());
         text
     }
+}
+
+/// A maximum as written (`"25%"` of the physical memory, or bytes) and what it comes to on this
+/// machine: never above half of the memory, never below one page.
+fn max_size_of(
+    value: &SizeValue,
+    location: &Location<'_>,
+    machine: &Machine,
+) -> Result<(MaxSize, u64)> {
+    let max_size = match value {
+        SizeValue::Text(text) if text.trim_end().ends_with('%') => {
+            let number = text.trim_end().trim_end_matches('%').trim();
+            let percent: u64 = number
+                .parse()
+                .map_err(|_| location.error(text, "is not a whole percentage such as \"25%\""))?;
+            if percent == 0 || percent > MAX_PERCENT_OF_MEMORY {
+                return Err(location.error(
+                    text,
+                    "must be between 1% and 50%: a channel is never allowed above half of the physical memory",
+                ));
+            }
+            MaxSize::PercentOfMemory(percent)
+        }
+        value => MaxSize::Bytes(value.bytes(location)?),
+    };
+    let effective = match max_size {
+        MaxSize::Bytes(bytes) => bytes.min(machine.mem_total / 2),
+        MaxSize::PercentOfMemory(percent) => {
+            (u128::from(machine.mem_total) * u128::from(percent) / 100) as u64
+        }
+    };
+    if effective < machine.page_size {
+        return Err(location.error(
+            &max_size.to_string(),
+            format!("is below one page ({} bytes)", machine.page_size),
+        ));
+    }
+    Ok((max_size, effective))
 }
 
 /// `7d`, `12h`, `30m`, `45s` or a number of seconds, in seconds.
@@ -231,6 +262,9 @@ struct File {
 struct HookIn {
     allowed_roots: Option<Spanned<Vec<String>>>,
     tenancy: Option<Tenancy>,
+    delete_lifetime: Option<DeleteLifetime>,
+    max_channels_per_container: Option<Spanned<usize>>,
+    max_total_size: Option<Spanned<SizeValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,40 @@ pub struct Hook {
     pub allowed_roots: Vec<PathBuf>,
     /// Where below a root a tenant's annotations may name paths.
     pub tenancy: Tenancy,
+    /// Whether annotations may ask for the `delete` lifetime.
+    pub delete_lifetime: DeleteLifetime,
+    /// The most channels one container's annotations may ask for.
+    pub max_channels_per_container: usize,
+    /// The most one container's channels may come to together, as written.
+    pub max_total_size: MaxSize,
+    /// `max_total_size` in bytes on this machine.
+    #[serde(skip)]
+    pub effective_max_total_size: u64,
+}
+
+/// Whether annotations may ask for channels that outlive the container's stops
+/// (`io.hostchan.lifetime=delete`), which only a `hostchan delete --container` (or the idle
+/// limit) ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteLifetime {
+    /// Where the engine's hook says it deletes containers through hostchan
+    /// (`oci-hook --engine-deletes`, as the shipped iSulad hook file does).
+    Engine,
+    /// Everywhere.
+    Allow,
+    /// Nowhere: annotations get the `stop` lifetime or nothing.
+    Refuse,
+}
+
+impl fmt::Display for DeleteLifetime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeleteLifetime::Engine => "\"engine\"",
+            DeleteLifetime::Allow => "\"allow\"",
+            DeleteLifetime::Refuse => "\"refuse\"",
+        })
+    }
 }
 
 /// How the hook's roots are shared between the tenants whose annotations name paths in them.
@@ -167,6 +201,10 @@ impl Config {
             hook: Hook {
                 allowed_roots: vec![PathBuf::from(DEFAULT_HOOK_ROOT)],
                 tenancy: Tenancy::Subtree,
+                delete_lifetime: DeleteLifetime::Engine,
+                max_channels_per_container: 16,
+                max_total_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
+                effective_max_total_size: half,
             },
         }
     }
@@ -271,6 +309,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The most one container's annotated channels may come to together, in bytes.
+    pub fn max_total_size_per_container(&self) -> u64 {
+        self.hook.effective_max_total_size
     }
 
     /// Where this configuration came from, for messages.
@@ -618,6 +661,9 @@ allow_unbound = true
             "default",
             "allow_unbound",
             "tenancy",
+            "delete_lifetime",
+            "max_channels_per_container",
+            "max_total_size",
         ] {
             assert!(uncommented.contains(&format!("\n{key} = ")), "{key}");
         }

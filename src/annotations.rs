@@ -1,0 +1,344 @@
+//! The channels a container's annotations ask for, as create requests, bounded by what the
+//! operator allows: the spec rules, templates and tenancy of every annotation, the lifetime
+//! switch, the root owner the container's own user namespace allows, and the per-container
+//! count and total size. Shared by the OCI hook and the NRI plugin; whoever creates a container
+//! writes its annotations, so nothing here is taken on trust.
+
+use std::collections::BTreeMap;
+
+use crate::channel::{Ask, AttachTo, CreateOptions};
+use crate::config::{Config, DeleteLifetime};
+use crate::error::{Error, Result};
+use crate::kube;
+use crate::model::{Lifetime, Requester};
+use crate::owner::OwnerRequest;
+use crate::spec::{self, ChannelSpec, RootOwner};
+
+/// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
+pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
+/// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
+pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
+
+/// What the runtime, not the annotations, says about the container.
+#[derive(Debug, Clone)]
+pub struct Container<'a> {
+    pub id: &'a str,
+    pub annotations: &'a BTreeMap<String, String>,
+    /// Who owns the channels: the container's process (the hook), or a unit the caller found.
+    pub owner: OwnerRequest,
+    pub attach: Option<AttachTo>,
+    /// The host uid and gid the container's root is mapped to (itself when it has no user
+    /// namespace); `None` when the caller cannot tell.
+    pub root_mapping: Option<RootOwner>,
+    /// The engine deletes containers through `hostchan delete --container` (or relies on the
+    /// idle limit, as iSulad's hook file does): said by the hook's command line, which the
+    /// operator wrote, never by an annotation.
+    pub engine_deletes: bool,
+}
+
+/// The requests, each with the annotation key it came from.
+#[derive(Debug)]
+pub struct Requests {
+    pub keys: Vec<String>,
+    pub options: Vec<CreateOptions>,
+}
+
+/// The annotation's value, as `create --lifetime` reads it.
+fn parse_lifetime(text: &str) -> Result<Lifetime> {
+    <Lifetime as clap::ValueEnum>::from_str(text, false).map_err(|_| {
+        Error::invalid(
+            "annotation",
+            format!("{LIFETIME_ANNOTATION}={text}"),
+            "the lifetime must be stop or delete",
+        )
+    })
+}
+
+/// The container's channel requests; `None` when its annotations ask for none (a pod's
+/// sandbox, a container not named by any channel annotation, no annotations at all).
+pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Requests>> {
+    let asked = kube::channel_annotations(container.annotations)?;
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    let pod = kube::Pod::of(container.annotations)?;
+    let annotations = kube::for_this_container(asked, &pod);
+    if annotations.is_empty() {
+        return Ok(None);
+    }
+    let lifetime = container
+        .annotations
+        .get(LIFETIME_ANNOTATION)
+        .map(|text| parse_lifetime(text))
+        .transpose()?;
+    if lifetime == Some(Lifetime::Delete) {
+        check_delete_lifetime(config, container.engine_deletes)?;
+    }
+    let root_owner = container
+        .annotations
+        .get(ROOT_OWNER_ANNOTATION)
+        .map(|text| {
+            let asked = spec::parse_root_owner(text)?;
+            check_root_owner(asked, container.root_mapping)?;
+            Ok(asked)
+        })
+        .transpose()
+        .map_err(|e: Error| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
+    let ask = Ask {
+        requester: Requester::Annotations(pod.tenant(container.id)),
+        owner: container.owner.clone(),
+        container: Some(container.id.to_owned()),
+        lifetime,
+        root_owner,
+        attach: container.attach.clone(),
+        grow_memory_limit: false,
+        dry_run: false,
+    };
+    let base = CreateOptions::new(config, String::new(), ask)?;
+    let mut keys = Vec::with_capacity(annotations.len());
+    let mut options = Vec::with_capacity(annotations.len());
+    let mut specs = Vec::with_capacity(annotations.len());
+    for annotation in &annotations {
+        let in_annotation = |e: Error| e.context(format!("annotation {}", annotation.key));
+        let text = kube::expand(annotation.spec, &pod, container.id).map_err(in_annotation)?;
+        specs.push(ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?);
+        keys.push(annotation.key.to_owned());
+        options.push(base.for_spec(text));
+    }
+    check_container_bounds(config, container.id, &specs)?;
+    Ok(Some(Requests { keys, options }))
+}
+
+/// Whether annotations may ask for channels that outlive the container's stops: only where the
+/// operator allows it, by default only where the engine deletes its containers through hostchan.
+fn check_delete_lifetime(config: &Config, engine_deletes: bool) -> Result<()> {
+    let allowed = match config.hook.delete_lifetime {
+        DeleteLifetime::Engine => engine_deletes,
+        DeleteLifetime::Allow => true,
+        DeleteLifetime::Refuse => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "annotation",
+        format!("{LIFETIME_ANNOTATION}=delete"),
+        format!(
+            "is not allowed here: this engine's hook does not say it deletes containers through hostchan (oci-hook --engine-deletes), and hook.delete_lifetime in {} is {}",
+            config.origin(),
+            config.hook.delete_lifetime
+        ),
+    ))
+}
+
+/// A root owner asked for by annotation must be the container's own root as its user namespace
+/// maps it: anything else would hand the channel to some other user of the host.
+fn check_root_owner(asked: RootOwner, mapping: Option<RootOwner>) -> Result<()> {
+    match mapping {
+        Some(root) if root == asked => Ok(()),
+        Some(root) => Err(Error::invalid(
+            "root owner",
+            asked.to_string(),
+            format!("is not the container's root, which its user namespace maps to {root}"),
+        )),
+        None => Err(Error::invalid(
+            "root owner",
+            asked.to_string(),
+            "cannot be checked against the container's user namespace here",
+        )),
+    }
+}
+
+/// The operator's bounds on one container's channels: how many, and their total size.
+fn check_container_bounds(config: &Config, container: &str, specs: &[ChannelSpec]) -> Result<()> {
+    let bounds = &config.hook;
+    if specs.len() > bounds.max_channels_per_container {
+        return Err(Error::invalid(
+            "annotations",
+            format!("{} channels", specs.len()),
+            format!(
+                "container {container} asks for more than hook.max_channels_per_container ({}) in {}",
+                bounds.max_channels_per_container,
+                config.origin()
+            ),
+        ));
+    }
+    let total: u64 = specs.iter().map(|s| s.size).fold(0, u64::saturating_add);
+    let limit = config.max_total_size_per_container();
+    if total > limit {
+        return Err(Error::invalid(
+            "annotations",
+            format!("{} in all", spec::format_size(total)),
+            format!(
+                "container {container}'s channels come to {total} bytes, above hook.max_total_size ({limit} bytes on this machine) in {}",
+                config.origin()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The host uid and gid that a process's user namespace maps its root (0) to, from
+/// /proc/<pid>/uid_map and gid_map; itself when the process has no user namespace of its own.
+pub fn root_mapping_of(pid: i32) -> Option<RootOwner> {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
+    Some(RootOwner {
+        uid: host_id_of_root(&read("uid_map")?)?,
+        gid: host_id_of_root(&read("gid_map")?)?,
+    })
+}
+
+/// The host id that id 0 maps to in a `/proc/<pid>/[ug]id_map` text.
+fn host_id_of_root(map: &str) -> Option<u32> {
+    map.lines().find_map(|line| {
+        let mut fields = line.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(inside)), Some(Ok(outside)), Some(Ok(count))) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            return None;
+        };
+        (inside == 0 && count > 0)
+            .then(|| u32::try_from(outside).ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Machine;
+
+    fn config(text: &str) -> Config {
+        let machine = Machine {
+            mem_total: 16 << 30,
+            page_size: 4096,
+        };
+        Config::parse(text, Path::new("/etc/hostchan/config.toml"), &machine).unwrap()
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn container<'a>(annotations: &'a BTreeMap<String, String>) -> Container<'a> {
+        Container {
+            id: "c1",
+            annotations,
+            owner: OwnerRequest::Unbound,
+            attach: None,
+            root_mapping: Some(RootOwner { uid: 0, gid: 0 }),
+            engine_deletes: false,
+        }
+    }
+
+    fn refusal(config: &Config, container: &Container<'_>) -> String {
+        requests(config, container).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn lifetimes_from_the_annotation() {
+        assert_eq!(parse_lifetime("stop").unwrap(), Lifetime::Stop);
+        assert_eq!(parse_lifetime("delete").unwrap(), Lifetime::Delete);
+        for bad in ["", "Delete", "forever"] {
+            assert_eq!(parse_lifetime(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn root_maps() {
+        assert_eq!(
+            host_id_of_root("         0          0 4294967295\n"),
+            Some(0)
+        );
+        assert_eq!(
+            host_id_of_root("         0     100000      65536\n"),
+            Some(100_000)
+        );
+        assert_eq!(host_id_of_root("      1000     100000      65536\n"), None);
+        assert_eq!(host_id_of_root(""), None);
+    }
+
+    #[test]
+    fn the_delete_lifetime_is_the_operators() {
+        let asked = annotations(&[
+            ("io.hostchan.channel", "/run/hostchan/c1/a:/a"),
+            (LIFETIME_ANNOTATION, "delete"),
+        ]);
+        let builtin = config("");
+        let mut plain = container(&asked);
+        plain.owner = OwnerRequest::Default;
+        let refused = refusal(&builtin, &plain);
+        assert!(
+            refused.contains("io.hostchan.lifetime=delete\": is not allowed here"),
+            "{refused}"
+        );
+        let mut engine = plain.clone();
+        engine.engine_deletes = true;
+        let made = requests(&builtin, &engine).unwrap().unwrap();
+        assert_eq!(made.options[0].lifetime, Lifetime::Delete);
+        assert!(requests(&config("[hook]\ndelete_lifetime = \"allow\"\n"), &plain).is_ok());
+        let never = config("[hook]\ndelete_lifetime = \"refuse\"\n");
+        assert!(requests(&never, &engine).is_err());
+    }
+
+    #[test]
+    fn a_root_owner_must_be_the_containers_own_root() {
+        let asked = annotations(&[
+            ("io.hostchan.channel", "/run/hostchan/c1/a:/a"),
+            (ROOT_OWNER_ANNOTATION, "1000:1000"),
+        ]);
+        let builtin = config("");
+        let refused = refusal(&builtin, &container(&asked));
+        assert!(
+            refused.contains("is not the container's root, which its user namespace maps to 0:0"),
+            "{refused}"
+        );
+        let mut mapped = container(&asked);
+        mapped.root_mapping = Some(RootOwner {
+            uid: 1000,
+            gid: 1000,
+        });
+        assert!(requests(&builtin, &mapped).is_ok());
+        mapped.root_mapping = None;
+        assert!(requests(&builtin, &mapped).is_err());
+    }
+
+    #[test]
+    fn a_container_is_bounded_in_count_and_total_size() {
+        let many: Vec<(String, String)> = (0..17)
+            .map(|i| {
+                (
+                    format!("io.hostchan.channel.c{i}"),
+                    format!("/run/hostchan/c1/c{i}:/c{i}:rw:1M"),
+                )
+            })
+            .collect();
+        let many: BTreeMap<String, String> = many.into_iter().collect();
+        let builtin = config("");
+        let refused = refusal(&builtin, &container(&many));
+        assert!(
+            refused.contains("asks for more than hook.max_channels_per_container (16)"),
+            "{refused}"
+        );
+        // Two channels of half the RAM each: the total passes half of it.
+        let big = annotations(&[
+            ("io.hostchan.channel.a", "/run/hostchan/c1/a:/a:rw:8G"),
+            ("io.hostchan.channel.b", "/run/hostchan/c1/b:/b:rw:8G"),
+        ]);
+        let refused = refusal(&builtin, &container(&big));
+        assert!(refused.contains("above hook.max_total_size"), "{refused}");
+        let raised = config("[hook]\nmax_channels_per_container = 20\nmax_total_size = \"50%\"\n");
+        assert!(requests(&raised, &container(&many)).is_ok());
+        let small = config("[hook]\nmax_total_size = \"1M\"\n");
+        let two = annotations(&[
+            ("io.hostchan.channel.a", "/run/hostchan/c1/a:/a:rw:1M"),
+            ("io.hostchan.channel.b", "/run/hostchan/c1/b:/b:rw:4k"),
+        ]);
+        assert!(requests(&small, &container(&two)).is_err());
+    }
+}

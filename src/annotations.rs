@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::channel::{Ask, AttachTo, CreateOptions};
+use crate::channel::{Ask, CreateOptions};
 use crate::config::{Config, DeleteLifetime};
 use crate::error::{Error, Result};
 use crate::kube;
@@ -26,7 +26,6 @@ pub struct Container<'a> {
     pub annotations: &'a BTreeMap<String, String>,
     /// Who owns the channels: the container's process (the hook), or a unit the caller found.
     pub owner: OwnerRequest,
-    pub attach: Option<AttachTo>,
     /// The host uid and gid the container's root is mapped to (itself when it has no user
     /// namespace); `None` when the caller cannot tell.
     pub root_mapping: Option<RootOwner>,
@@ -90,7 +89,7 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
         container: Some(container.id.to_owned()),
         lifetime,
         root_owner,
-        attach: container.attach.clone(),
+        attach: None,
         grow_memory_limit: false,
         dry_run: false,
     };
@@ -230,7 +229,6 @@ mod tests {
             id: "c1",
             annotations,
             owner: OwnerRequest::Unbound,
-            attach: None,
             root_mapping: Some(RootOwner { uid: 0, gid: 0 }),
             engine_deletes: false,
         }

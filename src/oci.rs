@@ -146,16 +146,12 @@ fn create_all(
         ))
     })?;
     let container = state.container_id()?;
-    let Some(requests) = annotations::requests(
+    let Some(mut requests) = annotations::requests(
         config,
         &annotations::Container {
             id: &container,
             annotations: &state.annotations,
             owner: OwnerRequest::Pid(pid),
-            attach: Some(AttachTo {
-                pid,
-                rootfs: Some(rootfs_of_bundle(&state.bundle)?),
-            }),
             root_mapping: annotations::root_mapping_of(pid),
             engine_deletes,
         },
@@ -163,6 +159,14 @@ fn create_all(
     else {
         return Ok(outcome(state, stage, Vec::new()));
     };
+    // Read only once the annotations asked for something and passed every check.
+    let attach = AttachTo {
+        pid,
+        rootfs: Some(rootfs_of_bundle(&state.bundle)?),
+    };
+    for options in &mut requests.options {
+        options.attach = Some(attach.clone());
+    }
     // All at once: one connection, every start job in flight together. Channels found made
     // already (a delete-lifetime channel attached again, a second hook) are left as they were
     // by a failure; the ones made are taken back.

@@ -166,6 +166,33 @@ impl Record {
 /// Held while it lives: creates hold it shared, `gc` exclusively.
 pub struct StoreLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
+/// Held by a create from before it writes a channel's record until the channel is up or taken
+/// back: a later create that finds the file without its lock knows that the creator died half
+/// way (killed by a hook timeout, an OOM kill), and that nobody is finishing the channel.
+pub struct CreatorLock {
+    dir: OwnedFd,
+    name: String,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl Drop for CreatorLock {
+    fn drop(&mut self) {
+        // Before the lock goes (the fields drop after this): nobody sees the file unlocked.
+        let _ = unlinkat(&self.dir, self.name.as_str(), AtFlags::empty());
+    }
+}
+
+/// What became of the create that wrote a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creator {
+    /// It finished (or the record predates creator locks).
+    Done,
+    /// It is still at work.
+    Working,
+    /// It died before the channel was up: the channel is half made.
+    Died,
+}
+
 /// The directory of channel records, one JSON file per channel named after its mount unit.
 ///
 /// Records decide what root's cleanup removes, so they are root's alone: the directory is made
@@ -327,6 +354,74 @@ impl Store {
         self.flock(".write.lock", true)
     }
 
+    /// Taken by a create for channel `id` before it writes the record; see [`CreatorLock`].
+    pub fn creator_lock(&self, id: &str) -> Result<CreatorLock> {
+        use nix::fcntl::{Flock, FlockArg};
+        let context = || format!("cannot lock the channel records in {}", self.dir.display());
+        let dir = self
+            .open_dir(true)?
+            .ok_or_else(|| Error::runtime(context()))?;
+        let name = Store::creator_file_name(id);
+        let fd = openat(
+            &dir,
+            name.as_str(),
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| fs_error(context(), e.into()))?;
+        let lock = Flock::lock(fs::File::from(fd), FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io(context(), errno))?;
+        Ok(CreatorLock {
+            dir,
+            name,
+            _lock: lock,
+        })
+    }
+
+    /// Whether the create of channel `id` finished, is at work, or died half way.
+    pub fn creator(&self, id: &str) -> Result<Creator> {
+        use nix::fcntl::{Flock, FlockArg};
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(Creator::Done);
+        };
+        let name = Store::creator_file_name(id);
+        let fd = match openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(Creator::Done),
+            Err(e) => return Err(fs_error(format!("cannot look at {name}"), e.into())),
+        };
+        check_owned(&fd, &self.dir.join(&name))?;
+        match Flock::lock(fs::File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(_released_on_drop) => Ok(Creator::Died),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(Creator::Working),
+            Err((_, errno)) => Err(Error::io(format!("cannot lock {name}"), errno)),
+        }
+    }
+
+    /// Removes what the killed creator of channel `id` left of its lock.
+    pub fn forget_creator(&self, id: &str) -> Result<()> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(());
+        };
+        match unlinkat(
+            &dir,
+            Store::creator_file_name(id).as_str(),
+            AtFlags::empty(),
+        ) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.write_error(e.into())),
+        }
+    }
+
+    fn creator_file_name(id: &str) -> String {
+        format!(".creating-{id}")
+    }
+
     /// Creates hold this shared from writing a record until their units are up; `gc` holds it
     /// exclusively, so that it never mistakes a channel being created for a leftover.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
@@ -424,7 +519,10 @@ impl Store {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
-            if (name.starts_with(".new-") || name.starts_with(".tmp-"))
+            // A creator lock is stale too: creates hold `.lock` shared while they hold theirs.
+            if (name.starts_with(".new-")
+                || name.starts_with(".tmp-")
+                || name.starts_with(".creating-"))
                 && unlinkat(&dir, name, AtFlags::empty()).is_ok()
             {
                 removed.push(name.to_owned());

@@ -342,3 +342,94 @@ fn no_channel_inside_another_whatever_the_timing() {
     // gc never knew them; everything hostchan recorded is gone.
     assert_eq!(record_dir_files(&sb), Vec::<String>::new());
 }
+
+/// A killed create never blocks a retry (issue 20, class 7): killed at each step of create, and
+/// then at random moments, the same create run again at once (no gc, no delete) succeeds; it
+/// recognises the half-made channel by its creator's lock that nobody holds, takes it away and
+/// makes the channel anew. "already a channel" is said only of a live channel, and names it.
+#[test]
+fn a_killed_create_never_blocks_a_retry() {
+    let sb = Sandbox::boot();
+    sb.start_scope("retry.scope");
+    let create = |env: &str, path: &str| {
+        sb.run(&[
+            "env",
+            env,
+            HOSTCHAN,
+            "create",
+            "--scope",
+            "retry.scope",
+            &format!("{path}:/c:rw:1M"),
+        ])
+    };
+    for (n, step) in ["after-record", "after-dirs", "after-job-queued"]
+        .iter()
+        .enumerate()
+    {
+        let path = format!("/run/retry/s{n}");
+        let killed = create(&format!("HOSTCHAN_FAIL_AT={step}"), &path);
+        assert_ne!(killed.code, 0, "{step}: not killed: {killed:#?}");
+        create("X=1", &path).ok();
+        assert!(sb.mount_options(&path).is_some(), "{step}");
+        let again = create("X=1", &path);
+        assert_eq!(again.code, 1, "{again:#?}");
+        assert!(
+            again
+                .stderr
+                .contains(&format!("host path {path} is already a channel")),
+            "{again:#?}"
+        );
+        sb.hostchan(&["delete", &path]).ok();
+        sb.assert_no_trace(&path);
+    }
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    let mut retried_after_a_kill = 0;
+    for round in 0..30 {
+        let path = format!("/run/retry/r{}", round % 3);
+        let first = spawn(
+            &sb,
+            &[
+                HOSTCHAN,
+                "create",
+                "--scope",
+                "retry.scope",
+                &format!("{path}:/c:rw:1M"),
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(rng.below(30)));
+        sb.run(&["pkill", "-KILL", "-n", "-x", "hostchan"]);
+        let first = first.wait_with_output().unwrap();
+        let retry = create("X=1", &path);
+        if retry.code == 0 {
+            retried_after_a_kill += u32::from(!first.status.success());
+        } else {
+            // The first made its channel whole before the kill (perhaps while it was exiting):
+            // the retry meets a live channel, and names it.
+            assert!(
+                retry
+                    .stderr
+                    .contains(&format!("host path {path} is already a channel")),
+                "round {round}: the retry was blocked: {retry:#?}"
+            );
+            assert!(sb.mount_options(&path).is_some(), "round {round}");
+        }
+        sb.hostchan(&["delete", &path]).ok();
+        // A create killed before it wrote its record leaves only its empty lock file, which
+        // blocks nothing and which gc removes.
+        assert!(sb.channel_units().is_empty(), "round {round}");
+        assert!(sb.mount_options(&path).is_none(), "round {round}");
+        assert!(!sb.path(&path).exists(), "round {round}");
+        let records: Vec<String> = sb
+            .record_files()
+            .into_iter()
+            .filter(|name| !name.starts_with(".creating-"))
+            .collect();
+        assert_eq!(records, Vec::<String>::new(), "round {round}");
+    }
+    sb.hostchan(&["gc"]).ok();
+    assert_eq!(sb.record_files(), Vec::<String>::new());
+    assert!(
+        retried_after_a_kill >= 10,
+        "only {retried_after_a_kill} kills hit"
+    );
+}

@@ -473,6 +473,7 @@ fn racing_creates_for_one_path_have_one_winner() {
         let message = String::from_utf8_lossy(&loser.stderr);
         assert!(
             message.contains("is already a channel (run-race")
+                || message.contains("is being made a channel (run-race")
                 || message.contains("already exists (a directory)"),
             "round {round}: {message}"
         );

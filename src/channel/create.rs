@@ -7,6 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::keeper::ensure_keeper;
+use super::leftover::{being_made, Standing};
 use super::request::{AttachTo, CreateOptions};
 use super::teardown::OnError;
 use super::{seconds_since_epoch, ChannelInfo, Channels};
@@ -18,7 +19,7 @@ use crate::inject::{self, AttachPoint};
 use crate::memory;
 use crate::model::{Attached, Channel, Lifetime, Owner};
 use crate::owner;
-use crate::record::{Record, StoreLock};
+use crate::record::{CreatorLock, Record, StoreLock};
 use crate::spec::ChannelSpec;
 use crate::systemd::{Memory, Systemd};
 use crate::unit_name;
@@ -54,6 +55,9 @@ pub(super) struct Pending<'a> {
     made: Vec<MadeDir>,
     /// Held until the channel is up, so that a concurrent `gc` does not take it for a leftover.
     _creating: StoreLock,
+    /// Held until the channel is up or taken back, so that a later create knows whether this
+    /// one died half way.
+    _creator: CreatorLock,
 }
 
 enum Prepared<'a> {
@@ -135,10 +139,16 @@ impl Channels {
         };
         let units = units::channel_units(&request);
         if let Some(record) = self.store.load(&units.mount.name)? {
-            if options.dry_run || record.host_path() != spec.host_path {
-                return Err(record.refuses(&spec.host_path));
+            match self.standing(&record)? {
+                Standing::Live if options.dry_run || record.host_path() != spec.host_path => {
+                    return Err(record.refuses(&spec.host_path));
+                }
+                Standing::Live => return self.reuse(record, &spec, options).map(Prepared::Done),
+                Standing::BeingMade => return Err(being_made(&record)),
+                // A dry run only says what a create would make.
+                _ if options.dry_run => {}
+                standing => self.clear_away(&record, standing)?,
             }
-            return self.reuse(record, &spec, options).map(Prepared::Done);
         }
         if options.dry_run {
             // A real create makes these checks once, in its critical section below.
@@ -172,6 +182,7 @@ impl Channels {
             }
         }
         let creating = self.store.lock(false)?;
+        let creator = self.store.creator_lock(&id)?;
         // The record first, naming the directories about to be made, so that a crash at any
         // later point leaves nothing gc cannot find; the checks against other channels and the
         // write are one step.
@@ -225,6 +236,7 @@ impl Channels {
             record,
             made,
             _creating: creating,
+            _creator: creator,
         })))
     }
 

@@ -6,6 +6,7 @@ mod create;
 mod delete;
 mod gc;
 mod keeper;
+mod leftover;
 mod list;
 mod request;
 mod teardown;

@@ -103,7 +103,6 @@ impl Channels {
             }
         };
         fail_point::hit("delete-after-stop");
-        errors.on_error = OnError::GoOn;
         let mut unmounted = Vec::with_capacity(records.len());
         for (record, (first, end, asked)) in records.iter().zip(&queued) {
             let mut stopped = *asked && outcomes.len() == jobs.len();
@@ -115,6 +114,7 @@ impl Channels {
             }
             unmounted.push(stopped);
         }
+        errors.on_error = OnError::GoOn;
         for record in records {
             let left =
                 fail_point::check("teardown-remove").and_then(|()| self.store.load(record.unit()));

@@ -183,14 +183,15 @@ impl Drop for CreatorLock {
 }
 
 /// What became of the create that wrote a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Creator {
     /// It finished (or the record predates creator locks).
     Done,
     /// It is still at work.
     Working,
-    /// It died before the channel was up: the channel is half made.
-    Died,
+    /// It died before the channel was up: the channel is half made. With its unique name on
+    /// the bus, to wait for the calls it sent before it died to reach systemd.
+    Died { bus_name: Option<String> },
 }
 
 /// The directory of channel records, one JSON file per channel named after its mount unit.
@@ -354,8 +355,9 @@ impl Store {
         self.flock(".write.lock", true)
     }
 
-    /// Taken by a create for channel `id` before it writes the record; see [`CreatorLock`].
-    pub fn creator_lock(&self, id: &str) -> Result<CreatorLock> {
+    /// Taken by a create for channel `id` before it writes the record; see [`CreatorLock`]. The
+    /// file holds the creator's unique name on the bus.
+    pub fn creator_lock(&self, id: &str, bus_name: &str) -> Result<CreatorLock> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
         let dir = self
@@ -369,8 +371,10 @@ impl Store {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| fs_error(context(), e.into()))?;
-        let lock = Flock::lock(fs::File::from(fd), FlockArg::LockExclusive)
+        let mut lock = Flock::lock(fs::File::from(fd), FlockArg::LockExclusive)
             .map_err(|(_, errno)| Error::io(context(), errno))?;
+        lock.write_all(bus_name.as_bytes())
+            .map_err(|e| fs_error(context(), e))?;
         Ok(CreatorLock {
             dir,
             name,
@@ -397,10 +401,44 @@ impl Store {
         };
         check_owned(&fd, &self.dir.join(&name))?;
         match Flock::lock(fs::File::from(fd), FlockArg::LockExclusiveNonblock) {
-            Ok(_released_on_drop) => Ok(Creator::Died),
+            Ok(mut file) => {
+                let mut bus_name = String::new();
+                let read = std::io::Read::read_to_string(&mut *file, &mut bus_name);
+                Ok(Creator::Died {
+                    bus_name: read.ok().filter(|_| !bus_name.is_empty()).map(|_| bus_name),
+                })
+            }
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(Creator::Working),
             Err((_, errno)) => Err(Error::io(format!("cannot lock {name}"), errno)),
         }
+    }
+
+    /// The bus names of creators that died half way, from their lock files (gc holds the store
+    /// exclusively, so that no creator is at work).
+    pub fn dead_creators(&self, _exclusive: &StoreLock) -> Result<Vec<String>> {
+        let Some(dir) = self.open_dir(false)? else {
+            return Ok(Vec::new());
+        };
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?;
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .ok()
+                .and_then(|name| name.strip_prefix(".creating-"))
+            else {
+                continue;
+            };
+            if let Creator::Died {
+                bus_name: Some(name),
+            } = self.creator(id)?
+            {
+                names.push(name);
+            }
+        }
+        Ok(names)
     }
 
     /// Removes what the killed creator of channel `id` left of its lock.

@@ -182,7 +182,7 @@ impl Channels {
             }
         }
         let creating = self.store.lock(false)?;
-        let creator = self.store.creator_lock(&id)?;
+        let creator = self.store.creator_lock(&id, &systemd.bus_name())?;
         // The record first, naming the directories about to be made, so that a crash at any
         // later point leaves nothing gc cannot find; the checks against other channels and the
         // write are one step.

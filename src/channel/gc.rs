@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::keeper::is_idle;
+use super::leftover::CREATOR_GONE_WITHIN;
 use super::{seconds_since_epoch, Channels, Target};
 use crate::error::{Error, Result};
 use crate::hostfs;
@@ -75,6 +76,14 @@ impl Channels {
     /// the mount alone decides.
     pub fn gc(&self, dry_run: bool, offline: bool) -> Result<Vec<Leftover>> {
         let exclusive = self.store.lock(true)?;
+        if !offline {
+            // A creator killed half way may have sent the start of its units just before: it
+            // reaches systemd before anything gc asks once the bus has seen the creator go.
+            for name in self.store.dead_creators(&exclusive)? {
+                self.systemd()?
+                    .wait_until_gone(&name, CREATOR_GONE_WITHIN)?;
+            }
+        }
         if !dry_run {
             for stale in self.store.remove_stale_files(&exclusive)? {
                 tracing::info!("removed {stale}, left by a killed hostchan");

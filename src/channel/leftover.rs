@@ -16,7 +16,8 @@ pub(super) enum Standing {
     Live,
     /// Another hostchan is creating it now.
     BeingMade,
-    /// Its creator died before it was up (its lock is there, and nobody holds it).
+    /// Its creator died before it was up (its lock is there, and nobody holds it), and every
+    /// call it sent has reached systemd.
     HalfMade,
     /// Its units are gone and nothing is mounted at its path: what a crash or a reboot left.
     Gone,
@@ -26,7 +27,19 @@ impl Channels {
     pub(super) fn standing(&self, record: &Record) -> Result<Standing> {
         match self.store.creator(&record.channel.id)? {
             Creator::Working => return Ok(Standing::BeingMade),
-            Creator::Died => return Ok(Standing::HalfMade),
+            Creator::Died { bus_name } => {
+                // Its start of the units may still be on its way to systemd: were it to arrive
+                // after the stop, systemd would mount the channel after its record went.
+                if let Some(name) = bus_name {
+                    if !self
+                        .systemd()?
+                        .wait_until_gone(&name, CREATOR_GONE_WITHIN)?
+                    {
+                        return Ok(Standing::BeingMade);
+                    }
+                }
+                return Ok(Standing::HalfMade);
+            }
             Creator::Done => {}
         }
         if hostfs::is_mount_point(record.host_path())? {
@@ -95,6 +108,9 @@ impl Channels {
         }
     }
 }
+
+/// How long a dead creator's bus connection may take to close.
+pub(super) const CREATOR_GONE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a half-made channel's units are asked to stop.
 const STOP_ATTEMPTS: u32 = 3;

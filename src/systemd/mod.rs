@@ -166,6 +166,40 @@ impl Systemd {
     }
 
     /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
+    /// This process's unique name on the bus (`:1.42`).
+    pub fn bus_name(&self) -> String {
+        self.manager
+            .inner()
+            .connection()
+            .unique_name()
+            .map(|name| name.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the bus has seen the connection `name` close, so that every call it sent
+    /// before has been passed on to systemd ahead of any this process sends next: the bus
+    /// passes a client's calls on in order, and its disconnection after them. A dead process's
+    /// connection goes within milliseconds; one still there after `limit` belongs to a live one.
+    pub fn wait_until_gone(&self, name: &str, limit: std::time::Duration) -> Result<bool> {
+        let Ok(name) = zbus::names::BusName::try_from(name) else {
+            return Ok(true);
+        };
+        let bus = zbus::blocking::fdo::DBusProxy::new(self.manager.inner().connection())?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if !bus
+                .name_has_owner(name.clone())
+                .map_err(|e| Error::systemd(format!("cannot ask the bus about {name}: {e}")))?
+            {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Whether `unit` runs now.
     pub fn is_active(&self, unit: &str) -> Result<bool> {
         Ok(self

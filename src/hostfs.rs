@@ -209,6 +209,39 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
     Ok(())
 }
 
+/// Of the directories other channels' records say they made above a new channel, those that
+/// are still what one of them made (a record can be older than the directory at its path now:
+/// removed when it was empty and made again by a later create), each with the identity it has
+/// now; a directory no record made as it is now is left out, so that no channel ever claims it.
+pub fn still_made(recorded: Vec<MadeDir>) -> Vec<MadeDir> {
+    let mut still: Vec<MadeDir> = Vec::new();
+    for dir in &recorded {
+        if still.iter().any(|s| s.path == dir.path) {
+            continue;
+        }
+        let Ok(fd) = open_dir_nofollow(&dir.path) else {
+            continue;
+        };
+        let Ok(now) = fstat(&fd) else {
+            continue;
+        };
+        let root = rustix::process::geteuid().as_raw();
+        let made_as_it_is = recorded.iter().any(|d| {
+            d.path == dir.path
+                && ((d.dev, d.ino) == (now.st_dev, now.st_ino)
+                    || (d.is_planned() && now.st_uid == root))
+        });
+        if made_as_it_is {
+            still.push(MadeDir {
+                path: dir.path.clone(),
+                dev: now.st_dev,
+                ino: now.st_ino,
+            });
+        }
+    }
+    still
+}
+
 /// Checks, without changing anything, that `path` could be made: it does not exist, nothing on
 /// its way is a symlink or a file, and its existing ancestors are root's alone.
 pub fn check_free(path: &Path) -> Result<()> {
@@ -247,23 +280,27 @@ pub struct Removed {
 }
 
 /// Removes what hostchan made, deepest first, each only while it is empty and still the
-/// directory hostchan made (same device and inode, reached without symlinks). A shared parent
-/// that is not empty stays (another channel uses it); anything else that stops the removal is
-/// an error naming the directory, and the rest stays.
+/// directory hostchan made (same device and inode, reached without symlinks). A parent that is
+/// not empty stays (another channel uses it), and so does one that is no longer the directory
+/// this record knows (it went when it was empty and a later create made it again: that
+/// create's record has it); anything else that stops the removal is an error naming the
+/// directory, and the rest stays.
 pub fn remove_made(made: &[MadeDir]) -> Result<Removed> {
     let mut dirs: Vec<&MadeDir> = made.iter().collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
     let mut removed = Removed::default();
     for (i, dir) in dirs.iter().enumerate() {
         let deepest = i == 0;
-        match remove_one(dir)? {
+        match remove_one(dir, deepest)? {
             Outcome::Removed | Outcome::Gone => {
                 if deepest {
                     removed.removed_directory = true;
                 }
             }
-            // Another channel's directory, or a file, is in it: it stays, and so do its parents.
-            Outcome::NotEmpty if !deepest => break,
+            // Another channel's directory, or a file, is in it, or it is another create's now:
+            // it stays, and so do its parents.
+            Outcome::NotEmpty | Outcome::NotOurs if !deepest => break,
+            Outcome::NotOurs => unreachable!("the deepest directory is never judged NotOurs"),
             Outcome::NotEmpty => {
                 return Err(Error::runtime(format!(
                     "cannot remove channel directory {}: it is not empty (kept it and its record)",
@@ -279,9 +316,12 @@ enum Outcome {
     Removed,
     Gone,
     NotEmpty,
+    /// A parent that is no longer the directory the record knows.
+    NotOurs,
 }
 
-fn remove_one(dir: &MadeDir) -> Result<Outcome> {
+/// `deepest`: the channel's own directory, for which a stranger in its place is an error.
+fn remove_one(dir: &MadeDir, deepest: bool) -> Result<Outcome> {
     let (Some(parent_path), Some(name)) = (dir.path.parent(), dir.path.file_name()) else {
         return Ok(Outcome::Gone);
     };
@@ -319,6 +359,11 @@ fn remove_one(dir: &MadeDir) -> Result<Outcome> {
             )));
         }
     } else if (stat.st_dev, stat.st_ino) != (dir.dev, dir.ino) {
+        let is_dir =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
+        if !deepest && is_dir {
+            return Ok(Outcome::NotOurs);
+        }
         let why = if is_mount_point(&dir.path).unwrap_or(false) {
             "something is mounted on it"
         } else {
@@ -588,6 +633,34 @@ mod tests {
         // Already gone: nothing to do.
         std::fs::remove_file(dir.join("x")).unwrap();
         assert!(remove_made(&made).unwrap().removed_directory);
+    }
+
+    /// A record older than the parent at its path now (the parent went while empty and a later
+    /// create made it again): its channel's directory goes, the parent is the later create's,
+    /// and a new channel beside it shares the parent as it is now, never as the old record had
+    /// it, so that whichever channel goes last removes it.
+    #[test]
+    fn a_parent_made_again_belongs_to_its_new_maker() {
+        let scratch = Scratch::new("hostfs-again");
+        let dir = &scratch.0;
+        let old = make_host_path(&dir.join("r/old")).unwrap();
+        std::fs::remove_dir(dir.join("r/old")).unwrap();
+        std::fs::remove_dir(dir.join("r")).unwrap();
+        // Kept, so that the new parent cannot get the old one's inode number.
+        std::fs::create_dir(dir.join("keep-inode")).unwrap();
+        let new = make_host_path(&dir.join("r/new")).unwrap();
+        assert_ne!(old[0], new[0]);
+        // The old record goes, leaving the parent to the new channel.
+        assert!(remove_made(&old).unwrap().removed_directory);
+        assert!(dir.join("r/new").exists());
+        // A third channel under r shares it as it is now, whichever record it found first.
+        let shared = still_made(vec![old[0].clone(), new[0].clone()]);
+        assert_eq!(shared, [new[0].clone()]);
+        assert_eq!(still_made(vec![old[0].clone()]), Vec::<MadeDir>::new());
+        let planned = MadeDir::planned(dir.join("r"));
+        assert_eq!(still_made(vec![planned]), [new[0].clone()]);
+        assert!(remove_made(&new).unwrap().removed_directory);
+        assert!(!dir.join("r").exists());
     }
 
     #[test]

@@ -199,7 +199,11 @@ impl Channels {
         };
         let mut shared = Vec::new();
         let mut record = self.store.create_checked(|records| {
-            shared = check_among_channels(&spec.host_path, &units.mount.name, records)?;
+            shared = hostfs::still_made(check_among_channels(
+                &spec.host_path,
+                &units.mount.name,
+                records,
+            )?);
             let planned = hostfs::plan_host_path(&spec.host_path)?;
             let mut record = Record::new(channel, [shared.clone(), planned].concat());
             record.idle_limit = config.channels.idle_limit;
@@ -484,7 +488,7 @@ fn check_among_channels(host_path: &Path, unit: &str, records: &[Record]) -> Res
         for made in &record.made {
             if made.path != record.host_path()
                 && host_path.starts_with(&made.path)
-                && !shared.iter().any(|s| s.path == made.path)
+                && !shared.contains(made)
             {
                 shared.push(made.clone());
             }

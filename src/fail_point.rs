@@ -43,6 +43,21 @@ pub fn hit(step: &str) {
 #[cfg(not(feature = "fail-points"))]
 pub fn hit(_step: &str) {}
 
+/// How long a D-Bus call waits for systemd's answer: `default`, or HOSTCHAN_DBUS_TIMEOUT_MS in
+/// test builds (the tests of what a timeout leaves do not wait 25 s).
+#[cfg(feature = "fail-points")]
+pub fn method_timeout(default: std::time::Duration) -> std::time::Duration {
+    std::env::var("HOSTCHAN_DBUS_TIMEOUT_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(default, std::time::Duration::from_millis)
+}
+
+#[cfg(not(feature = "fail-points"))]
+pub fn method_timeout(default: std::time::Duration) -> std::time::Duration {
+    default
+}
+
 /// An error step: `Err` where the tests asked this step to fail.
 #[cfg(feature = "fail-points")]
 pub fn check(step: &str) -> Result<()> {

@@ -215,3 +215,56 @@ fn a_delete_stops_before_the_unmount_and_goes_on_after_it() {
     }
     sb.runc(&["delete", "--force", "dl1"]).ok();
 }
+
+/// A PID 1 that stops answering (issue 20, class 8): the create fails with a clear line, takes
+/// back what it can, and leaves the record for the units' stop that systemd still has queued;
+/// once systemd answers again the channel goes (its cleanup unit removes directory and
+/// record), and gc finds nothing.
+#[test]
+fn a_systemd_that_does_not_answer_is_a_clear_error_and_leaves_nothing() {
+    let sb = Sandbox::boot();
+    sb.start_scope("to.scope");
+    let create = sb
+        .command(&[
+            "env",
+            "HOSTCHAN_DBUS_TIMEOUT_MS=1000",
+            "HOSTCHAN_PAUSE_AT=after-dirs:1500",
+            HOSTCHAN,
+            "create",
+            "--scope",
+            "to.scope",
+            "/run/to/c:/c:rw:1M",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Frozen once the record and the directory are made, before the units are asked for.
+    sb.wait_for(|| sb.path("/run/to/c").exists(), "the directory to be made");
+    sb.freeze();
+    let out = create.wait_with_output();
+    sb.thaw();
+    let out = out.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("systemd did not answer within 1 s")
+            && last.contains("left /run/to/c and its record for hostchan gc"),
+        "{stderr}"
+    );
+    // systemd takes the start and then the stop in, in order: the channel comes and goes.
+    sb.wait_for(
+        || {
+            sb.run(&["systemctl", "list-jobs", "--no-legend"])
+                .stdout
+                .trim()
+                .is_empty()
+        },
+        "systemd's jobs to end",
+    );
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.hostchan(&["gc"]).ok();
+    sb.assert_no_trace("/run/to/c");
+    assert!(!sb.path("/run/to").exists());
+}

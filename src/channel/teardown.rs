@@ -115,7 +115,20 @@ impl Channels {
             unmounted.push(stopped);
         }
         errors.on_error = OnError::GoOn;
-        for record in records {
+        for (record, unmounted) in records.iter().zip(&unmounted) {
+            if !unmounted {
+                // Its stop may still come (a call systemd did not answer in time is still
+                // queued there): removing the directory now would leave systemd to make it
+                // again for a mount nobody has a record of. The record stays for gc.
+                errors.note(
+                    record,
+                    Error::runtime(format!(
+                        "left {} and its record for hostchan gc: its units' stop was not confirmed",
+                        record.host_path().display()
+                    )),
+                )?;
+                continue;
+            }
             let left =
                 fail_point::check("teardown-remove").and_then(|()| self.store.load(record.unit()));
             let removed = match left {

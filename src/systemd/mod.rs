@@ -96,7 +96,9 @@ impl Systemd {
     pub fn connect() -> Result<Systemd> {
         // sd-bus's default: a call systemd never answers fails instead of hanging the engine.
         let connection = zbus::blocking::connection::Builder::system()
-            .map(|builder| builder.method_timeout(std::time::Duration::from_secs(25)))
+            .map(|builder| {
+                builder.method_timeout(crate::fail_point::method_timeout(METHOD_TIMEOUT))
+            })
             .and_then(|builder| builder.build())
             .map_err(|e| {
                 Error::systemd(format!(
@@ -401,9 +403,20 @@ impl From<zbus::Error> for Error {
     }
 }
 
+/// sd-bus's default for a call: one systemd never answers fails rather than hangs the engine.
+const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
+
 fn dbus_error(err: zbus::Error) -> Error {
     if let zbus::Error::MethodError(name, detail, _) = &err {
         return method_error(name.as_str(), detail.as_deref().unwrap_or_default());
+    }
+    if let zbus::Error::InputOutput(io) = &err {
+        if io.kind() == std::io::ErrorKind::TimedOut {
+            return Error::systemd(format!(
+                "systemd did not answer within {} s (is PID 1 busy or hung?)",
+                crate::fail_point::method_timeout(METHOD_TIMEOUT).as_secs_f64()
+            ));
+        }
     }
     Error::systemd("D-Bus error talking to systemd").caused_by(err)
 }

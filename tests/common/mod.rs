@@ -241,6 +241,16 @@ impl Sandbox {
         pid
     }
 
+    /// Stops the sandbox's systemd (SIGSTOP from outside its namespace), as a PID 1 that hangs:
+    /// calls to it go unanswered until [`Sandbox::thaw`].
+    pub fn freeze(&self) {
+        kill(Pid::from_raw(self.pid), Signal::SIGSTOP).expect("SIGSTOP systemd");
+    }
+
+    pub fn thaw(&self) {
+        kill(Pid::from_raw(self.pid), Signal::SIGCONT).expect("SIGCONT systemd");
+    }
+
     /// `ActiveState` of a unit, `gone` when systemd does not have it loaded.
     pub fn unit_state(&self, unit: &str) -> String {
         let out = self.run(&["systemctl", "show", "-P", "LoadState,ActiveState", unit]);

@@ -101,7 +101,9 @@ pub fn detach(attached: &Attached, container_path: &Path, channel_dev: u64) -> R
                 unshare(CloneFlags::CLONE_FS).context("leaving the shared fs")?;
                 setns(mount_ns.as_fd(), CloneFlags::CLONE_NEWNS)
                     .context("entering its mount namespace")?;
-                let target = match open_in_root(proc_root.as_fd(), &relative) {
+                let root = open_in_root(proc_root.as_fd(), Path::new(""))
+                    .context("opening the container's root")?;
+                let target = match resolve_in_container(&root, &relative, false) {
                     Ok(fd) => fd,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                     Err(e) => return Err(Error::from(e).context("resolving the container path")),
@@ -164,7 +166,7 @@ fn attach_clone(host_path: &Path, point: &AttachPoint<'_>) -> Result<()> {
                     None => open_in_root(proc_root.as_fd(), Path::new(""))
                         .context("opening the container's root")?,
                 };
-                let target = open_or_create_dirs(&root, &container_path)
+                let target = resolve_in_container(&root, &container_path, true)
                     .context("resolving the container path")?;
                 move_mount(
                     tree.as_fd(),
@@ -226,40 +228,130 @@ fn open_in_root(root: impl AsFd, path: &Path) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Opens `path` below `root`, creating missing directories (mode 0755) one component at a time,
-/// each resolved inside `root` before the next is made.
-fn open_or_create_dirs(root: &OwnedFd, path: &Path) -> io::Result<OwnedFd> {
-    let mut parent = PathBuf::new();
-    for component in path.components() {
-        let current = parent.join(component);
-        match open_in_root(root, &current) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let parent_fd = open_in_root(root, &parent)?;
-                match mkdirat(
-                    &parent_fd,
-                    component.as_os_str(),
-                    Mode::from_raw_mode(0o755),
-                ) {
-                    Ok(()) => {}
-                    // A racing mkdir is fine; a symlink that leads nowhere inside the root is
-                    // neither followed out of it nor created through.
-                    Err(e) if e == rustix::io::Errno::EXIST => {
-                        if open_in_root(root, &current).is_err() {
-                            return Err(io::Error::other(format!(
-                                "{} is a symlink whose target does not exist inside the container",
-                                Path::new("/").join(&current).display()
-                            )));
-                        }
-                    }
+/// Resolves `path` below the container's `root` one component at a time, making missing
+/// directories (mode 0755) when `create` is set. A symlink on the way is followed only where
+/// root alone can have put it: in a directory that root owns and nobody else can write (the
+/// image's `/var/run -> /run`, say), and then inside the container's root (absolute targets
+/// and `..` stay below it). In any other directory (a channel, mode 1777 and writable by every
+/// host user; a user-namespaced container's own directories) a symlink is refused, so that no
+/// one but root can send a channel anywhere but the container path asked for. Directories are
+/// only made for the path's own components, never where a symlink's target leads.
+fn resolve_in_container(root: &OwnedFd, path: &Path, create: bool) -> io::Result<OwnedFd> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let mut pending: VecDeque<(OsString, bool)> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some((name.to_owned(), create)),
+            _ => None,
+        })
+        .collect();
+    let open_root = || open_in_root(root, Path::new(""));
+    let mut dir = open_root()?;
+    // The directories above `dir`, for `..` in a symlink's target.
+    let mut above: Vec<OwnedFd> = Vec::new();
+    let mut walked = PathBuf::from("/");
+    let mut links = 0;
+    // The last symlink followed, which a missing target is reported by.
+    let mut last_link = PathBuf::new();
+    while let Some((name, may_create)) = pending.pop_front() {
+        if name == "." {
+            continue;
+        }
+        if name == ".." {
+            if let Some(parent) = above.pop() {
+                dir = parent;
+                walked.pop();
+            }
+            continue;
+        }
+        match open_one(&dir, &name) {
+            Ok(next) => {
+                above.push(std::mem::replace(&mut dir, next));
+                walked.push(&name);
+            }
+            Err(rustix::io::Errno::NOENT) if may_create => {
+                match mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
+                // Opened anew, never followed: someone may have put a symlink there meanwhile.
+                pending.push_front((name, false));
             }
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "{} is a symlink whose target does not exist inside the container",
+                        last_link.display()
+                    ),
+                ))
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                let shown = walked.join(&name);
+                if !only_root_can_write(&dir)? {
+                    return Err(io::Error::other(format!(
+                        "{} is a symlink in a directory that others than root can write; a channel is never attached through it",
+                        shown.display()
+                    )));
+                }
+                links += 1;
+                last_link = shown.clone();
+                if links > 40 {
+                    return Err(io::Error::other(format!(
+                        "{} leads through more than 40 symlinks",
+                        shown.display()
+                    )));
+                }
+                let target = PathBuf::from(
+                    rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())?
+                        .into_string()
+                        .map_err(|_| {
+                            io::Error::other(format!(
+                                "{} is a symlink to a non-UTF-8 path",
+                                shown.display()
+                            ))
+                        })?,
+                );
+                if target.is_absolute() {
+                    dir = open_root()?;
+                    above.clear();
+                    walked = PathBuf::from("/");
+                }
+                for component in target.components().rev() {
+                    match component {
+                        Component::Normal(part) => pending.push_front((part.to_owned(), false)),
+                        Component::ParentDir => pending.push_front(("..".into(), false)),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!("{}: {e}", walked.join(&name).display()),
+                ))
+            }
         }
-        parent = current;
     }
-    open_in_root(root, &parent)
+    Ok(dir)
+}
+
+/// One directory below `dir`, never through a symlink (ELOOP when `name` is one).
+fn open_one(dir: &OwnedFd, name: &std::ffi::OsStr) -> rustix::io::Result<OwnedFd> {
+    openat2(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH,
+    )
+}
+
+/// Owned by root and writable by nobody else: what is in it, root put there.
+fn only_root_can_write(dir: &OwnedFd) -> io::Result<bool> {
+    let stat = rustix::fs::fstat(dir)?;
+    Ok(stat.st_uid == 0 && stat.st_mode & 0o022 == 0)
 }
 
 /// mount_setattr(2) on the detached clone, which neither nix nor rustix has: private
@@ -325,6 +417,58 @@ mod tests {
         };
         assert!(!is_attached_in(&later, me));
         assert!(!is_attached_in(&attached, 1));
+    }
+
+    /// The container path is resolved component by component: root's symlinks are followed
+    /// inside the container's root, anyone else's (in a channel, mode 1777) never.
+    #[test]
+    fn symlinks_are_followed_only_where_root_alone_can_write() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let scratch = crate::test_scratch::Scratch::new("inject-resolve");
+        let root_dir = &scratch.0;
+        std::fs::create_dir_all(root_dir.join("real/data")).unwrap();
+        std::fs::create_dir_all(root_dir.join("etc")).unwrap();
+        symlink("/real", root_dir.join("link")).unwrap();
+        symlink("../../../../real", root_dir.join("up")).unwrap();
+        symlink("/nowhere", root_dir.join("dangling")).unwrap();
+        std::fs::create_dir(root_dir.join("chan")).unwrap();
+        std::fs::set_permissions(
+            root_dir.join("chan"),
+            std::fs::Permissions::from_mode(0o1777),
+        )
+        .unwrap();
+        symlink("/etc", root_dir.join("chan/sub")).unwrap();
+        let root: OwnedFd = File::open(root_dir).unwrap().into();
+        let ino = |fd: &OwnedFd| rustix::fs::fstat(fd).unwrap().st_ino;
+        let real = ino(&resolve_in_container(&root, Path::new("real/data"), false).unwrap());
+        assert_eq!(
+            ino(&resolve_in_container(&root, Path::new("link/data"), false).unwrap()),
+            real
+        );
+        assert_eq!(
+            ino(&resolve_in_container(&root, Path::new("up/data"), false).unwrap()),
+            real
+        );
+        let refused = resolve_in_container(&root, Path::new("chan/sub/x"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused
+                .contains("/chan/sub is a symlink in a directory that others than root can write"),
+            "{refused}"
+        );
+        assert!(!root_dir.join("etc/x").exists());
+        let dangling = resolve_in_container(&root, Path::new("dangling/x"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            dangling.contains("is a symlink whose target does not exist inside the container"),
+            "{dangling}"
+        );
+        assert!(!root_dir.join("nowhere").exists());
+        // Made where missing, in a channel too, and never followed after being made.
+        resolve_in_container(&root, Path::new("chan/inner/deeper"), true).unwrap();
+        assert!(root_dir.join("chan/inner/deeper").is_dir());
     }
 
     #[test]

@@ -519,3 +519,58 @@ fn two_paths_never_share_a_unit() {
         sb.assert_no_trace(first);
     }
 }
+
+/// A channel lands at its container path and nowhere else (issue 20, class 4): with a channel
+/// at /data, a host user who plants `sub -> /etc` in it (mode 1777) cannot send a second
+/// channel for /data/sub over the container's /etc; nested channels of one hook are attached
+/// outer first, the inner one inside the outer.
+#[test]
+fn a_channel_lands_at_its_container_path_and_nowhere_else() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("nested");
+    let bundle = runc_bundle(&dir.path("n1"), "n1", |_| {});
+    sb.runc_start(&bundle, "n1").ok();
+    let pid = sb.runc_pid("n1");
+    sb.hostchan(&["create", "--pid", &pid, "/run/nest/outer:/data"])
+        .ok();
+    as_nobody(&sb, "ln -s /etc /run/nest/outer/sub").ok();
+    let etc_before = sb.runc_exec("n1", "ls /etc").ok().stdout;
+    let out = sb.hostchan(&["create", "--pid", &pid, "/run/nest/inner:/data/sub"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("/data/sub is a symlink in a directory that others than root can write"),
+        "{out:#?}"
+    );
+    let mounts = sb.runc_exec("n1", "cat /proc/mounts").ok().stdout;
+    assert!(!mounts.contains(" /etc tmpfs "), "{mounts}");
+    assert_eq!(sb.runc_exec("n1", "ls /etc").ok().stdout, etc_before);
+    assert!(sb.mount_options("/run/nest/inner").is_none());
+    assert!(!sb.path("/run/nest/inner").exists());
+    sb.runc(&["delete", "--force", "n1"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+
+    // One hook, the inner channel's key first: attached outer first, the inner inside it.
+    let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
+    let bundle = runc_bundle(&dir.path("n2"), "n2", |c| {
+        c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+        c["annotations"] = serde_json::json!({
+            "io.hostchan.channel.a": "/run/hostchan/n2/inner:/data/sub:rw:1M",
+            "io.hostchan.channel.b": "/run/hostchan/n2/outer:/data:rw:1M",
+        });
+    });
+    sb.runc_start(&bundle, "n2").ok();
+    sb.runc_exec("n2", "echo in > /data/sub/x && echo out > /data/y")
+        .ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/hostchan/n2/inner/x")).unwrap(),
+        "in\n"
+    );
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/hostchan/n2/outer/y")).unwrap(),
+        "out\n"
+    );
+    sb.runc(&["delete", "--force", "n2"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+    sb.assert_no_trace("/run/hostchan/n2/inner");
+}

@@ -326,7 +326,11 @@ impl Channels {
         // (a raise with --grow-memory-limit reads it again, right before).
         let mut owner_memory: HashMap<String, Option<Memory>> = HashMap::new();
         let several = pending.len() > 1;
-        for at in 0..pending.len() {
+        // Outer container paths first: a channel at /data/sub is attached inside the one at
+        // /data, not hidden under it.
+        let mut order: Vec<usize> = (0..pending.len()).collect();
+        order.sort_by_key(|&at| pending[at].spec.container_path.components().count());
+        for at in order {
             let one = &mut pending[at];
             let memory = match &one.options.owner {
                 Owner::Unit(owner) if several => *owner_memory

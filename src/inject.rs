@@ -14,7 +14,7 @@ use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
 
 use crate::error::{Context, Error, Result};
 use crate::model::Attached;
-use crate::spec::Access;
+use crate::spec::{Access, ChannelSpec};
 
 /// Where in which container a channel goes.
 #[derive(Debug, Clone)]
@@ -202,6 +202,32 @@ pub fn check_other_mount_namespace(pid: i32) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses to attach a channel read-only in a container with a user namespace of its own. The
+/// kernel locks the read-only flag (MNT_LOCK_READONLY) only of mounts a less privileged mount
+/// namespace inherits when it is made; a mount moved into a namespace that the container's
+/// user namespace owns is not locked, and the container's root (CAP_SYS_ADMIN there) could
+/// `mount -o remount,rw,bind` it and write into the host's channel.
+pub fn check_read_only_holds(pid: i32, spec: &ChannelSpec) -> Result<()> {
+    if spec.access != Access::Ro {
+        return Ok(());
+    }
+    let user_ns = |path: &str| -> Result<(u64, u64)> {
+        let stat = rustix::fs::stat(path)
+            .map_err(|e| Error::owner(format!("cannot look at {path}")).caused_by(e))?;
+        Ok((stat.st_dev, stat.st_ino))
+    };
+    if user_ns(&format!("/proc/{pid}/ns/user"))? == user_ns("/proc/self/ns/user")? {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "access",
+        format!("{}:{}:ro", spec.host_path.display(), spec.container_path.display()),
+        format!(
+            "the container of pid {pid} has a user namespace of its own, whose root could make a channel attached from outside writable again (the kernel does not lock it); give it rw access in this container"
+        ),
+    ))
 }
 
 /// `/a/b` -> `a/b`: paths are resolved relative to a root directory file descriptor.

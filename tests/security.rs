@@ -574,3 +574,60 @@ fn a_channel_lands_at_its_container_path_and_nowhere_else() {
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
     sb.assert_no_trace("/run/hostchan/n2/inner");
 }
+
+/// `ro` means read-only, also to a container with its own user namespace (issue 20, class 5):
+/// the kernel does not lock the read-only flag of a mount moved into such a container, whose
+/// root could remount it writable, so hostchan refuses `ro` there with one line (CLI and hook)
+/// and makes nothing; `rw` works, and `ro` still holds for a container without one.
+#[test]
+fn read_only_holds_or_is_refused_in_a_user_namespaced_container() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("userns-ro");
+    let userns = |c: &mut serde_json::Value| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        c["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        c["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    };
+    let bundle = runc_bundle(&dir.path("u1"), "u1", |c| {
+        userns(c);
+        let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
+        c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+        c["annotations"] = serde_json::json!({
+            "io.hostchan.channel": "/run/hostchan/u1/ro:/ro:ro:1M",
+        });
+    });
+    let out = sb.runc_start(&bundle, "u1");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("has a user namespace of its own"),
+        "{out:#?}"
+    );
+    let _ = sb.runc(&["delete", "--force", "u1"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/hostchan/u1").exists());
+
+    let bundle = runc_bundle(&dir.path("u2"), "u2", userns);
+    sb.runc_start(&bundle, "u2").ok();
+    let pid = sb.runc_pid("u2");
+    let out = sb.hostchan(&["create", "--pid", &pid, "/run/uro/ro:/ro:ro:1M"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(
+        out.stderr.contains("has a user namespace of its own"),
+        "{out:#?}"
+    );
+    assert!(!sb.path("/run/uro/ro").exists());
+    sb.hostchan(&["create", "--pid", &pid, "/run/uro/rw:/rw:rw:1M"])
+        .ok();
+    sb.runc_exec("u2", "echo in > /rw/x").ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/uro/rw/x")).unwrap(),
+        "in\n"
+    );
+    sb.runc(&["delete", "--force", "u2"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+}

@@ -167,6 +167,7 @@ impl Channels {
             }
             owner::check_container_process(attach.pid)?;
             inject::check_other_mount_namespace(attach.pid)?;
+            inject::check_read_only_holds(attach.pid, &spec)?;
         }
         let systemd = self.systemd()?;
         // A delete-lifetime owner is the unit hostchan keeps, started below once the record
@@ -391,6 +392,7 @@ impl Channels {
             if !here {
                 owner::check_container_process(attach.pid)?;
                 inject::check_other_mount_namespace(attach.pid)?;
+                inject::check_read_only_holds(attach.pid, spec)?;
                 let attached = attach_in_container(spec, attach)?;
                 record.attached = Some(attached);
             }

@@ -741,7 +741,12 @@ fn at_once(argvs: &[Vec<String>]) -> (Duration, usize) {
                 s.spawn(move || {
                     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
                     barrier.wait();
-                    measure(&argv).ok
+                    let exit = measure(&argv);
+                    if !exit.ok {
+                        // Kept out of the table, but said: an error is a finding.
+                        eprintln!("bench: {} failed: {}", argv.join(" "), exit.stderr.trim());
+                    }
+                    exit.ok
                 })
             })
             .collect();

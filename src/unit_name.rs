@@ -52,6 +52,12 @@ pub fn mount_unit_name(path: &Path) -> String {
     fit_unit_name(format!("{}.mount", escape_path(path)))
 }
 
+/// Whether systemd shortens the mount unit name of `path` with a hash: only then can another
+/// path have the same unit name.
+pub fn is_shortened(path: &Path) -> bool {
+    escape_path(path).len() + ".mount".len() >= UNIT_NAME_MAX
+}
+
 /// Shortens a unit name that is too long the way systemd does: the first characters, `_`, and 16
 /// hex digits of a SipHash-2-4 of the whole name (with its NUL), then the type suffix.
 pub fn fit_unit_name(name: String) -> String {
@@ -125,6 +131,10 @@ mod tests {
         let short = format!("/{}", unit.trim_end_matches(".mount").replace('-', "/"));
         assert!(short.len() < 256);
         assert_eq!(mount_unit_name(Path::new(&short)), unit);
+        assert!(is_shortened(Path::new(&long)));
+        assert!(!is_shortened(Path::new(&short)));
+        assert!(!is_shortened(Path::new(&format!("/{}", "a".repeat(249)))));
+        assert!(is_shortened(Path::new(&format!("/{}", "a".repeat(250)))));
     }
 
     #[test]

@@ -518,6 +518,59 @@ fn two_paths_never_share_a_unit() {
         sb.hostchan(&["delete", first]).ok();
         sb.assert_no_trace(first);
     }
+    // The long path's record outlives its units (its cleanup stopped alone, then the mount),
+    // and root mounts the short path with systemd's own tool: the unit name is now that mount's,
+    // and deleting the long path's channel leaves it alone.
+    sb.hostchan(&["create", "--scope", "a.scope", &format!("{long}:/c:rw:1M")])
+        .ok();
+    let cleanup = sb.units_matching("hostchan-cleanup@*");
+    assert_eq!(cleanup.len(), 1, "{cleanup:?}");
+    sb.run(&["systemctl", "stop", &cleanup[0]]).ok();
+    sb.run(&["systemctl", "stop", &unit]).ok();
+    sb.wait_for(
+        || sb.mount_options(&long).is_none(),
+        "the long path's unmount",
+    );
+    assert_eq!(sb.record_files().len(), 1);
+    sb.run(&[
+        "busctl",
+        "call",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        &unit,
+        "fail",
+        "3",
+        "Where",
+        "s",
+        &short,
+        "What",
+        "s",
+        "tmpfs",
+        "Type",
+        "s",
+        "tmpfs",
+        "0",
+    ])
+    .ok();
+    sb.wait_for(
+        || sb.mount_options(&short).is_some(),
+        "root's mount of the short path",
+    );
+    assert_eq!(sb.property(&unit, "Where"), short);
+    let out = sb.hostchan(&["delete", &long]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!("is now the mount of {short}")),
+        "{out:#?}"
+    );
+    assert!(
+        sb.mount_options(&short).is_some(),
+        "root's own mount was stopped"
+    );
+    sb.run(&["systemctl", "stop", &unit]).ok();
 }
 
 /// A channel lands at its container path and nowhere else (issue 20, class 4): with a channel

@@ -3,6 +3,8 @@
 //! and gc's expiry of idle channels). gc's removal of leftovers whose units are gone already is
 //! its last step alone, [`Channels::remove_leftovers`].
 
+use std::path::Path;
+
 use super::{Channels, Cleanup};
 use crate::error::{Error, Result};
 use crate::fail_point;
@@ -11,6 +13,7 @@ use crate::inject;
 use crate::memory;
 use crate::record::Record;
 use crate::systemd::{Job, Systemd};
+use crate::unit_name;
 
 /// What a teardown does when a step fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,29 @@ impl Channels {
         for record in records {
             let first = jobs.len();
             let mut asked = true;
+            // A shortened unit name can be another path's: stop it only if it is this one's.
+            if unit_name::is_shortened(record.host_path()) {
+                match systemd.mount_where(record.unit()) {
+                    Ok(Some(other)) if Path::new(&other) != record.host_path() => {
+                        errors.note(
+                            record,
+                            Error::runtime(format!(
+                                "{} is now the mount of {other}, not of {}; left it as it is",
+                                record.unit(),
+                                record.host_path().display()
+                            )),
+                        )?;
+                        queued.push((first, first, false));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        errors.note(record, e)?;
+                        queued.push((first, first, false));
+                        continue;
+                    }
+                }
+            }
             for unit in [record.unit(), &record.channel.cleanup_unit] {
                 match fail_point::check("teardown-stop").and_then(|()| systemd.queue_stop(unit)) {
                     Ok(job) => jobs.extend(job),

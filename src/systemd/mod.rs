@@ -168,6 +168,32 @@ impl Systemd {
     }
 
     /// A unit's memory limit and usage, in bytes (`u64::MAX` is infinity / unknown).
+    /// The `Where=` of a loaded mount unit; `None` when systemd has no such unit.
+    pub fn mount_where(&self, unit: &str) -> Result<Option<String>> {
+        let path = match self.manager.get_unit(unit) {
+            Ok(path) => path,
+            Err(e) => {
+                let e = Error::from(e);
+                return if e.kind() == Kind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                };
+            }
+        };
+        let properties =
+            zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
+                .destination("org.freedesktop.systemd1")
+                .and_then(|b| b.path(path))
+                .and_then(|b| b.build())?;
+        let interface =
+            zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Mount");
+        let value = properties
+            .get(interface, "Where")
+            .map_err(zbus::Error::from)?;
+        Ok(String::try_from(value).ok())
+    }
+
     /// This process's unique name on the bus (`:1.42`).
     pub fn bus_name(&self) -> String {
         self.manager

@@ -25,6 +25,7 @@ pub fn main(cli: Cli) -> ExitCode {
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH)),
         named: cli.config.is_some(),
     };
+    let unit = own_unit(&cli.command);
     let result = run(cli.command, &config);
     match result {
         Ok(report) => {
@@ -41,7 +42,12 @@ pub fn main(cli: Cli) -> ExitCode {
             tracing::debug!("failed: {err:?}");
             // Into the journal as well: a runtime such as crun shows a hook's exit code but
             // not its stderr.
-            tracing::error!(target: crate::logging::FAILURE, "{err}");
+            match &unit {
+                Some(unit) => {
+                    tracing::error!(target: crate::logging::FAILURE, OBJECT_SYSTEMD_UNIT = %unit, "{err}")
+                }
+                None => tracing::error!(target: crate::logging::FAILURE, "{err}"),
+            }
             match cli.output {
                 OutputFormat::Json => emit(&format!("{}\n", err.json())),
                 OutputFormat::Text => eprintln!("hostchan: {err}"),
@@ -145,6 +151,21 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             .cleanup(std::path::Path::new(&host_path), &id)
             .map(Report::Cleanup),
     }
+}
+
+/// The unit this process runs as, when it is one of hostchan's own (the cleanup unit's
+/// `ExecStop=`): its failure line names that unit itself (`journalctl -u` reads
+/// OBJECT_SYSTEMD_UNIT of root's lines), because journald can only attribute a line to the
+/// sender's unit while the sender still lives, and under load it reads the line after the
+/// cleanup has exited.
+fn own_unit(command: &Command) -> Option<String> {
+    let Command::Cleanup { host_path, .. } = command else {
+        return None;
+    };
+    let path = crate::spec::normalize_absolute("host path", host_path).ok()?;
+    Some(crate::unit_name::cleanup_unit_name(
+        &crate::unit_name::mount_unit_name(&path),
+    ))
 }
 
 /// clap's own errors: help and version print as usual; anything else is bad usage (exit 2), as

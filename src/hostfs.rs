@@ -645,9 +645,8 @@ mod tests {
         let dir = &scratch.0;
         let old = make_host_path(&dir.join("r/old")).unwrap();
         std::fs::remove_dir(dir.join("r/old")).unwrap();
-        std::fs::remove_dir(dir.join("r")).unwrap();
-        // Kept, so that the new parent cannot get the old one's inode number.
-        std::fs::create_dir(dir.join("keep-inode")).unwrap();
+        // Moved away rather than removed, so that the new parent cannot get its inode number.
+        std::fs::rename(dir.join("r"), dir.join("r-gone")).unwrap();
         let new = make_host_path(&dir.join("r/new")).unwrap();
         assert_ne!(old[0], new[0]);
         // The old record goes, leaving the parent to the new channel.

@@ -291,7 +291,7 @@ pub fn remove_made(made: &[MadeDir]) -> Result<Removed> {
     let mut removed = Removed::default();
     for (i, dir) in dirs.iter().enumerate() {
         let deepest = i == 0;
-        match remove_one(dir, deepest)? {
+        match remove_one(dir)? {
             Outcome::Removed | Outcome::Gone => {
                 if deepest {
                     removed.removed_directory = true;
@@ -300,7 +300,8 @@ pub fn remove_made(made: &[MadeDir]) -> Result<Removed> {
             // Another channel's directory, or a file, is in it, or it is another create's now:
             // it stays, and so do its parents.
             Outcome::NotEmpty | Outcome::NotOurs if !deepest => break,
-            Outcome::NotOurs => unreachable!("the deepest directory is never judged NotOurs"),
+            // The channel's own directory with a stranger in its place is never passed over.
+            Outcome::NotOurs => return Err(stranger_at(dir)),
             Outcome::NotEmpty => {
                 return Err(Error::runtime(format!(
                     "cannot remove channel directory {}: it is not empty (kept it and its record)",
@@ -316,12 +317,24 @@ enum Outcome {
     Removed,
     Gone,
     NotEmpty,
-    /// A parent that is no longer the directory the record knows.
+    /// A directory other than the one the record knows stands at the path.
     NotOurs,
 }
 
-/// `deepest`: the channel's own directory, for which a stranger in its place is an error.
-fn remove_one(dir: &MadeDir, deepest: bool) -> Result<Outcome> {
+/// The error for a path where something other than the directory hostchan made stands.
+fn stranger_at(dir: &MadeDir) -> Error {
+    let why = if is_mount_point(&dir.path).unwrap_or(false) {
+        "something is mounted on it"
+    } else {
+        "it is no longer the directory hostchan made (another file or directory took its place)"
+    };
+    Error::runtime(format!(
+        "cannot remove channel directory {}: {why}; left it as it is",
+        dir.path.display()
+    ))
+}
+
+fn remove_one(dir: &MadeDir) -> Result<Outcome> {
     let (Some(parent_path), Some(name)) = (dir.path.parent(), dir.path.file_name()) else {
         return Ok(Outcome::Gone);
     };
@@ -361,18 +374,10 @@ fn remove_one(dir: &MadeDir, deepest: bool) -> Result<Outcome> {
     } else if (stat.st_dev, stat.st_ino) != (dir.dev, dir.ino) {
         let is_dir =
             rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory;
-        if !deepest && is_dir {
+        if is_dir {
             return Ok(Outcome::NotOurs);
         }
-        let why = if is_mount_point(&dir.path).unwrap_or(false) {
-            "something is mounted on it"
-        } else {
-            "it is no longer the directory hostchan made (another file or directory took its place)"
-        };
-        return Err(Error::runtime(format!(
-            "cannot remove channel directory {}: {why}; left it as it is",
-            dir.path.display()
-        )));
+        return Err(stranger_at(dir));
     }
     match unlinkat(&parent, name, AtFlags::REMOVEDIR) {
         Ok(()) => Ok(Outcome::Removed),

@@ -146,8 +146,8 @@ impl Channels {
                 Standing::Live => return self.reuse(record, &spec, options).map(Prepared::Done),
                 Standing::BeingMade => return Err(being_made(&record)),
                 // A dry run only says what a create would make.
-                _ if options.dry_run => {}
-                standing => self.clear_away(&record, standing)?,
+                Standing::Left(_) if options.dry_run => {}
+                Standing::Left(left) => self.clear_away(&record, left)?,
             }
         }
         if options.dry_run {

@@ -16,11 +16,27 @@ pub(super) enum Standing {
     Live,
     /// Another hostchan is creating it now.
     BeingMade,
+    /// What is left of a channel that will never be up: a create takes it away.
+    Left(Left),
+}
+
+/// A channel that will never be up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Left {
     /// Its creator died before it was up (its lock is there, and nobody holds it), and every
     /// call it sent has reached systemd.
     HalfMade,
     /// Its units are gone and nothing is mounted at its path: what a crash or a reboot left.
     Gone,
+}
+
+impl Left {
+    fn why(self) -> &'static str {
+        match self {
+            Left::HalfMade => "its creator died before it was up",
+            Left::Gone => "its units are gone",
+        }
+    }
 }
 
 impl Channels {
@@ -38,7 +54,7 @@ impl Channels {
                         return Ok(Standing::BeingMade);
                     }
                 }
-                return Ok(Standing::HalfMade);
+                return Ok(Standing::Left(Left::HalfMade));
             }
             Creator::Done => {}
         }
@@ -51,27 +67,27 @@ impl Channels {
             .unit_states(&names)?
             .values()
             .any(|status| status.exists() || status.job_id != 0);
-        Ok(if live { Standing::Live } else { Standing::Gone })
+        Ok(if live {
+            Standing::Live
+        } else {
+            Standing::Left(Left::Gone)
+        })
     }
 
-    /// Takes away a channel that is half made or gone, so that a create can make it anew.
-    pub(super) fn clear_away(&self, record: &Record, standing: Standing) -> Result<()> {
-        let cleared = match standing {
-            Standing::HalfMade => self
+    /// Takes away what is left of a channel, so that a create can make it anew.
+    pub(super) fn clear_away(&self, record: &Record, left: Left) -> Result<()> {
+        let cleared = match left {
+            Left::HalfMade => self
                 .tear_down_half_made(record)
                 .and_then(|()| self.store.forget_creator(&record.channel.id)),
-            Standing::Gone => self.remove_leftovers(record).map(drop),
-            Standing::Live | Standing::BeingMade => return Err(record.already_a_channel()),
+            Left::Gone => self.remove_leftovers(record).map(drop),
         };
         cleared.map_err(|e| {
             e.context(format!(
                 "host path {} holds what is left of channel {} ({})",
                 record.host_path().display(),
                 record.channel.id,
-                match standing {
-                    Standing::HalfMade => "its creator died half way",
-                    _ => "its units are gone",
-                }
+                left.why()
             ))
         })?;
         tracing::info!(
@@ -79,10 +95,7 @@ impl Channels {
             "took away channel {} at {}: {}",
             record.channel.id,
             record.host_path().display(),
-            match standing {
-                Standing::HalfMade => "its creator died before it was up",
-                _ => "its units were gone",
-            }
+            left.why()
         );
         Ok(())
     }

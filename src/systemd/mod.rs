@@ -153,12 +153,7 @@ impl Systemd {
             )))
             }
         };
-        let path = self.manager.get_unit(unit)?;
-        let properties =
-            zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
-                .destination("org.freedesktop.systemd1")
-                .and_then(|b| b.path(path))
-                .and_then(|b| b.build())?;
+        let properties = self.properties_of(self.manager.get_unit(unit)?)?;
         let interface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
         Ok(properties
             .get_all(interface)
@@ -181,17 +176,26 @@ impl Systemd {
                 };
             }
         };
-        let properties =
-            zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
-                .destination("org.freedesktop.systemd1")
-                .and_then(|b| b.path(path))
-                .and_then(|b| b.build())?;
+        let properties = self.properties_of(path)?;
         let interface =
             zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Mount");
         let value = properties
             .get(interface, "Where")
             .map_err(zbus::Error::from)?;
         Ok(String::try_from(value).ok())
+    }
+
+    /// The properties of the unit at `path` (from `GetUnit`).
+    fn properties_of(
+        &self,
+        path: OwnedObjectPath,
+    ) -> Result<zbus::blocking::fdo::PropertiesProxy<'static>> {
+        Ok(
+            zbus::blocking::fdo::PropertiesProxy::builder(self.manager.inner().connection())
+                .destination("org.freedesktop.systemd1")
+                .and_then(|b| b.path(path))
+                .and_then(|b| b.build())?,
+        )
     }
 
     /// This process's unique name on the bus (`:1.42`).

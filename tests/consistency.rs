@@ -186,15 +186,7 @@ fn random_kills_leave_nothing_behind() {
         // its stop jobs running (the unmount, then the cleanup unit removing the record): the
         // state is read once systemd has no job left, or a mount seen going would be taken for
         // one without its record.
-        sb.wait_for(
-            || {
-                sb.run(&["systemctl", "list-jobs", "--no-legend"])
-                    .stdout
-                    .trim()
-                    .is_empty()
-            },
-            "systemd's jobs to end",
-        );
+        sb.wait_for_no_jobs();
         for path in &paths {
             if sb.mount_options(path).is_some() {
                 let status = sb.hostchan(&["status", "--output", "json", path]);

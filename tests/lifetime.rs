@@ -160,14 +160,7 @@ fn a_mapped_root_owns_its_channel() {
     let sb = Sandbox::boot();
     let dir = TempDir::new("userns");
     let bundle = runc_bundle(&dir.path("u1"), "u1", |c| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "user"}));
-        c["linux"]["uidMappings"] =
-            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        c["linux"]["gidMappings"] =
-            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        common::with_user_namespace(c);
         let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
         c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
         c["annotations"] = serde_json::json!({

@@ -636,18 +636,8 @@ fn a_channel_lands_at_its_container_path_and_nowhere_else() {
 fn read_only_holds_or_is_refused_in_a_user_namespaced_container() {
     let sb = Sandbox::boot();
     let dir = TempDir::new("userns-ro");
-    let userns = |c: &mut serde_json::Value| {
-        c["linux"]["namespaces"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({"type": "user"}));
-        c["linux"]["uidMappings"] =
-            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-        c["linux"]["gidMappings"] =
-            serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    };
     let bundle = runc_bundle(&dir.path("u1"), "u1", |c| {
-        userns(c);
+        common::with_user_namespace(c);
         let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
         c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
         c["annotations"] = serde_json::json!({
@@ -664,7 +654,7 @@ fn read_only_holds_or_is_refused_in_a_user_namespaced_container() {
     assert!(sb.channel_units().is_empty());
     assert!(!sb.path("/run/hostchan/u1").exists());
 
-    let bundle = runc_bundle(&dir.path("u2"), "u2", userns);
+    let bundle = runc_bundle(&dir.path("u2"), "u2", common::with_user_namespace);
     sb.runc_start(&bundle, "u2").ok();
     let pid = sb.runc_pid("u2");
     let out = sb.hostchan(&["create", "--pid", &pid, "/run/uro/ro:/ro:ro:1M"]);

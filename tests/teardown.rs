@@ -254,15 +254,7 @@ fn a_systemd_that_does_not_answer_is_a_clear_error_and_leaves_nothing() {
         "{stderr}"
     );
     // systemd takes the start and then the stop in, in order: the channel comes and goes.
-    sb.wait_for(
-        || {
-            sb.run(&["systemctl", "list-jobs", "--no-legend"])
-                .stdout
-                .trim()
-                .is_empty()
-        },
-        "systemd's jobs to end",
-    );
+    sb.wait_for_no_jobs();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
     sb.hostchan(&["gc"]).ok();
     sb.assert_no_trace("/run/to/c");

@@ -316,15 +316,41 @@ impl Sandbox {
                 // What the journal holds without the unit match: whether the lines were lost
                 // or only not attributed to the unit (their _SYSTEMD_UNIT and stream fields).
                 let all = self
-                    .run(&["journalctl", "--no-pager", "-o", "verbose", "-n", "30"])
+                    .run(&[
+                        "journalctl",
+                        "--no-pager",
+                        "-o",
+                        "verbose",
+                        "-n",
+                        "30",
+                        // Not the kernel's lines, which the sandbox's journald also reads from
+                        // the host and which filled the last 30 entries of a failure seen.
+                        "_TRANSPORT=stdout",
+                        "_TRANSPORT=journal",
+                        "_TRANSPORT=syslog",
+                    ])
                     .stdout;
                 panic!(
                     "timed out waiting for {needles:?} in journalctl -u {unit}:\n{text}\n\
-                     the last entries of the whole journal:\n{all}"
+                     the last entries of the journal but the kernel's:\n{all}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits until systemd has no job queued or running: what was asked of it is done.
+    #[track_caller]
+    pub fn wait_for_no_jobs(&self) {
+        self.wait_for(
+            || {
+                self.run(&["systemctl", "list-jobs", "--no-legend"])
+                    .stdout
+                    .trim()
+                    .is_empty()
+            },
+            "systemd's jobs to end",
+        );
     }
 
     #[track_caller]
@@ -495,6 +521,19 @@ pub fn runc_bundle(dir: &Path, name: &str, edit: impl FnOnce(&mut serde_json::Va
     edit(&mut config);
     fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
     bundle
+}
+
+/// Gives a runc bundle's container a user namespace of its own, its root mapped to host uid
+/// and gid 100000.
+pub fn with_user_namespace(config: &mut serde_json::Value) {
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    config["linux"]["uidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    config["linux"]["gidMappings"] =
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
 }
 
 impl Sandbox {

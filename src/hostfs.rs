@@ -213,14 +213,26 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
 /// are still what one of them made (a record can be older than the directory at its path now:
 /// removed when it was empty and made again by a later create), each with the identity it has
 /// now; a directory no record made as it is now is left out, so that no channel ever claims it.
+/// One that another create planned and has not made yet stays planned: that create may make it
+/// after this one found it missing, and this channel must be able to remove it if it goes last.
 pub fn still_made(recorded: Vec<MadeDir>) -> Vec<MadeDir> {
     let mut still: Vec<MadeDir> = Vec::new();
     for dir in &recorded {
         if still.iter().any(|s| s.path == dir.path) {
             continue;
         }
-        let Ok(fd) = open_dir_nofollow(&dir.path) else {
-            continue;
+        let planned = || {
+            recorded
+                .iter()
+                .any(|d| d.path == dir.path && d.is_planned())
+        };
+        let fd = match open_dir_nofollow(&dir.path) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if planned() => {
+                still.push(MadeDir::planned(dir.path.clone()));
+                continue;
+            }
+            Err(_) => continue,
         };
         let Ok(now) = fstat(&fd) else {
             continue;
@@ -662,7 +674,10 @@ mod tests {
         assert_eq!(shared, [new[0].clone()]);
         assert_eq!(still_made(vec![old[0].clone()]), Vec::<MadeDir>::new());
         let planned = MadeDir::planned(dir.join("r"));
-        assert_eq!(still_made(vec![planned]), [new[0].clone()]);
+        assert_eq!(still_made(vec![planned.clone()]), [new[0].clone()]);
+        // Planned by a create that has not made it yet: it stays planned.
+        let later = MadeDir::planned(dir.join("not-yet"));
+        assert_eq!(still_made(vec![later.clone()]), [later]);
         assert!(remove_made(&new).unwrap().removed_directory);
         assert!(!dir.join("r").exists());
     }

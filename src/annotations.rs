@@ -14,7 +14,8 @@ use crate::model::{Lifetime, Requester};
 use crate::owner::OwnerRequest;
 use crate::spec::{self, ChannelSpec, RootOwner};
 
-/// `stop` or `delete`: how long the container's channels live (default: channels.lifetime).
+/// How long the container's channels live: `stop` or `delete` for the hook (default:
+/// channels.lifetime), `container` or `pod` for the NRI plugin (default: container).
 pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
 /// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
 pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
@@ -24,15 +25,34 @@ pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
 pub struct Container<'a> {
     pub id: &'a str,
     pub annotations: &'a BTreeMap<String, String>,
+    /// The pod as the runtime describes it (the NRI plugin); `None`: as the engine wrote it
+    /// into the annotations (the hook).
+    pub pod: Option<kube::Pod>,
     /// Who owns the channels: the container's process (the hook), or a unit the caller found.
     pub owner: OwnerRequest,
     /// The host uid and gid the container's root is mapped to (itself when it has no user
     /// namespace); `None` when the caller cannot tell.
     pub root_mapping: Option<RootOwner>,
-    /// The engine deletes containers through `hostchan delete --container` (or relies on the
-    /// idle limit, as iSulad's hook file does): said by the hook's command line, which the
-    /// operator wrote, never by an annotation.
-    pub engine_deletes: bool,
+    pub caller: Caller,
+}
+
+/// Who asks for the container's channels, which decides the lifetimes annotations may ask for.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The OCI hook: `stop` and `delete`. `engine_deletes`: the engine deletes containers
+    /// through `hostchan delete --container` (or relies on the idle limit, as iSulad's hook
+    /// file does): said by the hook's command line, which the operator wrote, never by an
+    /// annotation.
+    Hook { engine_deletes: bool },
+    /// The NRI plugin, for a container of this pod sandbox: `container` and `pod`.
+    Nri { sandbox: String },
+}
+
+/// The lifetimes a Kubernetes pod's annotations may ask for through the NRI plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KubeLifetime {
+    Container,
+    Pod,
 }
 
 /// The requests, each with the annotation key it came from.
@@ -48,9 +68,21 @@ fn parse_lifetime(text: &str) -> Result<Lifetime> {
         Error::invalid(
             "annotation",
             format!("{LIFETIME_ANNOTATION}={text}"),
-            "the lifetime must be stop or delete",
+            "the lifetime must be stop or delete (container or pod through the NRI plugin)",
         )
     })
+}
+
+fn parse_kube_lifetime(text: &str) -> Result<KubeLifetime> {
+    match text {
+        "container" => Ok(KubeLifetime::Container),
+        "pod" => Ok(KubeLifetime::Pod),
+        _ => Err(Error::invalid(
+            "annotation",
+            format!("{LIFETIME_ANNOTATION}={text}"),
+            "on Kubernetes the lifetime must be container or pod",
+        )),
+    }
 }
 
 /// The container's channel requests; `None` when its annotations ask for none (a pod's
@@ -60,19 +92,39 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     if asked.is_empty() {
         return Ok(None);
     }
-    let pod = kube::Pod::of(container.annotations)?;
+    let pod = match &container.pod {
+        Some(pod) => pod.clone(),
+        None => kube::Pod::of(container.annotations)?,
+    };
     let annotations = kube::for_this_container(asked, &pod);
     if annotations.is_empty() {
         return Ok(None);
     }
-    let lifetime = container
+    let asked_lifetime = container
         .annotations
         .get(LIFETIME_ANNOTATION)
-        .map(|text| parse_lifetime(text))
-        .transpose()?;
-    if lifetime == Some(Lifetime::Delete) {
-        check_delete_lifetime(config, container.engine_deletes)?;
-    }
+        .map(String::as_str);
+    // Whose the channels are: the container's, or (pod lifetime) the pod's.
+    let (lifetime, owning_container, owning_pod) = match &container.caller {
+        Caller::Hook { engine_deletes } => {
+            let lifetime = asked_lifetime.map(parse_lifetime).transpose()?;
+            if lifetime == Some(Lifetime::Delete) {
+                check_delete_lifetime(config, *engine_deletes)?;
+            }
+            (lifetime, Some(container.id.to_owned()), None)
+        }
+        Caller::Nri { sandbox } => {
+            let lifetime = asked_lifetime.map(parse_kube_lifetime).transpose()?;
+            match lifetime.unwrap_or(KubeLifetime::Container) {
+                KubeLifetime::Container => (
+                    Some(Lifetime::Stop),
+                    Some(container.id.to_owned()),
+                    Some(sandbox.clone()),
+                ),
+                KubeLifetime::Pod => (Some(Lifetime::Pod), None, Some(sandbox.clone())),
+            }
+        }
+    };
     let root_owner = container
         .annotations
         .get(ROOT_OWNER_ANNOTATION)
@@ -86,7 +138,8 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     let ask = Ask {
         requester: Requester::Annotations(pod.tenant(container.id)),
         owner: container.owner.clone(),
-        container: Some(container.id.to_owned()),
+        container: owning_container,
+        pod: owning_pod,
         lifetime,
         root_owner,
         attach: None,
@@ -228,9 +281,12 @@ mod tests {
         Container {
             id: "c1",
             annotations,
+            pod: None,
             owner: OwnerRequest::Unbound,
             root_mapping: Some(RootOwner { uid: 0, gid: 0 }),
-            engine_deletes: false,
+            caller: Caller::Hook {
+                engine_deletes: false,
+            },
         }
     }
 
@@ -276,7 +332,9 @@ mod tests {
             "{refused}"
         );
         let mut engine = plain.clone();
-        engine.engine_deletes = true;
+        engine.caller = Caller::Hook {
+            engine_deletes: true,
+        };
         let made = requests(&builtin, &engine).unwrap().unwrap();
         assert_eq!(made.options[0].lifetime, Lifetime::Delete);
         assert!(requests(&config("[hook]\ndelete_lifetime = \"allow\"\n"), &plain).is_ok());

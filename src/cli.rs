@@ -122,6 +122,10 @@ pub enum Command {
         #[arg(long)]
         engine_deletes: bool,
     },
+    /// Run as an NRI plugin (containerd 1.7+, CRI-O 1.26+): make the channels a Kubernetes pod's
+    /// io.hostchan.channel[.NAME] annotations ask for as its containers are created, and have the
+    /// runtime bind-mount them; remove them with the container or the pod.
+    Nri(crate::nri::NriArgs),
     /// Print a CDI spec whose device hostchan.io/channel=hook runs hostchan as an OCI hook at
     /// createRuntime and poststop (for engines that take CDI devices: podman, CRI-O,
     /// containerd, Docker 25+); install it as /etc/cdi/hostchan.json.

@@ -26,6 +26,17 @@ pub fn main(cli: Cli) -> ExitCode {
         named: cli.config.is_some(),
     };
     let unit = own_unit(&cli.command);
+    if let Command::Nri(args) = cli.command {
+        // A service, not a command: it logs, and says nothing on stdout.
+        return match crate::nri::run(&args, &current_binary(), &config.path, config.named) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(target: crate::logging::FAILURE, "{err}");
+                eprintln!("hostchan: {err}");
+                ExitCode::from(err.exit_code() as u8)
+            }
+        };
+    }
     let result = run(cli.command, &config);
     match result {
         Ok(report) => {
@@ -90,6 +101,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 requester: Requester::Cli,
                 owner: request,
                 container: args.container,
+                pod: None,
                 lifetime: args.lifetime,
                 root_owner,
                 attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
@@ -150,6 +162,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
         Command::Cleanup { id, host_path } => channels
             .cleanup(std::path::Path::new(&host_path), &id)
             .map(Report::Cleanup),
+        Command::Nri(_) => unreachable!("run as a service above"),
     }
 }
 

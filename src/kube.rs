@@ -101,7 +101,7 @@ impl Pod {
             ));
         }
         if let Some(namespace) = &pod.namespace {
-            if !is_name(namespace) || namespace == "." || namespace == ".." {
+            if !is_namespace(namespace) {
                 return Err(Error::invalid(
                     "pod namespace",
                     namespace,
@@ -112,6 +112,25 @@ impl Pod {
         Ok(pod)
     }
 
+    /// The pod as the runtime describes it (NRI's fields, not annotations); empty is unknown.
+    pub fn of_runtime(name: &str, namespace: &str, uid: &str, container: &str) -> Result<Pod> {
+        let known = |text: &str| (!text.is_empty()).then(|| text.to_owned());
+        if !namespace.is_empty() && !is_namespace(namespace) {
+            return Err(Error::invalid(
+                "pod namespace",
+                namespace,
+                "is not a Kubernetes namespace name",
+            ));
+        }
+        Ok(Pod {
+            sandbox: false,
+            container: known(container),
+            name: known(name),
+            namespace: known(namespace),
+            uid: known(uid),
+        })
+    }
+
     /// Whose subtree the pod's (or the lone container's) channels go in.
     pub fn tenant(&self, container_id: &str) -> Tenant {
         match &self.namespace {
@@ -119,6 +138,10 @@ impl Pod {
             None => Tenant::Container(container_id.to_owned()),
         }
     }
+}
+
+fn is_namespace(text: &str) -> bool {
+    is_name(text) && text != "." && text != ".."
 }
 
 fn is_name(text: &str) -> bool {

@@ -23,6 +23,7 @@ mod kube;
 mod logging;
 mod memory;
 mod model;
+mod nri;
 mod oci;
 mod output;
 mod owner;

@@ -23,6 +23,9 @@ pub struct Channel {
     pub owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// The pod sandbox the NRI plugin made the channel for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     pub unit: String,
     pub cleanup_unit: String,
     /// Seconds since the epoch.
@@ -127,6 +130,10 @@ pub enum Lifetime {
     /// With the container: through its stops and starts, until `hostchan delete --container`
     /// (or the idle limit).
     Delete,
+    /// With the pod: bound to its sandbox's unit, through its containers' restarts. Only the NRI
+    /// plugin, which knows the pod, makes these.
+    #[value(skip)]
+    Pod,
 }
 
 impl fmt::Display for Lifetime {
@@ -134,6 +141,7 @@ impl fmt::Display for Lifetime {
         f.write_str(match self {
             Lifetime::Stop => "stop",
             Lifetime::Delete => "delete",
+            Lifetime::Pod => "pod",
         })
     }
 }
@@ -217,6 +225,7 @@ pub(crate) mod tests {
             },
             owner: owner.map(str::to_owned),
             container: Some("c0ffee".into()),
+            pod: None,
             cleanup_unit: unit_name::cleanup_unit_name(&unit),
             unit,
             created: 1_700_000_000,

@@ -151,9 +151,10 @@ fn create_all(
         &annotations::Container {
             id: &container,
             annotations: &state.annotations,
+            pod: None,
             owner: OwnerRequest::Pid(pid),
             root_mapping: annotations::root_mapping_of(pid),
-            engine_deletes,
+            caller: annotations::Caller::Hook { engine_deletes },
         },
     )?
     else {

@@ -90,6 +90,16 @@ pub fn fit_unit_name(name: String) -> String {
 /// Never shortened by a hash, so that two ids never share a keeper: ids whose name would pass
 /// 255 characters are refused ([`crate::units::validate_container_id`]).
 pub fn keeper_unit_name(container: &str) -> String {
+    format!("hostchan-keep@{}.service", escape_container_id(container))
+}
+
+/// The unit that binds a container's channels (made by the NRI plugin before the container had
+/// a unit) to the container's unit once it has one; named as the keeper is, and never shortened.
+pub fn binder_unit_name(container: &str) -> String {
+    format!("hostchan-bind@{}.service", escape_container_id(container))
+}
+
+fn escape_container_id(container: &str) -> String {
     let mut escaped = String::with_capacity(container.len());
     for &byte in container.as_bytes() {
         match byte {
@@ -99,7 +109,7 @@ pub fn keeper_unit_name(container: &str) -> String {
             _ => push_escaped(&mut escaped, byte),
         }
     }
-    format!("hostchan-keep@{escaped}.service")
+    escaped
 }
 
 /// The unit that removes a channel's directory after it is unmounted.

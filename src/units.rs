@@ -228,6 +228,39 @@ pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
     }
 }
 
+/// The unit that takes a container's channels down with the container's own unit: the NRI
+/// plugin makes them before the container has a unit (bound to the pod's), and starts this
+/// once it has one. Bound to that unit, it stops with it, and its stop stops the channels.
+pub fn binder_unit(
+    name: &str,
+    container: &str,
+    container_unit: &str,
+    mounts: &[&str],
+) -> TransientUnit {
+    let mut properties = oneshot_that_stays(format!(
+        "Host channels of container {container}, bound to {container_unit}"
+    ));
+    properties.extend([
+        prop(
+            "ExecStart",
+            PropertyValue::Commands(vec![Command {
+                path: "/bin/true".into(),
+                argv: vec!["/bin/true".into()],
+                ignore_failure: false,
+            }]),
+        ),
+        prop("BindsTo", list(&[container_unit])),
+        prop("After", list(&[container_unit])),
+        prop("PropagatesStopTo", list(mounts)),
+        prop("DefaultDependencies", PropertyValue::Bool(false)),
+        prop("CollectMode", s("inactive-or-failed")),
+    ]);
+    TransientUnit {
+        name: name.to_owned(),
+        properties,
+    }
+}
+
 /// The start of a service that runs nothing lasting and stays active until stopped.
 fn oneshot_that_stays(description: String) -> Vec<Property> {
     vec![

@@ -192,6 +192,7 @@ impl Channels {
             spec: spec.clone(),
             owner: options.owner.unit().map(str::to_owned),
             container: options.container.clone(),
+            pod: options.pod.clone(),
             unit: units.mount.name.clone(),
             cleanup_unit: units.cleanup.name.clone(),
             created: seconds_since_epoch(),
@@ -376,8 +377,10 @@ impl Channels {
         spec: &ChannelSpec,
         options: &CreateOptions,
     ) -> Result<Created> {
-        let same = options.container.is_some()
+        // The same container's, or (a pod-lifetime channel) the same pod's.
+        let same = (options.container.is_some() || options.pod.is_some())
             && record.channel.container == options.container
+            && record.channel.pod == options.pod
             && &record.channel.spec == spec
             && record.channel.lifetime == options.lifetime
             && hostfs::is_mount_point(record.host_path())?;

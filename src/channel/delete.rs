@@ -43,10 +43,10 @@ impl Channels {
                     record.last_seen = seconds_since_epoch();
                     self.store.replace(&record)?;
                 }
-                Lifetime::Stop => stopped.push(record),
+                Lifetime::Stop | Lifetime::Pod => stopped.push(record),
             }
         }
-        self.delete_records(container, stopped)
+        self.delete_records(&format!("container {container}"), stopped)
     }
 
     /// Deletes every channel labelled with this container id, both lifetimes; none is not an
@@ -71,7 +71,7 @@ impl Channels {
                 }
             }
         }
-        self.delete_records(container, records)
+        self.delete_records(&format!("container {container}"), records)
     }
 
     fn records_of(&self, container: &str) -> Result<Vec<Record>> {
@@ -83,7 +83,12 @@ impl Channels {
     /// Deletes these channels of `container`, going on past failures. A channel that went
     /// meanwhile (its owner stopped, or its keeper unit took it) counts as deleted if it was
     /// kept for the container, and is left out if its own owner took it.
-    fn delete_records(&self, container: &str, records: Vec<Record>) -> Result<Vec<ChannelInfo>> {
+    /// `whose`: "container ID" or "pod ID", for the error.
+    pub(super) fn delete_records(
+        &self,
+        whose: &str,
+        records: Vec<Record>,
+    ) -> Result<Vec<ChannelInfo>> {
         let mut deleted = Vec::new();
         let mut failed = Vec::new();
         for record in records {
@@ -99,7 +104,7 @@ impl Channels {
         }
         match Error::all_of(failed, |n| {
             format!(
-                "{n} of {} channels of container {container} could not be deleted",
+                "{n} of {} channels of {whose} could not be deleted",
                 n + deleted.len()
             )
         }) {

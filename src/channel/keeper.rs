@@ -20,7 +20,7 @@ pub(super) fn owner_for_lifetime(
     config: &Config,
 ) -> Result<Owner> {
     match lifetime {
-        Lifetime::Stop => owner::resolve(request, config),
+        Lifetime::Stop | Lifetime::Pod => owner::resolve(request, config),
         Lifetime::Delete => {
             let Some(container) = container else {
                 return Err(Error::usage(

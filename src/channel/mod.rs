@@ -8,6 +8,7 @@ mod gc;
 mod keeper;
 mod leftover;
 mod list;
+mod pods;
 mod request;
 mod teardown;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 pub use create::Created;
 pub use gc::{Cleanup, Leftover, LeftoverOutcome};
+pub use pods::LivePods;
 pub use request::{Ask, AttachTo, CreateOptions};
 
 use crate::error::{Error, Result};

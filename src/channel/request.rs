@@ -18,6 +18,8 @@ pub struct CreateOptions {
     pub spec: String,
     pub owner: Owner,
     pub container: Option<String>,
+    /// The pod sandbox the NRI plugin asks for the channel for.
+    pub pod: Option<String>,
     pub dry_run: bool,
     /// Also attach the channel inside this container.
     pub attach: Option<AttachTo>,
@@ -46,6 +48,8 @@ pub struct Ask {
     pub owner: OwnerRequest,
     /// The container's id, as given (checked here).
     pub container: Option<String>,
+    /// The pod sandbox's id, as given (checked here).
+    pub pod: Option<String>,
     /// `None`: the configuration's `channels.lifetime`.
     pub lifetime: Option<Lifetime>,
     pub root_owner: Option<RootOwner>,
@@ -63,12 +67,14 @@ impl CreateOptions {
             .as_deref()
             .map(validate_container_id)
             .transpose()?;
+        let pod = ask.pod.as_deref().map(validate_container_id).transpose()?;
         let lifetime = ask.lifetime.unwrap_or(config.channels.lifetime);
         let owner = keeper::owner_for_lifetime(lifetime, container.as_deref(), &ask.owner, config)?;
         Ok(CreateOptions {
             spec,
             owner,
             container,
+            pod,
             dry_run: ask.dry_run,
             attach: ask.attach,
             grow_memory_limit: ask.grow_memory_limit,

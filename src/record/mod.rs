@@ -70,6 +70,8 @@ struct RecordFields {
     owner: Option<String>,
     #[serde(default)]
     container: Option<String>,
+    #[serde(default)]
+    pod: Option<String>,
     unit: String,
     cleanup_unit: String,
     created: u64,
@@ -106,6 +108,7 @@ impl From<RecordFields> for Record {
                 },
                 owner: fields.owner,
                 container: fields.container,
+                pod: fields.pod,
                 unit: fields.unit,
                 cleanup_unit: fields.cleanup_unit,
                 created: fields.created,
@@ -573,6 +576,7 @@ mod tests {
                 },
                 owner: Some("ctr.scope".into()),
                 container: None,
+                pod: None,
                 unit: unit.into(),
                 cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
                 created: 1,

@@ -16,8 +16,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["docs", out] => docs(Path::new(out)),
+        ["nri-api"] => nri_api(),
         _ => {
-            eprintln!("usage: cargo xtask docs OUT_DIR");
+            eprintln!("usage: cargo xtask docs OUT_DIR | cargo xtask nri-api");
             return ExitCode::from(2);
         }
     };
@@ -33,6 +34,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Regenerates src/nri/api/{api,api_ttrpc}.rs from the vendored NRI api.proto, with
+/// containerd's own ttrpc code generator (no protoc needed). The output is committed, so that a
+/// build needs neither the generator nor the .proto compiler.
+fn nri_api() -> Result<Vec<PathBuf>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src/nri/api");
+    ttrpc_codegen::Codegen::new()
+        .out_dir(&dir)
+        .inputs([dir.join("api.proto")])
+        .include(&dir)
+        .rust_protobuf()
+        .customize(ttrpc_codegen::Customize {
+            async_all: true,
+            ..Default::default()
+        })
+        .rust_protobuf_customize(
+            ttrpc_codegen::ProtobufCustomize::default()
+                .gen_mod_rs(false)
+                .generate_accessors(false),
+        )
+        .run()
+        .context("ttrpc-codegen failed")?;
+    let ttrpc = dir.join("api_ttrpc.rs");
+    // The generated services need no unsafe code: keep the crate's deny in force there too.
+    let text = fs::read_to_string(&ttrpc)?.replace("#![allow(unsafe_code)]\n", "");
+    fs::write(&ttrpc, text)?;
+    Ok(vec![dir.join("api.rs"), ttrpc])
 }
 
 fn docs(out: &Path) -> Result<Vec<PathBuf>> {

@@ -1,0 +1,347 @@
+//! What the plugin does for each event, in plain blocking code over [`Channels`]: the pod and
+//! container as the runtime describes them become the annotations' create requests (the same
+//! rules, bounds and tenancy as the hook), and the channels made become bind mounts for the
+//! runtime to add.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::api::api;
+use crate::annotations::{self, Caller};
+use crate::channel::{Channels, Created, LivePods};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::kube;
+use crate::model::{Channel, Lifetime};
+use crate::owner::OwnerRequest;
+use crate::spec::Access;
+use crate::units::validate_container_id;
+
+/// Where hostchan's own annotations start; nothing else of a pod's is read.
+const OWN_ANNOTATIONS: &str = "io.hostchan.";
+
+pub struct Handler {
+    pub hostchan_binary: PathBuf,
+    pub config_path: PathBuf,
+    /// The configuration file was named on the command line: it must exist.
+    pub config_named: bool,
+}
+
+impl Handler {
+    fn channels(&self) -> Channels {
+        Channels::new(self.hostchan_binary.clone())
+    }
+
+    /// Read for every container that asks for a channel, so that the operator's changes hold
+    /// without a restart, as they do for the hook.
+    fn config(&self) -> Result<Config> {
+        Config::load(&self.config_path, self.config_named)
+    }
+
+    /// CreateContainer: makes the channels the pod's annotations ask for this container (all
+    /// or none), and returns the bind mounts that put them in it.
+    pub fn create_container(
+        &self,
+        pod: &api::PodSandbox,
+        container: &api::Container,
+    ) -> Result<Vec<api::Mount>> {
+        let asked = own_annotations(pod, container);
+        if asked.is_empty() || container.id == pod.id {
+            return Ok(Vec::new());
+        }
+        let config = self.config()?;
+        let id = validate_container_id(&container.id)?;
+        let sandbox = validate_container_id(&pod.id)?;
+        let owner = match unit_of_cgroups_path(pod.linux.cgroups_path.as_str()) {
+            Some(unit) => OwnerRequest::Unit(unit),
+            // The cgroupfs driver: no unit to bind to; the configuration decides.
+            None => OwnerRequest::Default,
+        };
+        let described =
+            kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)?;
+        let Some(requests) = annotations::requests(
+            &config,
+            &annotations::Container {
+                id: &id,
+                annotations: &asked,
+                pod: Some(described),
+                owner,
+                // The runtime does not say how the container's user namespace maps its root.
+                root_mapping: None,
+                caller: Caller::Nri { sandbox },
+            },
+        )?
+        else {
+            return Ok(Vec::new());
+        };
+        let created = self
+            .channels()
+            .create_all(&config, &requests.options)
+            .map_err(|failed| {
+                if failed.error.kind() == Kind::Config {
+                    failed.error
+                } else {
+                    failed
+                        .error
+                        .context(format!("annotation {}", requests.keys[failed.index]))
+                }
+            })?;
+        let noexec = config.tmpfs.noexec;
+        Ok(created
+            .iter()
+            .filter_map(|created| match created {
+                Created::Channel(info) | Created::Existing(info) => {
+                    tracing::info!(
+                        OBJECT_SYSTEMD_UNIT = %info.channel.unit,
+                        "channel {} for container {} ({}) of pod {}/{}",
+                        info.channel.spec.host_path.display(),
+                        container.name,
+                        id,
+                        pod.namespace,
+                        pod.name
+                    );
+                    Some(bind_mount(&info.channel, noexec))
+                }
+                Created::DryRun(_) => None,
+            })
+            .collect())
+    }
+
+    /// StartContainer: the container has its unit now.
+    pub fn start_container(&self, container: &api::Container) -> Result<()> {
+        let Some(unit) = unit_of_cgroups_path(container.linux.cgroups_path.as_str()) else {
+            return Ok(());
+        };
+        let bound = self
+            .channels()
+            .bind_to_container_unit(&container.id, &unit)?;
+        if bound > 0 {
+            tracing::info!(
+                "{bound} channels of container {} now go with {unit}",
+                container.id
+            );
+        }
+        Ok(())
+    }
+
+    /// StopContainer, RemoveContainer.
+    pub fn container_gone(&self, container: &api::Container) -> Result<()> {
+        for info in self.channels().pod_container_gone(&container.id)? {
+            tracing::info!(
+                OBJECT_SYSTEMD_UNIT = %info.channel.unit,
+                "removed channel {}: container {} is gone",
+                info.channel.spec.host_path.display(),
+                container.id
+            );
+        }
+        Ok(())
+    }
+
+    /// StopPodSandbox, RemovePodSandbox.
+    pub fn pod_gone(&self, pod: &api::PodSandbox) -> Result<()> {
+        for info in self.channels().pod_gone(&pod.id)? {
+            tracing::info!(
+                OBJECT_SYSTEMD_UNIT = %info.channel.unit,
+                "removed channel {}: pod {}/{} is gone",
+                info.channel.spec.host_path.display(),
+                pod.namespace,
+                pod.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Synchronize: what the runtime has now, after a (re)connection.
+    pub fn synchronize(&self, live: &LivePods) -> Result<()> {
+        for info in self.channels().reconcile_pods(live)? {
+            tracing::info!(
+                OBJECT_SYSTEMD_UNIT = %info.channel.unit,
+                "removed channel {}: its {} is gone",
+                info.channel.spec.host_path.display(),
+                match info.channel.lifetime {
+                    Lifetime::Pod => "pod",
+                    _ => "container",
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The pods and the containers still created or running, with the unit of each.
+pub fn live_pods(pods: &[api::PodSandbox], containers: &[api::Container]) -> LivePods {
+    use api::ContainerState as State;
+    let mut live = LivePods::default();
+    live.pods.extend(pods.iter().map(|pod| pod.id.clone()));
+    for container in containers {
+        let state = container.state.enum_value_or(State::CONTAINER_UNKNOWN);
+        if matches!(
+            state,
+            State::CONTAINER_CREATED | State::CONTAINER_PAUSED | State::CONTAINER_RUNNING
+        ) {
+            let unit = (state != State::CONTAINER_CREATED)
+                .then(|| unit_of_cgroups_path(container.linux.cgroups_path.as_str()))
+                .flatten();
+            live.containers.insert(container.id.clone(), unit);
+        }
+    }
+    live
+}
+
+/// hostchan's annotations of the pod, and of the container over them (a runtime may copy the
+/// pod's into the container's). The pod's name, namespace and uid are the runtime's fields,
+/// never annotations, which the pod's author writes.
+fn own_annotations(pod: &api::PodSandbox, container: &api::Container) -> BTreeMap<String, String> {
+    pod.annotations
+        .iter()
+        .chain(container.annotations.iter())
+        .filter(|(key, _)| key.starts_with(OWN_ANNOTATIONS))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// The unit of a container whose runtime uses the systemd cgroup driver: `SLICE:PREFIX:NAME`
+/// (runc's and crun's form of cgroupsPath) is `PREFIX-NAME.scope`. `None` for the cgroupfs
+/// driver's paths.
+pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
+    let mut parts = path.split(':');
+    let (Some(slice), Some(prefix), Some(name), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let plain = |text: &str| {
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    };
+    if !(slice.is_empty() || slice.ends_with(".slice")) || !plain(prefix) || !plain(name) {
+        return None;
+    }
+    Some(format!("{prefix}-{name}.scope"))
+}
+
+/// The runtime's bind mount of a channel into the container: read-only or not as the spec says,
+/// never a way to gain privileges or reach devices.
+fn bind_mount(channel: &Channel, noexec: bool) -> api::Mount {
+    let mut options = vec![
+        "bind".to_owned(),
+        match channel.spec.access {
+            Access::Rw => "rw",
+            Access::Ro => "ro",
+        }
+        .to_owned(),
+        "nosuid".to_owned(),
+        "nodev".to_owned(),
+    ];
+    if noexec {
+        options.push("noexec".to_owned());
+    }
+    api::Mount {
+        destination: channel.spec.container_path.display().to_string(),
+        type_: "bind".to_owned(),
+        source: channel.spec.host_path.display().to_string(),
+        options,
+        ..Default::default()
+    }
+}
+
+/// An error as the runtime shows it: one line, which containerd puts in the kubelet's event.
+pub fn refusal(error: &Error) -> String {
+    format!("hostchan: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_of_systemd_cgroup_paths() {
+        assert_eq!(
+            unit_of_cgroups_path("kubepods-besteffort-pod1.slice:cri-containerd:abc").as_deref(),
+            Some("cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            unit_of_cgroups_path(":cri-containerd:abc").as_deref(),
+            Some("cri-containerd-abc.scope")
+        );
+        for not_systemd in [
+            "",
+            "/kubepods/besteffort/pod1/abc",
+            "a.slice:crio",
+            "a.slice:crio:x:y",
+            "a.slice:cri/o:x",
+            "a.slice::x",
+            "a:cri:x",
+        ] {
+            assert_eq!(unit_of_cgroups_path(not_systemd), None, "{not_systemd}");
+        }
+    }
+
+    #[test]
+    fn only_hostchans_annotations_are_read() {
+        let pod = api::PodSandbox {
+            annotations: [
+                ("io.hostchan.channel", "/run/hostchan/ns/a:/a"),
+                ("io.kubernetes.cri.sandbox-namespace", "other"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            ..Default::default()
+        };
+        let container = api::Container {
+            annotations: [("io.hostchan.lifetime", "pod"), ("x", "y")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let keys: Vec<String> = own_annotations(&pod, &container).into_keys().collect();
+        assert_eq!(keys, ["io.hostchan.channel", "io.hostchan.lifetime"]);
+    }
+
+    #[test]
+    fn live_containers_are_the_ones_not_stopped() {
+        use api::ContainerState as State;
+        let container = |id: &str, state: State| api::Container {
+            id: id.to_owned(),
+            state: state.into(),
+            linux: protobuf::MessageField::some(api::LinuxContainer {
+                cgroups_path: format!("s.slice:cri-containerd:{id}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pods = [api::PodSandbox {
+            id: "p".into(),
+            ..Default::default()
+        }];
+        let live = live_pods(
+            &pods,
+            &[
+                container("made", State::CONTAINER_CREATED),
+                container("runs", State::CONTAINER_RUNNING),
+                container("stopped", State::CONTAINER_STOPPED),
+            ],
+        );
+        assert!(live.pods.contains("p"));
+        assert_eq!(live.containers.get("made"), Some(&None));
+        assert_eq!(
+            live.containers.get("runs"),
+            Some(&Some("cri-containerd-runs.scope".to_owned()))
+        );
+        assert!(!live.containers.contains_key("stopped"));
+    }
+
+    #[test]
+    fn bind_mounts_say_ro_or_rw_and_no_privileges() {
+        let mut channel = crate::model::tests::channel("/run/hostchan/ns/a", None);
+        channel.spec.access = Access::Ro;
+        let mount = bind_mount(&channel, true);
+        assert_eq!(mount.type_, "bind");
+        assert_eq!(mount.source, channel.spec.host_path.display().to_string());
+        assert_eq!(mount.options, ["bind", "ro", "nosuid", "nodev", "noexec"]);
+    }
+}

@@ -56,6 +56,7 @@ const MAN_PAGES: &[&str] = &[
     "hostchan-delete",
     "hostchan-gc",
     "hostchan-list",
+    "hostchan-nri",
     "hostchan-oci-hook",
     "hostchan-status",
 ];
@@ -76,9 +77,11 @@ fn deb_has_exactly_the_expected_files() {
         "/usr/bin/hostchan",
         "/etc/hostchan/config.toml",
         "/usr/lib/systemd/system/hostchan-gc.service",
+        "/usr/lib/systemd/system/hostchan-nri.service",
         "/usr/share/containers/oci/hooks.d/hostchan.json",
         "/etc/cdi/hostchan.json",
         "/usr/share/hostchan/isulad-hooks.json",
+        "/usr/share/hostchan/containerd-nri.toml",
         "/usr/share/bash-completion/completions/hostchan",
         "/usr/share/zsh/vendor-completions/_hostchan",
         "/usr/share/fish/vendor_completions.d/hostchan.fish",
@@ -107,6 +110,12 @@ fn deb_has_exactly_the_expected_files() {
     let postinst = read("postinst");
     assert!(
         postinst.contains("deb-systemd-helper enable hostchan-gc.service"),
+        "{postinst}"
+    );
+    // The NRI plugin is installed but left for the operator to enable.
+    assert!(postinst.contains("hostchan-nri.service"), "{postinst}");
+    assert!(
+        !postinst.contains("deb-systemd-helper enable hostchan-nri.service"),
         "{postinst}"
     );
     assert!(read("postrm").contains("hostchan-gc.service"));
@@ -231,6 +240,7 @@ fn rpm_has_the_expected_files_and_scriptlets() {
         "/etc/hostchan",
         "/etc/hostchan/config.toml",
         "/usr/lib/systemd/system/hostchan-gc.service",
+        "/usr/lib/systemd/system/hostchan-nri.service",
         "/usr/lib/systemd/system-preset/80-hostchan.preset",
         "/usr/share/containers",
         "/usr/share/containers/oci",
@@ -240,6 +250,7 @@ fn rpm_has_the_expected_files_and_scriptlets() {
         "/etc/cdi/hostchan.json",
         "/usr/share/hostchan",
         "/usr/share/hostchan/isulad-hooks.json",
+        "/usr/share/hostchan/containerd-nri.toml",
         "/usr/share/bash-completion/completions/hostchan",
         "/usr/share/zsh/site-functions/_hostchan",
         "/usr/share/fish/vendor_completions.d/hostchan.fish",
@@ -280,6 +291,7 @@ fn rpm_has_the_expected_files_and_scriptlets() {
             .unwrap_or_else(|| panic!("no {scriptlet}:\n{scripts}"));
         if scriptlet != "postuninstall scriptlet" {
             assert!(body.contains("hostchan-gc.service"), "{scriptlet}: {body}");
+            assert!(body.contains("hostchan-nri.service"), "{scriptlet}: {body}");
         }
     }
     let config = run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(rpm));
@@ -299,6 +311,11 @@ fn rpm_has_the_expected_files_and_scriptlets() {
     assert!(std::fs::read_to_string(preset)
         .unwrap()
         .contains("enable hostchan-gc.service"));
+    assert!(std::fs::read_to_string(
+        Path::new(common::repo()).join("packaging/rpm/80-hostchan.preset")
+    )
+    .unwrap()
+    .contains("disable hostchan-nri.service"));
     let requires = run(Command::new("rpm").args(["-qpR"]).arg(rpm));
     assert!(requires.lines().any(|l| l == "systemd"), "{requires}");
 }

@@ -132,11 +132,7 @@ impl api_ttrpc::Plugin for Plugin {
         request: api::SynchronizeRequest,
     ) -> ttrpc::Result<api::SynchronizeResponse> {
         let live = handler::live_pods(&request.pods, &request.containers);
-        tracing::info!(
-            "synchronizing with {} pods and {} live containers",
-            live.pods.len(),
-            live.containers.len()
-        );
+        let (pods, containers) = (live.pods.len(), live.containers.len());
         // A reconciliation that partly failed is logged; the plugin serves all the same.
         if let Err(e) = self
             .blocking(move |handler| handler.synchronize(&live))
@@ -144,6 +140,7 @@ impl api_ttrpc::Plugin for Plugin {
         {
             tracing::error!("synchronizing: {e}");
         }
+        tracing::info!("synchronized with {pods} pods and {containers} live containers");
         Ok(api::SynchronizeResponse::default())
     }
 

@@ -390,6 +390,7 @@ fn a_bad_annotation_fails_the_containers_creation_and_leaves_nothing() {
         )],
     );
     let error = node.create_container(&pod, "app", 0).unwrap_err();
+    eprintln!("CreateContainer: {}", error.message());
     assert!(
         error.message().contains("hostchan: "),
         "{}",

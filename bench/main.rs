@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount, MsFlags};
 
+#[path = "../tests/common/cri.rs"]
+mod cri;
+mod nri;
+
 struct Scale {
     cycles: usize,
     version_runs: usize,
@@ -128,7 +132,7 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 /// The sections, in the order they print.
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "1. one channel, create + delete (tmpfs 1048576 bytes, bound to a scope, directory removed)",
     "2. process start to exit",
     "3. list and status with N live channels (list: one ListUnitsByNames call), vs systemctl list-units --type=mount",
@@ -136,6 +140,7 @@ const SECTIONS: [&str; 7] = [
     "5. creates racing each other (one PID 1, one owner scope)",
     "6. storm: N containers starting at once, each with its own scope; every measurement on a freshly booted PID 1",
     "7. peak RSS",
+    "8. Kubernetes: CreateContainer through containerd 1.7's CRI with the NRI plugin, one channel per container (the hook's own time for one channel is in 4)",
 ];
 
 /// Rows of one phase, printed as tab-separated lines for `bench print`:
@@ -1080,6 +1085,7 @@ fn main() -> std::process::ExitCode {
         }
         ["phase", "hook"] => bench().hook(),
         ["phase", "list"] => bench().list(),
+        ["phase", "nri", containerd_dir] => nri::run(&hostchan(), containerd_dir, tiny()),
         ["phase", "storm", tool @ ("hostchan" | "systemd-mount"), n, condition @ ("fresh" | "hot")] => {
             storm(
                 &hostchan(),
@@ -1091,7 +1097,7 @@ fn main() -> std::process::ExitCode {
         ["hook-timer", ..] => return hook_timer(&args[1..]),
         ["print", file] => print(file),
         _ => {
-            eprintln!("usage: bench phase main|hook|list | bench phase storm hostchan|systemd-mount N fresh|hot | bench print FILE");
+            eprintln!("usage: bench phase main|hook|list | bench phase nri CONTAINERD_DIR | bench phase storm hostchan|systemd-mount N fresh|hot | bench print FILE");
             return std::process::ExitCode::from(2);
         }
     }

@@ -4,18 +4,15 @@
 //! CRI API by a CRI client written here (k8s-cri, tonic).
 
 mod common;
+#[path = "common/cri.rs"]
+mod cri;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::{Sandbox, HOSTCHAN};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
-use tonic::transport::{Channel, Endpoint, Uri};
+use cri::Cri;
 
-const IMAGE: &str = "hostchan.test/busybox:1";
 const NRI_SOCKET: &str = "/run/hc-containerd/nri.sock";
 
 /// containerd, unpacked once for the whole run, with its image and configuration.
@@ -39,13 +36,15 @@ fn containerd_dir() -> &'static PathBuf {
 
 struct Node {
     sandbox: Sandbox,
-    runtime: tokio::runtime::Runtime,
-    cri: RuntimeServiceClient<Channel>,
+    cri: Cri,
 }
 
-struct Pod {
-    id: String,
-    config: PodSandboxConfig,
+/// The node's CRI calls are the client's.
+impl std::ops::Deref for Node {
+    type Target = Cri;
+    fn deref(&self) -> &Cri {
+        &self.cri
+    }
 }
 
 impl Node {
@@ -61,41 +60,12 @@ impl Node {
                 dir.to_str().unwrap(),
             ])
             .ok();
-        // One runtime for the client's whole life: tonic's channel runs its connection on the
-        // runtime it was made on, which only runs while a call is blocked on it.
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let node = Node {
-            cri: Self::connect(&sandbox, &runtime),
-            runtime,
+            cri: Cri::connect(sandbox.path("/run/hc-containerd/containerd.sock")),
             sandbox,
         };
         node.start_plugin();
         node
-    }
-
-    fn connect(
-        sandbox: &Sandbox,
-        runtime: &tokio::runtime::Runtime,
-    ) -> RuntimeServiceClient<Channel> {
-        let socket = sandbox.path("/run/hc-containerd/containerd.sock");
-        let channel = runtime
-            .block_on(
-                Endpoint::try_from("http://[::]")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let socket = socket.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(socket).await?,
-                            ))
-                        }
-                    })),
-            )
-            .expect("connect to containerd's CRI");
-        RuntimeServiceClient::new(channel)
     }
 
     fn synchronizations(&self) -> usize {
@@ -136,155 +106,6 @@ impl Node {
         self.sandbox
             .run(&["systemctl", "stop", "hostchan-nri"])
             .ok();
-    }
-
-    fn cri<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, tonic::Status> {
-        self.runtime.block_on(call).map(tonic::Response::into_inner)
-    }
-
-    fn run_pod(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
-        let host_network = NamespaceOption {
-            network: NamespaceMode::Node as i32,
-            ..Default::default()
-        };
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{namespace}-{name}"),
-                namespace: namespace.into(),
-                attempt: 0,
-            }),
-            // Host-network pods keep the node's name (the kubelet sends none).
-            hostname: String::new(),
-            log_directory: format!("/run/hc-pods/{namespace}-{name}"),
-            annotations: annotations
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<HashMap<_, _>>(),
-            linux: Some(LinuxPodSandboxConfig {
-                // As the kubelet's systemd cgroup driver names a pod's slice.
-                cgroup_parent: format!("kubepods-besteffort-poduid_{namespace}_{name}.slice"),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(host_network),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut cri = self.cri.clone();
-        let id = self
-            .cri(cri.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }))
-            .expect("RunPodSandbox")
-            .pod_sandbox_id;
-        Pod { id, config }
-    }
-
-    fn create_container(
-        &self,
-        pod: &Pod,
-        name: &str,
-        attempt: u32,
-    ) -> Result<String, tonic::Status> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt,
-            }),
-            image: Some(ImageSpec {
-                image: IMAGE.into(),
-                ..Default::default()
-            }),
-            command: vec!["/bin/sleep".into(), "3600".into()],
-            log_path: format!("{name}-{attempt}.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let mut cri = self.cri.clone();
-        self.cri(cri.create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.id.clone(),
-            config: Some(config),
-            sandbox_config: Some(pod.config.clone()),
-        }))
-        .map(|r| r.container_id)
-    }
-
-    fn start_container(&self, id: &str) {
-        let mut cri = self.cri.clone();
-        self.cri(cri.start_container(StartContainerRequest {
-            container_id: id.into(),
-        }))
-        .expect("StartContainer");
-    }
-
-    fn run_container(&self, pod: &Pod, name: &str, attempt: u32) -> String {
-        let id = self
-            .create_container(pod, name, attempt)
-            .expect("CreateContainer");
-        self.start_container(&id);
-        id
-    }
-
-    /// Runs `script` in the container: its exit code and output.
-    fn exec(&self, container: &str, script: &str) -> (i32, String) {
-        let mut cri = self.cri.clone();
-        let done = self
-            .cri(cri.exec_sync(ExecSyncRequest {
-                container_id: container.into(),
-                cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                timeout: 20,
-            }))
-            .expect("ExecSync");
-        (
-            done.exit_code,
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&done.stdout),
-                String::from_utf8_lossy(&done.stderr)
-            ),
-        )
-    }
-
-    fn remove_container(&self, id: &str) {
-        let mut cri = self.cri.clone();
-        self.cri(cri.stop_container(StopContainerRequest {
-            container_id: id.into(),
-            timeout: 0,
-        }))
-        .expect("StopContainer");
-        let mut cri = self.cri.clone();
-        self.cri(cri.remove_container(RemoveContainerRequest {
-            container_id: id.into(),
-        }))
-        .expect("RemoveContainer");
-    }
-
-    fn remove_pod(&self, pod: &Pod) {
-        let mut cri = self.cri.clone();
-        self.cri(cri.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        }))
-        .expect("StopPodSandbox");
-        let mut cri = self.cri.clone();
-        self.cri(cri.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        }))
-        .expect("RemovePodSandbox");
     }
 
     fn host(&self, script: &str) -> String {
@@ -431,11 +252,7 @@ fn the_plugins_restart_keeps_live_channels_and_removes_orphans() {
 
     // While the plugin is down its container goes (never started: no unit of its own).
     node.stop_plugin();
-    let mut cri = node.cri.clone();
-    node.cri(cri.remove_container(RemoveContainerRequest {
-        container_id: orphan.clone(),
-    }))
-    .unwrap();
+    node.remove_created_container(&orphan);
     assert!(node.sandbox.mount_options(&orphan_path).is_some());
 
     node.start_plugin();

@@ -154,7 +154,11 @@ impl api_ttrpc::Plugin for Plugin {
         _: &TtrpcContext,
         request: api::CreateContainerRequest,
     ) -> ttrpc::Result<api::CreateContainerResponse> {
-        let name = request.container.name.clone();
+        let started = std::time::Instant::now();
+        let name = format!(
+            "{}/{}/{}",
+            request.pod.namespace, request.pod.name, request.container.name
+        );
         let mounts = self
             .blocking(move |handler| handler.create_container(&request.pod, &request.container))
             .await
@@ -165,6 +169,12 @@ impl api_ttrpc::Plugin for Plugin {
         if mounts.is_empty() {
             return Ok(api::CreateContainerResponse::default());
         }
+        // The time the runtime waited for us, against its request timeout (2 s by default).
+        tracing::info!(
+            "container {name}: {} channels in {:.1} ms",
+            mounts.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
         Ok(api::CreateContainerResponse {
             adjust: protobuf::MessageField::some(api::ContainerAdjustment {
                 mounts,

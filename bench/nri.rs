@@ -1,0 +1,205 @@
+//! Section 8: the NRI plugin in front of a real containerd (tests/sandbox/containerd.sh's,
+//! started in this phase's sandbox). Each CreateContainer's time as the plugin measures it
+//! (its journal line) and as the CRI client sees it, for one pod at a time and for many pods
+//! whose containers are asked for at once; beside it, the same without a channel; and the
+//! plugin's resident memory idle and after the storm.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::cri::{Cri, Pod};
+use crate::{burst_label, count_records, ms, ratio, wait_until, Rows};
+
+const SECTION: usize = 8;
+const NRI_SOCKET: &str = "/run/hc-containerd/nri.sock";
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The plugin's own time for each container it gave a channel, by `namespace/pod/container`.
+fn plugin_times() -> HashMap<String, Duration> {
+    sh("journalctl --no-pager -o cat -u hostchan-nri.service")
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("container ")?;
+            let (name, rest) = rest.split_once(": ")?;
+            let millis = rest.split(" channels in ").nth(1)?.strip_suffix(" ms")?;
+            Some((
+                name.to_owned(),
+                Duration::from_secs_f64(millis.parse::<f64>().ok()? / 1000.0),
+            ))
+        })
+        .collect()
+}
+
+/// The plugin's resident set and its peak so far, in KiB (/proc/PID/status).
+fn plugin_memory() -> (u64, u64) {
+    let pid = sh("systemctl show -P MainPID hostchan-nri.service");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+        .expect("the plugin's /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn annotations(channel: bool) -> Vec<(&'static str, &'static str)> {
+    if channel {
+        vec![(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/{pod_name}:/data:rw:1M",
+        )]
+    } else {
+        Vec::new()
+    }
+}
+
+fn remove_pods(cri: &Cri, pods: &[Pod]) {
+    for pod in pods {
+        cri.remove_pod(pod);
+    }
+    wait_until(Duration::from_secs(120), "the channels to go", || {
+        count_records(Path::new("/var/lib/hostchan/channels")) == 0
+    });
+}
+
+/// One pod at a time: the CRI client's CreateContainer time for each.
+fn one_at_a_time(cri: &Cri, namespace: &str, rounds: usize, channel: bool) -> Vec<Duration> {
+    let mut times = Vec::new();
+    let mut pods = Vec::new();
+    for round in 0..rounds {
+        let pod = cri.run_pod(namespace, &format!("p{round}"), &annotations(channel));
+        let mut at_once = cri.create_containers_at_once(std::slice::from_ref(&pod), "app");
+        let (_, took) = at_once.remove(0).expect("CreateContainer");
+        times.push(took);
+        pods.push(pod);
+    }
+    remove_pods(cri, &pods);
+    times
+}
+
+/// `n` pods made first, then one container in each asked for at once.
+fn storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
+    let pods: Vec<Pod> = (0..n)
+        .map(|i| cri.run_pod(namespace, &format!("p{i}"), &annotations(channel)))
+        .collect();
+    let times = cri
+        .create_containers_at_once(&pods, "app")
+        .into_iter()
+        .map(|result| result.expect("CreateContainer").1)
+        .collect();
+    remove_pods(cri, &pods);
+    times
+}
+
+pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
+    let (rounds, n) = if tiny { (3, 4) } else { (20, 64) };
+    sh(&format!(
+        "{repo}/tests/sandbox/containerd.sh start {containerd_dir} >/dev/null",
+        repo = env!("CARGO_MANIFEST_DIR")
+    ));
+    sh(&format!(
+        "systemd-run --quiet --unit=hostchan-nri {hostchan} nri --socket {NRI_SOCKET}"
+    ));
+    wait_until(Duration::from_secs(30), "the plugin to synchronize", || {
+        sh("journalctl --no-pager -o cat -u hostchan-nri.service").contains("synchronized with")
+    });
+    let cri = Cri::connect("/run/hc-containerd/containerd.sock".into());
+    // A first pod and container warm containerd up (image, snapshotter); not counted.
+    one_at_a_time(&cri, "warm", 1, true);
+    let (idle_rss, _) = plugin_memory();
+
+    let without_one = one_at_a_time(&cri, "plain", rounds, false);
+    let with_one = one_at_a_time(&cri, "bench", rounds, true);
+    let plugin_one: Vec<Duration> = plugin_times()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("bench/"))
+        .map(|(_, took)| took)
+        .collect();
+    let without_storm = storm(&cri, "plainstorm", n, false);
+    let with_storm = storm(&cri, "storm", n, true);
+    let plugin_storm: Vec<Duration> = plugin_times()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("storm/"))
+        .map(|(_, took)| took)
+        .collect();
+    let (after_rss, peak_rss) = plugin_memory();
+    let burst = format!("burst {}", burst_label());
+    let slowest = plugin_storm.iter().max().copied().unwrap_or_default();
+
+    let plugin1 = Rows::timing(
+        SECTION,
+        &format!("plugin, CreateContainer with a channel, 1 pod, {burst}"),
+        &plugin_one,
+        "the plugin's own time (its journal line)".into(),
+    );
+    let pluginn = Rows::timing(
+        SECTION,
+        &format!("plugin, CreateContainer with a channel, {n} pods at once, {burst}"),
+        &plugin_storm,
+        format!("slowest {} (NRI's request timeout: 2 s)", ms(slowest)),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  plugin: {n} at once / 1"),
+        format!(
+            "{:.2}x median, {:.2}x p95",
+            ratio(pluginn.median, plugin1.median),
+            ratio(pluginn.p95, plugin1.p95)
+        ),
+        String::new(),
+    );
+    for (what, with, without) in [
+        (format!("1 pod, {burst}"), &with_one, &without_one),
+        (
+            format!("{n} pods at once, {burst}"),
+            &with_storm,
+            &without_storm,
+        ),
+    ] {
+        let w = Rows::timing(
+            SECTION,
+            &format!("CRI CreateContainer with a channel, {what}"),
+            with,
+            String::new(),
+        );
+        let wo = Rows::timing(
+            SECTION,
+            &format!("CRI CreateContainer without, {what}"),
+            without,
+            "containerd alone (the plugin answers with nothing)".into(),
+        );
+        Rows::line(
+            SECTION,
+            &format!("  with / without, {what}"),
+            format!("{:.2}x", ratio(w.median, wo.median)),
+            format!(
+                "{} added at the median",
+                ms(w.median.saturating_sub(wo.median))
+            ),
+        );
+    }
+    Rows::line(
+        SECTION,
+        &format!("plugin RSS idle / after the storm / peak, {burst}"),
+        format!("{idle_rss} / {after_rss} / {peak_rss} KiB"),
+        "VmRSS before and after, VmHWM".into(),
+    );
+}

@@ -56,9 +56,26 @@ pub fn init(verbosity: u8) {
                 .with_filter(LevelFilter::INFO.max(stderr_level))
         });
 
+    // Under a unit whose stderr is the journal (hostchan-nri, hostchan-gc) each line would be
+    // there twice: once with its fields, once as plain text.
+    let stderr = (journal.is_none() || !stderr_is_the_journal()).then_some(stderr);
+
     // A second init (tests, or a library user who set up logging) keeps the first.
     let _ = tracing_subscriber::registry()
         .with(stderr)
         .with(journal)
         .try_init();
+}
+
+/// systemd sets JOURNAL_STREAM to the device and inode of the stream it connects a service's
+/// stdout and stderr to (systemd.exec(5)).
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream == format!("{}:{}", stderr.dev(), stderr.ino())
 }

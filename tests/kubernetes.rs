@@ -49,6 +49,12 @@ impl std::ops::Deref for Node {
 
 impl Node {
     fn start() -> Node {
+        let node = Node::without_plugin();
+        node.start_plugin();
+        node
+    }
+
+    fn without_plugin() -> Node {
         let dir = containerd_dir();
         let sandbox = Sandbox::boot();
         sandbox
@@ -60,12 +66,10 @@ impl Node {
                 dir.to_str().unwrap(),
             ])
             .ok();
-        let node = Node {
+        Node {
             cri: Cri::connect(sandbox.path("/run/hc-containerd/containerd.sock")),
             sandbox,
-        };
-        node.start_plugin();
-        node
+        }
     }
 
     fn synchronizations(&self) -> usize {
@@ -286,5 +290,64 @@ fn the_plugins_restart_keeps_live_channels_and_removes_orphans() {
         || node.host(&format!("test -e {live_path} || echo gone")) == "gone\n",
         "the directory to go",
     );
+    node.remove_pod(&pod);
+}
+
+#[test]
+fn containerd_runs_the_shipped_cdi_spec_without_the_plugin() {
+    // The shipped spec, pointing at the binary under test; CDI on, the plugin not running.
+    let node = Node::without_plugin();
+    let shipped = std::fs::read_to_string(common::repo().join("packaging/cdi/hostchan.json"))
+        .unwrap()
+        .replace("/usr/bin/hostchan", HOSTCHAN);
+    std::fs::create_dir_all(node.sandbox.path("/run/cdi")).unwrap();
+    std::fs::write(node.sandbox.path("/run/cdi/hostchan.json"), shipped).unwrap();
+
+    let host_path = "/run/hostchan/team-a/cdi/data";
+    let pod = node.run_pod(
+        "team-a",
+        "cdi",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/{pod_name}/data:/data:rw:1M",
+        )],
+    );
+    // A container without the device gets nothing: the annotations alone do not run the hook.
+    let plain = node.run_container(&pod, "plain", 0);
+    assert_eq!(node.sandbox.mount_options(host_path), None);
+    node.remove_container(&plain);
+
+    let container = node
+        .create_container_with(
+            &pod,
+            "app",
+            0,
+            &[("cdi.k8s.io/hostchan", "hostchan.io/channel=hook")],
+        )
+        .expect("CreateContainer with the CDI device");
+    node.start_container(&container);
+    let options = node
+        .sandbox
+        .mount_options(host_path)
+        .expect("the hook made the channel");
+    assert!(options.contains("size=1024k"), "{options}");
+    assert_eq!(
+        node.sandbox.property(
+            &hostchan::mount_unit_name(std::path::Path::new(host_path)),
+            "BindsTo"
+        ),
+        format!("cri-containerd-{container}.scope")
+    );
+    node.host(&format!("echo from-host > {host_path}/h"));
+    let (code, out) = node.exec(&container, "cat /data/h && echo from-pod > /data/p");
+    assert_eq!((code, out.as_str()), (0, "from-host\n"));
+    assert_eq!(node.host(&format!("cat {host_path}/p")), "from-pod\n");
+
+    node.remove_container(&container);
+    node.sandbox.wait_for(
+        || node.host(&format!("test -e {host_path} || echo gone")) == "gone\n",
+        "the channel to go with the container",
+    );
+    node.sandbox.assert_no_trace(host_path);
     node.remove_pod(&pod);
 }

@@ -102,8 +102,17 @@ impl Cri {
         Pod { id, config }
     }
 
-    fn create_request(pod: &Pod, name: &str, attempt: u32) -> CreateContainerRequest {
+    fn create_request(
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        annotations: &[(&str, &str)],
+    ) -> CreateContainerRequest {
         let config = ContainerConfig {
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             metadata: Some(ContainerMetadata {
                 name: name.into(),
                 attempt,
@@ -139,8 +148,19 @@ impl Cri {
         name: &str,
         attempt: u32,
     ) -> Result<String, tonic::Status> {
+        self.create_container_with(pod, name, attempt, &[])
+    }
+
+    /// CreateContainer with the container's own annotations (a CDI device, say).
+    pub fn create_container_with(
+        &self,
+        pod: &Pod,
+        name: &str,
+        attempt: u32,
+        annotations: &[(&str, &str)],
+    ) -> Result<String, tonic::Status> {
         let mut client = self.client.clone();
-        self.call(client.create_container(Self::create_request(pod, name, attempt)))
+        self.call(client.create_container(Self::create_request(pod, name, attempt, annotations)))
             .map(|r| r.container_id)
     }
 
@@ -153,7 +173,7 @@ impl Cri {
     ) -> Vec<Result<(String, Duration), tonic::Status>> {
         let calls = pods.iter().map(|pod| {
             let mut client = self.client.clone();
-            let request = Self::create_request(pod, name, 0);
+            let request = Self::create_request(pod, name, 0, &[]);
             async move {
                 let started = Instant::now();
                 let response = client.create_container(request).await?;

@@ -73,6 +73,9 @@ state = "/run/hc-containerd/state"
     snapshotter = "native"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+      # For the CDI device's hook, which reads the channels from the OCI config (the NRI plugin
+      # reads the pod's annotations from the runtime and needs none of this).
+      pod_annotations = ["io.hostchan.*"]
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = true
         BinaryName = "/usr/sbin/runc"

@@ -1030,7 +1030,9 @@ fn print(file: &str) {
             String::new(),
         ]);
     }
-    sections.entry(6).or_default().extend(storm_rows);
+    if !storm_rows.is_empty() {
+        sections.entry(6).or_default().extend(storm_rows);
+    }
 
     let header = ["what", "n", "median", "p95", "ratio / note"].map(String::from);
     let mut widths = [0; 5];

@@ -36,7 +36,7 @@ fn plugin_times() -> HashMap<String, Duration> {
         .filter_map(|line| {
             let rest = line.strip_prefix("container ")?;
             let (name, rest) = rest.split_once(": ")?;
-            let millis = rest.split(" channels in ").nth(1)?.strip_suffix(" ms")?;
+            let millis = rest.rsplit_once(" in ")?.1.strip_suffix(" ms")?;
             Some((
                 name.to_owned(),
                 Duration::from_secs_f64(millis.parse::<f64>().ok()? / 1000.0),

@@ -117,7 +117,8 @@ impl Handler {
             .bind_to_container_unit(&container.id, &unit)?;
         if bound > 0 {
             tracing::info!(
-                "{bound} channels of container {} now go with {unit}",
+                "{} of container {} now go with {unit}",
+                count_channels(bound),
                 container.id
             );
         }
@@ -165,6 +166,14 @@ impl Handler {
             );
         }
         Ok(())
+    }
+}
+
+/// "1 channel", "2 channels": for the journal's lines.
+pub fn count_channels(n: usize) -> String {
+    match n {
+        1 => "1 channel".to_owned(),
+        n => format!("{n} channels"),
     }
 }
 

@@ -171,8 +171,8 @@ impl api_ttrpc::Plugin for Plugin {
         }
         // The time the runtime waited for us, against its request timeout (2 s by default).
         tracing::info!(
-            "container {name}: {} channels in {:.1} ms",
-            mounts.len(),
+            "container {name}: {} in {:.1} ms",
+            handler::count_channels(mounts.len()),
             started.elapsed().as_secs_f64() * 1000.0
         );
         Ok(api::CreateContainerResponse {

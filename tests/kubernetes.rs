@@ -351,3 +351,56 @@ fn containerd_runs_the_shipped_cdi_spec_without_the_plugin() {
     node.sandbox.assert_no_trace(host_path);
     node.remove_pod(&pod);
 }
+
+#[test]
+fn the_plugin_reconnects_when_containerd_restarts() {
+    let node = Node::start();
+    let pod = node.run_pod(
+        "team-a",
+        "again",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/{pod_name}/{container}:/data",
+        )],
+    );
+    let before = node.run_container(&pod, "before", 0);
+    let synchronized = node.synchronizations();
+    node.sandbox
+        .run(&["systemctl", "restart", "hc-containerd"])
+        .ok();
+    node.sandbox.wait_for(
+        || node.synchronizations() > synchronized,
+        "the plugin to reconnect and synchronize",
+    );
+    node.sandbox
+        .wait_for(|| node.answers(), "containerd's CRI to answer again");
+    // The running container kept its channel across the restart, and a new pod gets its own
+    // from the reconnected plugin.
+    assert!(node
+        .sandbox
+        .mount_options("/run/hostchan/team-a/again/before")
+        .is_some());
+    assert_eq!(node.exec(&before, "echo kept > /data/f").0, 0);
+    assert_eq!(
+        node.host("cat /run/hostchan/team-a/again/before/f"),
+        "kept\n"
+    );
+    let later = node.run_pod(
+        "team-a",
+        "later",
+        &[("io.hostchan.channel", "/run/hostchan/team-a/later:/data")],
+    );
+    let after = node.run_container(&later, "after", 0);
+    let (code, out) = node.exec(&after, "grep ' /data ' /proc/mounts");
+    assert_eq!(code, 0, "{out}");
+    assert!(node
+        .sandbox
+        .mount_options("/run/hostchan/team-a/later")
+        .is_some());
+    node.remove_pod(&later);
+    node.remove_pod(&pod);
+    node.sandbox.wait_for(
+        || node.sandbox.channel_units().is_empty(),
+        "the channels to go with the pod",
+    );
+}

@@ -61,6 +61,13 @@ impl Cri {
         self.runtime.block_on(call).map(tonic::Response::into_inner)
     }
 
+    /// Whether the runtime answers (after a restart the first call finds the old connection
+    /// broken, and the next one makes a new one).
+    pub fn answers(&self) -> bool {
+        let mut client = self.client.clone();
+        self.call(client.version(VersionRequest::default())).is_ok()
+    }
+
     pub fn run_pod(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
         let host_network = NamespaceOption {
             network: NamespaceMode::Node as i32,

@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::channel::{Ask, CreateOptions};
+use crate::channel::{Ask, Channels, CreateOptions, Created};
 use crate::config::{Config, DeleteLifetime};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::kube;
 use crate::model::{Lifetime, Requester};
 use crate::owner::OwnerRequest;
@@ -60,6 +60,25 @@ enum KubeLifetime {
 pub struct Requests {
     pub keys: Vec<String>,
     pub options: Vec<CreateOptions>,
+}
+
+impl Requests {
+    /// Makes every channel asked for, all at once (one connection, every start job in flight
+    /// together), or none: a failure takes back the ones made. Its error names the annotation.
+    pub fn create_all(&self, channels: &Channels, config: &Config) -> Result<Vec<Created>> {
+        channels
+            .create_all(config, &self.options)
+            .map_err(|failed| {
+                // A broken configuration is not about this annotation.
+                if failed.error.kind() == Kind::Config {
+                    failed.error
+                } else {
+                    failed
+                        .error
+                        .context(format!("annotation {}", self.keys[failed.index]))
+                }
+            })
+    }
 }
 
 /// The annotation's value, as `create --lifetime` reads it.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::annotations;
 use crate::channel::{AttachTo, ChannelInfo, Channels, Created};
 use crate::config::Config;
-use crate::error::{Context, Error, Kind, Result};
+use crate::error::{Context, Error, Result};
 use crate::owner::OwnerRequest;
 use crate::units::validate_container_id;
 
@@ -168,21 +168,9 @@ fn create_all(
     for options in &mut requests.options {
         options.attach = Some(attach.clone());
     }
-    // All at once: one connection, every start job in flight together. Channels found made
-    // already (a delete-lifetime channel attached again, a second hook) are left as they were
-    // by a failure; the ones made are taken back.
-    let created = channels
-        .create_all(config, &requests.options)
-        .map_err(|failed| {
-            // A broken configuration is not about this annotation.
-            if failed.error.kind() == Kind::Config {
-                failed.error
-            } else {
-                failed
-                    .error
-                    .context(format!("annotation {}", requests.keys[failed.index]))
-            }
-        })?;
+    // Channels found made already (a delete-lifetime channel attached again, a second hook)
+    // are left as they were by a failure.
+    let created = requests.create_all(channels, config)?;
     let channels = created
         .into_iter()
         .filter_map(|created| match created {

@@ -10,7 +10,7 @@ use super::api::api;
 use crate::annotations::{self, Caller};
 use crate::channel::{Channels, Created, LivePods};
 use crate::config::Config;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Error, Result};
 use crate::kube;
 use crate::model::{Channel, Lifetime};
 use crate::owner::OwnerRequest;
@@ -74,18 +74,7 @@ impl Handler {
         else {
             return Ok(Vec::new());
         };
-        let created = self
-            .channels()
-            .create_all(&config, &requests.options)
-            .map_err(|failed| {
-                if failed.error.kind() == Kind::Config {
-                    failed.error
-                } else {
-                    failed
-                        .error
-                        .context(format!("annotation {}", requests.keys[failed.index]))
-                }
-            })?;
+        let created = requests.create_all(&self.channels(), &config)?;
         let noexec = config.tmpfs.noexec;
         Ok(created
             .iter()

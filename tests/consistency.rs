@@ -33,7 +33,22 @@ fn assert_nothing_left(sb: &Sandbox, root: &str) {
         !mounts.lines().any(|m| m.starts_with(root)),
         "mounts left under {root}:\n{mounts}"
     );
-    assert!(!sb.path(root).exists(), "{root} left");
+    if sb.path(root).exists() {
+        // What is left and hostchan's last lines, for a failure to explain itself.
+        let tree = sb.run(&["find", root, "-printf", "%p %i %u %m\n"]).stdout;
+        let journal = sb
+            .run(&[
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "short-monotonic",
+                "-n",
+                "60",
+                "SYSLOG_IDENTIFIER=hostchan",
+            ])
+            .stdout;
+        panic!("{root} left: {tree}\n{journal}");
+    }
 }
 
 fn spawn(sb: &Sandbox, argv: &[&str]) -> Child {

@@ -298,7 +298,15 @@ pub struct Removed {
 /// create's record has it); anything else that stops the removal is an error naming the
 /// directory, and the rest stays.
 pub fn remove_made(made: &[MadeDir]) -> Result<Removed> {
-    let mut dirs: Vec<&MadeDir> = made.iter().collect();
+    // A record can name a path twice: a parent it shared as another channel had made it, which
+    // went while empty before this create made it again. The later entry is what this create
+    // made and what stands there now; the earlier one would stop the removal as not ours.
+    let mut dirs: Vec<&MadeDir> = Vec::new();
+    for dir in made.iter().rev() {
+        if !dirs.iter().any(|kept| kept.path == dir.path) {
+            dirs.push(dir);
+        }
+    }
     dirs.sort_by_key(|d| std::cmp::Reverse(d.path.components().count()));
     let mut removed = Removed::default();
     for (i, dir) in dirs.iter().enumerate() {
@@ -680,6 +688,25 @@ mod tests {
         assert_eq!(still_made(vec![later.clone()]), [later]);
         assert!(remove_made(&new).unwrap().removed_directory);
         assert!(!dir.join("r").exists());
+    }
+
+    /// A create that shared a parent another channel had made, which went while empty before
+    /// this create made it again: its record names the parent twice, and its teardown removes
+    /// the parent as it made it.
+    #[test]
+    fn a_parent_shared_then_made_again_goes_with_the_channel() {
+        let scratch = Scratch::new("hostfs-shared-again");
+        let dir = &scratch.0;
+        let first = make_host_path(&dir.join("s/first")).unwrap();
+        let shared = still_made(vec![first[0].clone()]);
+        assert_eq!(shared, [first[0].clone()]);
+        // The first channel goes, and its parent with it, before the second makes its own.
+        std::fs::rename(dir.join("s"), dir.join("s-gone")).unwrap();
+        let made = make_host_path(&dir.join("s/second")).unwrap();
+        assert_ne!(made[0], first[0]);
+        let recorded = [shared, made].concat();
+        assert!(remove_made(&recorded).unwrap().removed_directory);
+        assert!(!dir.join("s").exists());
     }
 
     #[test]

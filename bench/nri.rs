@@ -4,7 +4,6 @@
 //! whose containers are asked for at once; beside it, the same without a channel; and the
 //! plugin's resident memory idle and after the storm.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -29,17 +28,17 @@ fn sh(script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The plugin's own time for each container it gave a channel, by `namespace/pod/container`.
-fn plugin_times() -> HashMap<String, Duration> {
+/// The plugin's own time for each container of pods in `namespace` it gave a channel (its
+/// journal lines `container NAMESPACE/POD/CONTAINER: 1 channel in N ms`).
+fn plugin_times(namespace: &str) -> Vec<Duration> {
+    let prefix = format!("container {namespace}/");
     sh("journalctl --no-pager -o cat -u hostchan-nri.service")
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix("container ")?;
-            let (name, rest) = rest.split_once(": ")?;
+            let rest = line.strip_prefix(&prefix)?;
             let millis = rest.rsplit_once(" in ")?.1.strip_suffix(" ms")?;
-            Some((
-                name.to_owned(),
-                Duration::from_secs_f64(millis.parse::<f64>().ok()? / 1000.0),
+            Some(Duration::from_secs_f64(
+                millis.parse::<f64>().ok()? / 1000.0,
             ))
         })
         .collect()
@@ -128,18 +127,10 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
 
     let without_one = one_at_a_time(&cri, "plain", rounds, false);
     let with_one = one_at_a_time(&cri, "bench", rounds, true);
-    let plugin_one: Vec<Duration> = plugin_times()
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("bench/"))
-        .map(|(_, took)| took)
-        .collect();
+    let plugin_one = plugin_times("bench");
     let without_storm = storm(&cri, "plainstorm", n, false);
     let with_storm = storm(&cri, "storm", n, true);
-    let plugin_storm: Vec<Duration> = plugin_times()
-        .into_iter()
-        .filter(|(name, _)| name.starts_with("storm/"))
-        .map(|(_, took)| took)
-        .collect();
+    let plugin_storm = plugin_times("storm");
     let (after_rss, peak_rss) = plugin_memory();
     let burst = format!("burst {}", burst_label());
     let slowest = plugin_storm.iter().max().copied().unwrap_or_default();

@@ -70,12 +70,11 @@ pub fn init(verbosity: u8) {
 /// systemd sets JOURNAL_STREAM to the device and inode of the stream it connects a service's
 /// stdout and stderr to (systemd.exec(5)).
 fn stderr_is_the_journal() -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
-    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+    let Ok(stderr) = rustix::fs::fstat(std::io::stderr()) else {
         return false;
     };
-    stream == format!("{}:{}", stderr.dev(), stderr.ino())
+    stream == format!("{}:{}", stderr.st_dev, stderr.st_ino)
 }

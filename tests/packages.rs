@@ -311,15 +311,11 @@ fn rpm_has_the_expected_files_and_scriptlets() {
         flags.lines().any(|l| l == "cn /etc/hostchan/config.toml"),
         "{flags}"
     );
-    let preset = Path::new(common::repo()).join("packaging/rpm/80-hostchan.preset");
-    assert!(std::fs::read_to_string(preset)
-        .unwrap()
-        .contains("enable hostchan-gc.service"));
-    assert!(std::fs::read_to_string(
-        Path::new(common::repo()).join("packaging/rpm/80-hostchan.preset")
-    )
-    .unwrap()
-    .contains("disable hostchan-nri.service"));
+    let preset =
+        std::fs::read_to_string(Path::new(common::repo()).join("packaging/rpm/80-hostchan.preset"))
+            .unwrap();
+    assert!(preset.contains("enable hostchan-gc.service"));
+    assert!(preset.contains("disable hostchan-nri.service"));
     let requires = run(Command::new("rpm").args(["-qpR"]).arg(rpm));
     assert!(requires.lines().any(|l| l == "systemd"), "{requires}");
 }

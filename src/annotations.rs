@@ -126,11 +126,16 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     // Whose the channels are: the container's, or (pod lifetime) the pod's.
     let (lifetime, owning_container, owning_pod) = match &container.caller {
         Caller::Hook { engine_deletes } => {
-            let lifetime = asked_lifetime.map(parse_lifetime).transpose()?;
-            if lifetime == Some(Lifetime::Delete) {
-                check_delete_lifetime(config, *engine_deletes)?;
+            // Decided here, whatever it comes from, so that the configuration's default passes
+            // the operator's switch as an annotation does.
+            let lifetime = match asked_lifetime {
+                Some(text) => parse_lifetime(text)?,
+                None => config.channels.lifetime,
+            };
+            if lifetime == Lifetime::Delete {
+                check_delete_lifetime(config, *engine_deletes, asked_lifetime.is_none())?;
             }
-            (lifetime, Some(container.id.to_owned()), None)
+            (Some(lifetime), Some(container.id.to_owned()), None)
         }
         Caller::Nri { sandbox } => {
             let lifetime = asked_lifetime.map(parse_kube_lifetime).transpose()?;
@@ -180,9 +185,11 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     Ok(Some(Requests { keys, options }))
 }
 
-/// Whether annotations may ask for channels that outlive the container's stops: only where the
-/// operator allows it, by default only where the engine deletes its containers through hostchan.
-fn check_delete_lifetime(config: &Config, engine_deletes: bool) -> Result<()> {
+/// Whether a hook's channels may outlive the container's stops: only where the operator allows
+/// it, by default only where the engine deletes its containers through hostchan. The same
+/// switch holds whether an annotation asked for `delete` or the configuration's
+/// `channels.lifetime` made it the default (`from_default`).
+fn check_delete_lifetime(config: &Config, engine_deletes: bool, from_default: bool) -> Result<()> {
     let allowed = match config.hook.delete_lifetime {
         DeleteLifetime::Engine => engine_deletes,
         DeleteLifetime::Allow => true,
@@ -191,14 +198,25 @@ fn check_delete_lifetime(config: &Config, engine_deletes: bool) -> Result<()> {
     if allowed {
         return Ok(());
     }
+    let why = format!(
+        "this engine's hook does not say it deletes containers through hostchan (oci-hook --engine-deletes), and hook.delete_lifetime in {} is {}",
+        config.origin(),
+        config.hook.delete_lifetime
+    );
+    if from_default {
+        return Err(Error::invalid(
+            "lifetime",
+            "delete",
+            format!(
+                "is channels.lifetime in {}, which this hook may not give: {why}; annotate {LIFETIME_ANNOTATION}=stop",
+                config.origin()
+            ),
+        ));
+    }
     Err(Error::invalid(
         "annotation",
         format!("{LIFETIME_ANNOTATION}=delete"),
-        format!(
-            "is not allowed here: this engine's hook does not say it deletes containers through hostchan (oci-hook --engine-deletes), and hook.delete_lifetime in {} is {}",
-            config.origin(),
-            config.hook.delete_lifetime
-        ),
+        format!("is not allowed here: {why}"),
     ))
 }
 
@@ -359,6 +377,100 @@ mod tests {
         assert!(requests(&config("[hook]\ndelete_lifetime = \"allow\"\n"), &plain).is_ok());
         let never = config("[hook]\ndelete_lifetime = \"refuse\"\n");
         assert!(requests(&never, &engine).is_err());
+    }
+
+    /// The operator's switch holds for the lifetime a hook's channel gets, whatever it comes
+    /// from (an annotation, or the configuration's default), for every caller: the hook with and
+    /// without --engine-deletes, CDI (the shipped spec runs the plain hook), NRI, and the CLI
+    /// (root's own command line, which the switch does not bound).
+    #[test]
+    fn the_lifetime_switch_holds_whatever_asks_for_the_lifetime() {
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum By {
+            HookEngineDeletes,
+            Hook,
+            Cdi,
+            Nri,
+            Cli,
+        }
+        let sources: &[(Option<&str>, Lifetime)] = &[
+            (Some("delete"), Lifetime::Stop),
+            (Some("delete"), Lifetime::Delete),
+            (Some("stop"), Lifetime::Delete),
+            (None, Lifetime::Delete),
+            (None, Lifetime::Stop),
+        ];
+        for (asked, default) in sources {
+            for switch in ["engine", "allow", "refuse"] {
+                for by in [By::HookEngineDeletes, By::Hook, By::Cdi, By::Nri, By::Cli] {
+                    let config = config(&format!(
+                        "[channels]\nlifetime = \"{default}\"\n[owner]\ndefault = \"unbound\"\n[hook]\ndelete_lifetime = \"{switch}\"\n"
+                    ));
+                    let mut pairs = vec![("io.hostchan.channel", "/run/hostchan/c1/a:/a")];
+                    if let Some(asked) = asked {
+                        pairs.push((LIFETIME_ANNOTATION, asked));
+                    }
+                    let asked_for = annotations(&pairs);
+                    let wanted = asked
+                        .map(|a| parse_lifetime(a).unwrap())
+                        .unwrap_or(*default);
+                    let case = format!("{by:?}, {asked:?}, default {default}, switch {switch}");
+                    let got: Result<Lifetime> = match by {
+                        By::Cli => {
+                            let ask = Ask {
+                                requester: Requester::Cli,
+                                owner: OwnerRequest::Default,
+                                container: Some("c1".into()),
+                                pod: None,
+                                lifetime: asked.map(|a| parse_lifetime(a).unwrap()),
+                                root_owner: None,
+                                attach: None,
+                                grow_memory_limit: false,
+                                dry_run: false,
+                            };
+                            CreateOptions::new(&config, String::new(), ask).map(|o| o.lifetime)
+                        }
+                        _ => {
+                            let mut asking = container(&asked_for);
+                            asking.owner = OwnerRequest::Default;
+                            asking.caller = match by {
+                                By::HookEngineDeletes => Caller::Hook {
+                                    engine_deletes: true,
+                                },
+                                By::Nri => Caller::Nri {
+                                    sandbox: "sandbox1".into(),
+                                },
+                                _ => Caller::Hook {
+                                    engine_deletes: false,
+                                },
+                            };
+                            requests(&config, &asking).map(|made| made.unwrap().options[0].lifetime)
+                        }
+                    };
+                    let allowed_delete = matches!(
+                        (by, switch),
+                        (By::Cli, _) | (_, "allow") | (By::HookEngineDeletes, "engine")
+                    );
+                    match by {
+                        // Kubernetes knows container and pod lifetimes only; the default is
+                        // the container's, bound to its stop.
+                        By::Nri if asked.is_some() => assert!(got.is_err(), "{case}: {got:?}"),
+                        By::Nri => assert_eq!(got.unwrap(), Lifetime::Stop, "{case}"),
+                        _ if wanted == Lifetime::Delete && !allowed_delete => {
+                            let err = got.expect_err(&case);
+                            assert_eq!(err.exit_code(), 2, "{case}: {err}");
+                            let named = if asked.is_some() {
+                                "io.hostchan.lifetime=delete\": is not allowed here"
+                            } else {
+                                "invalid lifetime \"delete\": is channels.lifetime in"
+                            };
+                            assert!(err.to_string().contains(named), "{case}: {err}");
+                        }
+                        _ => assert_eq!(got.unwrap(), wanted, "{case}"),
+                    }
+                }
+            }
+        }
     }
 
     #[test]

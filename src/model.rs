@@ -203,6 +203,11 @@ pub struct Attached {
     /// Device and inode of the container's mount namespace.
     pub mount_ns_dev: u64,
     pub mount_ns_ino: u64,
+    /// The kernel's id of the mount hostchan attached there: detaching acts on that mount
+    /// wherever it is now, never on whatever sits at the container path. Absent in records of
+    /// hostchans before 0.1 that did not keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount_id: Option<u64>,
 }
 
 #[cfg(test)]

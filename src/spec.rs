@@ -376,7 +376,33 @@ fn parse_container_path(text: &str) -> Result<PathBuf> {
             "must not be / (the container's root)",
         ));
     }
+    if let Some(tree) = kernel_tree(&path) {
+        return Err(Error::invalid(
+            "container path",
+            text,
+            format!(
+                "is in {tree}, which the kernel provides: a channel over it would let host users write what the container reads as {tree} (runc refuses such mounts too); choose another path{}",
+                if tree == "/dev" { " (/dev/shm itself is allowed)" } else { "" }
+            ),
+        ));
+    }
     Ok(path)
+}
+
+/// Container trees a channel may never be mounted in or over: the kernel's interfaces, which
+/// the runtime mounts and labels for the container. `/dev/shm` itself is the exception: the
+/// pod's shared memory is a tmpfs like a channel, and replacing it is a feature.
+const KERNEL_TREES: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// The kernel tree a (normalized) container path is in, if any.
+pub fn kernel_tree(path: &Path) -> Option<&'static str> {
+    if path == Path::new("/dev/shm") {
+        return None;
+    }
+    KERNEL_TREES
+        .iter()
+        .find(|tree| path.starts_with(tree))
+        .copied()
 }
 
 /// A size as a person reads it: the largest binary unit that divides it exactly.
@@ -534,6 +560,14 @@ mod tests {
             ("/a:b", "invalid container path \"b\": must be an absolute path"),
             ("/a:/", "invalid container path \"/\": must not be /"),
             ("/a:/x/..", "invalid container path \"/x/..\": must not contain"),
+            ("/a:/proc", "invalid container path \"/proc\": is in /proc, which the kernel provides"),
+            ("/a:/proc/sys/kernel", "is in /proc, which the kernel provides"),
+            ("/a://proc/./1/attr/", "invalid container path \"//proc/./1/attr/\": is in /proc"),
+            ("/a:/sys", "is in /sys"),
+            ("/a:/sys/fs/cgroup", "is in /sys"),
+            ("/a:/dev", "is in /dev, which the kernel provides"),
+            ("/a:/dev/shm/x", "(/dev/shm itself is allowed)"),
+            ("/a:/dev/mqueue", "is in /dev"),
             ("/a:", "invalid container path \"\": is empty"),
             ("/a:/b:rw:0", "invalid size \"0\": is 0 bytes, below the minimum of one page (4096 bytes)"),
             ("/a:/b:rw:4095", "below the minimum of one page (4096 bytes)"),
@@ -559,6 +593,20 @@ mod tests {
                 !message.contains('\n'),
                 "{text:?}: not one line: {message:?}"
             );
+        }
+    }
+
+    #[test]
+    fn kernel_trees_only_by_whole_components() {
+        for allowed in [
+            "/dev/shm",
+            "/procs",
+            "/system",
+            "/devices",
+            "/data/proc",
+            "/run/sys",
+        ] {
+            assert!(parse(&format!("/a:{allowed}")).is_ok(), "{allowed}");
         }
     }
 

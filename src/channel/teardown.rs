@@ -9,7 +9,7 @@ use super::{Channels, Cleanup};
 use crate::error::{Error, Result};
 use crate::fail_point;
 use crate::hostfs;
-use crate::inject;
+use crate::inject::{self, Detached};
 use crate::memory;
 use crate::record::Record;
 use crate::systemd::{Job, Systemd};
@@ -208,12 +208,31 @@ impl Channels {
     }
 }
 
-/// Unmounts the channel's copy in the container it was attached in, if that still runs.
+/// Unmounts the channel's copy in the container it was attached in, if that still runs, and
+/// says in the channel's journal where it was when it was not where it had been attached.
 pub(super) fn detach_copy(record: &Record) -> Result<()> {
-    if let Some(attached) = &record.attached {
-        if let Some(device) = hostfs::mounted_device(record.host_path())? {
-            inject::detach(attached, &record.channel.spec.container_path, device)?;
-        }
+    let Some(attached) = &record.attached else {
+        return Ok(());
+    };
+    let Some(device) = hostfs::mounted_device(record.host_path())? else {
+        return Ok(());
+    };
+    let container_path = &record.channel.spec.container_path;
+    match inject::detach(attached, container_path, device)? {
+        Detached::ContainerGone | Detached::AtContainerPath => {}
+        Detached::NotMounted => tracing::info!(
+            OBJECT_SYSTEMD_UNIT = %record.unit(),
+            "the channel's copy at {} in the container of pid {} had been unmounted already",
+            container_path.display(),
+            attached.pid
+        ),
+        Detached::Moved(now) => tracing::warn!(
+            OBJECT_SYSTEMD_UNIT = %record.unit(),
+            "the channel's copy in the container of pid {} had been moved from {} to {}; detached it there",
+            attached.pid,
+            container_path.display(),
+            now.display()
+        ),
     }
     Ok(())
 }

@@ -159,8 +159,25 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
         })
         .transpose()
         .map_err(|e: Error| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
+    // The count first, so that a container asking for 100,000 channels is refused before one
+    // of them is parsed.
+    check_channel_count(config, container.id, annotations.len())?;
+    // Every annotation is checked before anything is looked up on the machine (the owner).
+    let requester = Requester::Annotations(pod.tenant(container.id));
+    let mut keys = Vec::with_capacity(annotations.len());
+    let mut texts = Vec::with_capacity(annotations.len());
+    let mut specs = Vec::with_capacity(annotations.len());
+    for annotation in &annotations {
+        let in_annotation = |e: Error| e.context(format!("annotation {}", annotation.key));
+        spec::check_spec_length("spec", annotation.spec).map_err(in_annotation)?;
+        let text = kube::expand(annotation.spec, &pod, container.id).map_err(in_annotation)?;
+        specs.push(ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?);
+        keys.push(annotation.key.to_owned());
+        texts.push(text);
+    }
+    check_container_bounds(config, container.id, &specs)?;
     let ask = Ask {
-        requester: Requester::Annotations(pod.tenant(container.id)),
+        requester,
         owner: container.owner.clone(),
         container: owning_container,
         pod: owning_pod,
@@ -171,17 +188,7 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
         dry_run: false,
     };
     let base = CreateOptions::new(config, String::new(), ask)?;
-    let mut keys = Vec::with_capacity(annotations.len());
-    let mut options = Vec::with_capacity(annotations.len());
-    let mut specs = Vec::with_capacity(annotations.len());
-    for annotation in &annotations {
-        let in_annotation = |e: Error| e.context(format!("annotation {}", annotation.key));
-        let text = kube::expand(annotation.spec, &pod, container.id).map_err(in_annotation)?;
-        specs.push(ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?);
-        keys.push(annotation.key.to_owned());
-        options.push(base.for_spec(text));
-    }
-    check_container_bounds(config, container.id, &specs)?;
+    let options = texts.into_iter().map(|text| base.for_spec(text)).collect();
     Ok(Some(Requests { keys, options }))
 }
 
@@ -238,20 +245,24 @@ fn check_root_owner(asked: RootOwner, mapping: Option<RootOwner>) -> Result<()> 
     }
 }
 
-/// The operator's bounds on one container's channels: how many, and their total size.
-fn check_container_bounds(config: &Config, container: &str, specs: &[ChannelSpec]) -> Result<()> {
-    let bounds = &config.hook;
-    if specs.len() > bounds.max_channels_per_container {
-        return Err(Error::invalid(
-            "annotations",
-            format!("{} channels", specs.len()),
-            format!(
-                "container {container} asks for more than hook.max_channels_per_container ({}) in {}",
-                bounds.max_channels_per_container,
-                config.origin()
-            ),
-        ));
+/// The operator's bound on how many channels one container's annotations may ask for.
+fn check_channel_count(config: &Config, container: &str, count: usize) -> Result<()> {
+    let most = config.hook.max_channels_per_container;
+    if count <= most {
+        return Ok(());
     }
+    Err(Error::invalid(
+        "annotations",
+        format!("{count} channels"),
+        format!(
+            "container {container} asks for more than hook.max_channels_per_container ({most}) in {}",
+            config.origin()
+        ),
+    ))
+}
+
+/// The operator's bound on one container's channels' total size.
+fn check_container_bounds(config: &Config, container: &str, specs: &[ChannelSpec]) -> Result<()> {
     let total: u64 = specs.iter().map(|s| s.size).fold(0, u64::saturating_add);
     let limit = config.max_total_size_per_container();
     if total > limit {

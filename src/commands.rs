@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Target};
 use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use crate::config::{self, Config};
-use crate::error::{Context, Error, Result, EXIT_USAGE};
+use crate::error::{write_at_once, Context, Error, Result, EXIT_USAGE, QUOTE_LIMIT};
 use crate::model::Requester;
 use crate::oci;
 use crate::output::Report;
 use crate::owner::OwnerRequest;
+use crate::spec::ChannelSpec;
+use crate::units::validate_container_id;
 
 /// Runs a parsed command line: the command, then its report or error on stdout or stderr in the
 /// format asked for, and the exit code.
@@ -32,7 +34,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(target: crate::logging::FAILURE, "{err}");
-                eprintln!("hostchan: {err}");
+                write_at_once(std::io::stderr(), &format!("hostchan: {err}\n"));
                 ExitCode::from(err.exit_code() as u8)
             }
         };
@@ -61,7 +63,9 @@ pub fn main(cli: Cli) -> ExitCode {
             }
             match cli.output {
                 OutputFormat::Json => emit(&format!("{}\n", err.json())),
-                OutputFormat::Text => eprintln!("hostchan: {err}"),
+                OutputFormat::Text => {
+                    write_at_once(std::io::stderr(), &format!("hostchan: {err}\n"))
+                }
             }
             ExitCode::from(err.exit_code() as u8)
         }
@@ -86,6 +90,13 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
     match command {
         Command::Create(args) => {
             let config = config.load()?;
+            // What needs nothing from the machine comes first: a bad spec is named as such,
+            // never hidden behind a missing owner or an unreachable systemd.
+            let spec = ChannelSpec::parse(&args.spec, &config.limits())?;
+            config.check_host_path(&spec.host_path, &Requester::Cli)?;
+            if let Some(container) = &args.container {
+                validate_container_id(container)?;
+            }
             let request = match (&args.scope, args.unbound, args.pid) {
                 (Some(unit), _, _) => OwnerRequest::Unit(unit.clone()),
                 (None, true, _) => OwnerRequest::Unbound,
@@ -121,7 +132,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             container: Some(id),
             ..
         } => channels
-            .delete_container(&crate::units::validate_container_id(&id)?)
+            .delete_container(&validate_container_id(&id)?)
             .map(|deleted| Report::DeletedContainer {
                 container: id,
                 deleted,
@@ -201,23 +212,32 @@ pub fn usage_error(err: clap::Error) -> ExitCode {
     if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         let _ = err.print();
     } else {
-        eprintln!(
-            "hostchan: {}; see: hostchan --help",
-            first_line(&err.to_string())
+        write_at_once(
+            std::io::stderr(),
+            &format!(
+                "hostchan: {}; see: hostchan --help\n",
+                first_line(&err.to_string())
+            ),
         );
     }
     ExitCode::from(EXIT_USAGE as u8)
 }
 
-/// clap's message without its usage block, on one line.
+/// clap's message without its usage block, on one line, cut as hostchan's own quotes are (clap
+/// quotes a bad argument whole, and one argument may be 128 KiB).
 fn first_line(text: &str) -> String {
-    text.lines()
+    let line = text
+        .lines()
         .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
         .map(str::trim)
         .collect::<Vec<_>>()
-        .join(" ")
-        .trim_start_matches("error: ")
-        .to_owned()
+        .join(" ");
+    let line = line.trim_start_matches("error: ");
+    let limit = 4 * QUOTE_LIMIT;
+    match line.char_indices().nth(limit) {
+        None => line.to_owned(),
+        Some((cut, _)) => format!("{}... ({} bytes in all)", &line[..cut], line.len()),
+    }
 }
 
 fn json_requested(args: impl Iterator<Item = String>) -> bool {
@@ -229,11 +249,7 @@ fn json_requested(args: impl Iterator<Item = String>) -> bool {
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
 fn emit(text: &str) {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush());
+    write_at_once(std::io::stdout().lock(), text);
 }
 
 /// Where the hostchan binary that creates a channel lives, for the cleanup unit to run later.

@@ -68,14 +68,14 @@ impl Error {
         }
     }
 
-    /// `invalid <field> "<value>": <reason>`.
+    /// `invalid <field> "<value>": <reason>`, the value cut as [`quote`] cuts it.
     pub fn invalid(field: &'static str, value: impl AsRef<str>, reason: impl Into<String>) -> Self {
         let reason = reason.into();
         Error {
             reason: Some(reason.clone()),
             ..Error::new(
                 Kind::Invalid,
-                format!("invalid {field} {:?}: {reason}", value.as_ref()),
+                format!("invalid {field} {}: {reason}", quote(value.as_ref())),
             )
         }
     }
@@ -189,6 +189,25 @@ impl fmt::Display for Error {
         }
         Ok(())
     }
+}
+
+/// How much of a value a message quotes: enough to recognise it, never so much that a hostile
+/// value (an annotation of 100 MB) makes the message itself the attack.
+pub const QUOTE_LIMIT: usize = 200;
+
+/// A value as a message quotes it: in double quotes with control characters escaped, and cut
+/// after [`QUOTE_LIMIT`] characters with a note of its full length.
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_LIMIT) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &value[..cut], value.len()),
+    }
+}
+
+/// Writes a whole message with one write(2) (a message written a character at a time to an
+/// unbuffered stderr took minutes for a long one, and interleaves with other writers).
+pub fn write_at_once(mut to: impl std::io::Write, line: &str) {
+    let _ = to.write_all(line.as_bytes()).and_then(|()| to.flush());
 }
 
 /// Control characters as Rust escapes (`\n`, `\u{1b}`), so that the message stays on one line
@@ -309,6 +328,28 @@ mod tests {
         .unwrap();
         assert_eq!(two.to_string(), r"2 of 3 failed: a; b\nc");
         assert_eq!(two.kind(), Kind::Systemd);
+    }
+
+    #[test]
+    fn quotes_are_cut() {
+        assert_eq!(quote("a\nb"), r#""a\nb""#);
+        let long = "é".repeat(100_000);
+        let quoted = quote(&long);
+        assert_eq!(
+            quoted,
+            format!("{:?}... (200000 bytes in all)", "é".repeat(QUOTE_LIMIT))
+        );
+        let err = Error::invalid("spec", "x".repeat(1 << 20), "is bad").context("annotation k");
+        let line = err.to_string();
+        assert!(line.len() < 300, "{}", line.len());
+        assert!(
+            line.ends_with("... (1048576 bytes in all): is bad"),
+            "{line}"
+        );
+        assert_eq!(
+            quote(&"y".repeat(QUOTE_LIMIT)),
+            format!("{:?}", "y".repeat(QUOTE_LIMIT))
+        );
     }
 
     #[test]

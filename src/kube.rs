@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::model::Tenant;
 
 /// `io.hostchan.channel` holds one spec; `io.hostchan.channel.<name>` one each; either may end
@@ -61,8 +61,11 @@ impl Pod {
             let first = values.next();
             if let (Some((key, value)), Some((other_key, other))) = (first, values.next()) {
                 if value != other {
-                    disagreement
-                        .get_or_insert(format!("{key}={value:?} and {other_key}={other:?}"));
+                    disagreement.get_or_insert(format!(
+                        "{key}={} and {other_key}={}",
+                        quote(value),
+                        quote(other)
+                    ));
                 }
             }
             first.map(|(_, value)| value.clone())
@@ -271,7 +274,10 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
             return Err(Error::invalid(
                 "host path",
                 host,
-                format!("{{{name}}} would be {value:?}, which is not a plain name"),
+                format!(
+                    "{{{name}}} would be {}, which is not a plain name",
+                    quote(value)
+                ),
             ));
         }
         expanded.push_str(value);

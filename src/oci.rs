@@ -47,7 +47,8 @@ impl ContainerState {
             (None, "creating" | "created") => Ok(Stage::CreateRuntime),
             (None, "stopped") => Ok(Stage::Poststop),
             (None, status) => Err(Error::usage(format!(
-                "cannot tell the hook stage from container status {status:?}; pass --stage"
+                "cannot tell the hook stage from container status {}; pass --stage",
+                crate::error::quote(status)
             ))),
         }
     }

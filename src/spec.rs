@@ -86,9 +86,28 @@ pub struct Limits {
     pub default_size: u64,
 }
 
+/// The longest text a spec can be: two paths, a mode and a size. Anything longer is refused
+/// before it is looked at, so that a hostile value costs nothing to turn down.
+pub const MAX_SPEC_LEN: usize = 2 * PATH_MAX + 3 + 2 + MAX_SIZE_LEN;
+/// The longest size text: 30 fraction digits, 20 whole ones, the dot and a unit.
+const MAX_SIZE_LEN: usize = 64;
+
+/// Refuses a text longer than any spec can be.
+pub fn check_spec_length(field: &'static str, text: &str) -> Result<()> {
+    if text.len() > MAX_SPEC_LEN {
+        return Err(Error::invalid(
+            field,
+            text,
+            format!("is longer than any channel spec can be ({MAX_SPEC_LEN} bytes)"),
+        ));
+    }
+    Ok(())
+}
+
 impl ChannelSpec {
     /// Parses and validates a spec; pure: the host path is not looked at on disk here.
     pub fn parse(spec: &str, limits: &Limits) -> Result<ChannelSpec> {
+        check_spec_length("spec", spec)?;
         let fields: Vec<&str> = spec.split(':').collect();
         if fields.len() < 2 || fields.len() > 4 {
             return Err(Error::invalid(
@@ -129,6 +148,9 @@ fn parse_access(text: &str) -> Result<Access> {
 /// powers of 1024; a fraction is allowed and the result is rounded down to whole bytes.
 pub fn parse_size(text: &str) -> Result<u64> {
     let bad = |reason: &str| Error::invalid("size", text, reason.to_owned());
+    if text.len() > MAX_SIZE_LEN {
+        return Err(bad("is too long to be a size"));
+    }
     let number_end = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -244,6 +266,9 @@ pub fn parse_root_owner(text: &str) -> Result<RootOwner> {
             "must be UID:GID in numbers, e.g. 100000:100000 for a container whose root is mapped there",
         )
     };
+    if text.len() > 21 {
+        return Err(bad());
+    }
     let (uid, gid) = text.split_once(':').ok_or_else(bad)?;
     let number = |n: &str| -> Result<u32> {
         if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {

@@ -674,3 +674,358 @@ fn read_only_holds_or_is_refused_in_a_user_namespaced_container() {
     sb.runc(&["delete", "--force", "u2"]).ok();
     sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
 }
+
+/// Round three, class 1: no container path reaches a kernel file system. By its text, /proc,
+/// /sys and /dev (but /dev/shm itself) are refused with exit 2 and one line, by `create --pid`
+/// and the hook alike; however it is reached (here a symlink in the image's root, which root
+/// alone can have put there), a directory on procfs is refused too. Nothing is left.
+#[test]
+fn container_paths_never_reach_kernel_file_systems() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("kernelfs");
+    let bundle = runc_bundle(&dir.path("k1"), "k1", |_| {});
+    sb.runc_start(&bundle, "k1").ok();
+    let pid = sb.runc_pid("k1");
+    for (container_path, tree) in [
+        ("/proc/sys/kernel", "/proc"),
+        ("/proc/1/attr", "/proc"),
+        ("/sys/fs/cgroup", "/sys"),
+        ("/sys", "/sys"),
+        ("/dev/mqueue", "/dev"),
+        ("/dev/shm/sub", "/dev"),
+    ] {
+        let spec = format!("/run/kfs/a:{container_path}:rw:1M");
+        let out = sb.hostchan(&["create", "--pid", &pid, &spec]);
+        assert_eq!(out.code, 2, "{spec}: {out:#?}");
+        assert!(
+            out.stderr
+                .contains(&format!("is in {tree}, which the kernel provides")),
+            "{spec}: {out:#?}"
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    }
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/kfs").exists());
+    sb.runc(&["delete", "--force", "k1"]).ok();
+
+    // A symlink in the image leads into procfs: refused once resolved, by fstatfs.
+    let hook = serde_json::json!([{ "path": HOSTCHAN, "args": ["hostchan", "oci-hook"] }]);
+    let bundle = runc_bundle(&dir.path("k2"), "k2", |c| {
+        c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+        c["annotations"] =
+            serde_json::json!({ "io.hostchan.channel": "/run/hostchan/k2/a:/data:rw:1M" });
+    });
+    std::os::unix::fs::symlink("/proc/sys/kernel", dir.path("k2/rootfs/data")).unwrap();
+    let out = sb.runc_start(&bundle, "k2");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("invalid container path \\\"/proc\\\": lies on procfs")
+            || out
+                .stderr
+                .contains("invalid container path \"/proc\": lies on procfs"),
+        "{out:#?}"
+    );
+    let _ = sb.runc(&["delete", "--force", "k2"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(sb.record_files().is_empty());
+    assert!(!sb.path("/run/hostchan/k2").exists());
+
+    // /dev/shm itself is allowed: the channel replaces the runtime's shared memory.
+    let bundle = runc_bundle(&dir.path("k3"), "k3", |c| {
+        c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+        c["annotations"] =
+            serde_json::json!({ "io.hostchan.channel": "/run/hostchan/k3/shm:/dev/shm:rw:2M" });
+    });
+    sb.runc_start(&bundle, "k3").ok();
+    let df = sb.runc_exec("k3", "df -k /dev/shm").ok().stdout;
+    assert!(df.contains(" 2048 "), "{df}");
+    sb.runc_exec("k3", "echo shared > /dev/shm/x").ok();
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/hostchan/k3/shm/x")).unwrap(),
+        "shared\n"
+    );
+    sb.runc(&["delete", "--force", "k3"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel to go");
+    sb.assert_no_trace("/run/hostchan/k3/shm");
+}
+
+/// Round three, class 2: a directory someone else made in a channel (mode 1777) never holds an
+/// inner channel, since they could rename or remove it and take the channel along; one hostchan
+/// makes is root's, which nobody else can move in a sticky directory. And delete detaches the
+/// mount it attached wherever it is now: a copy moved inside the container is found by its
+/// mount id and unmounted there, and delete says so.
+#[test]
+fn a_mount_point_someone_else_made_never_holds_a_channel() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("planted");
+    let bundle = runc_bundle(&dir.path("p1"), "p1", |_| {});
+    sb.runc_start(&bundle, "p1").ok();
+    let pid = sb.runc_pid("p1");
+    sb.hostchan(&["create", "--pid", &pid, "/run/plant/outer:/data"])
+        .ok();
+    as_nobody(&sb, "mkdir /run/plant/outer/sub").ok();
+    let out = sb.hostchan(&["create", "--pid", &pid, "/run/plant/inner:/data/sub"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "/data/sub was made by uid 65534 in a directory others can write, who could rename or remove it"
+        ),
+        "{out:#?}"
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    assert!(sb.mount_options("/run/plant/inner").is_none());
+    assert!(!sb.path("/run/plant/inner").exists());
+    let mounts = sb.runc_exec("p1", "cat /proc/mounts").ok().stdout;
+    assert!(!mounts.contains(" /data/sub "), "{mounts}");
+
+    // Made by hostchan: root's, and the user cannot move it.
+    sb.hostchan(&["create", "--pid", &pid, "/run/plant/fresh:/data/fresh"])
+        .ok();
+    let meta = fs::metadata(sb.path("/run/plant/outer/fresh")).unwrap();
+    assert_eq!(meta.uid(), 0);
+    let out = as_nobody(&sb, "mv /run/plant/outer/fresh /run/plant/outer/gone");
+    assert_ne!(out.code, 0, "{out:#?}");
+
+    // Root moves the copy inside the container; delete still finds and detaches it.
+    sb.runc_exec("p1", "echo kept > /data/fresh/x").ok();
+    sb.run(&["mkdir", &format!("/proc/{pid}/root/data/moved")])
+        .ok();
+    sb.run(&[
+        "nsenter",
+        "-t",
+        &pid,
+        "-m",
+        "--",
+        "/bin/busybox",
+        "mount",
+        "-o",
+        "move",
+        "/data/fresh",
+        "/data/moved",
+    ])
+    .ok();
+    assert_eq!(
+        sb.runc_exec("p1", "cat /data/moved/x").ok().stdout,
+        "kept\n"
+    );
+    let out = sb.hostchan(&["delete", "/run/plant/fresh"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("had been moved from /data/fresh to /data/moved; detached it there"),
+        "{out:#?}"
+    );
+    let mounts = sb.runc_exec("p1", "cat /proc/mounts").ok().stdout;
+    assert!(!mounts.contains(" /data/moved "), "{mounts}");
+    assert!(sb.runc_exec("p1", "test -e /data/moved/x").code != 0);
+    sb.runc(&["delete", "--force", "p1"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channels to go");
+    sb.assert_no_trace("/run/plant/fresh");
+}
+
+/// Round three, class 3: the operator's lifetime switch holds for the configuration's default
+/// as for an annotation. With `channels.lifetime = "delete"`, a plain hook (hooks.d, CDI) under
+/// the default `hook.delete_lifetime = "engine"` refuses the container with one line and makes
+/// nothing, no keeper either; a hook that says the engine deletes containers gets it.
+#[test]
+fn the_lifetime_switch_holds_for_the_configured_default() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("switch");
+    fs::write(
+        dir.path("config.toml"),
+        "[channels]\nlifetime = \"delete\"\n",
+    )
+    .unwrap();
+    let config = dir.path("config.toml").display().to_string();
+    let bundle_with = |name: &str, extra: &[&str]| {
+        let mut args = vec!["hostchan", "--config", &config, "oci-hook"];
+        args.extend_from_slice(extra);
+        let hook = serde_json::json!([{ "path": HOSTCHAN, "args": args }]);
+        runc_bundle(&dir.path(name), name, |c| {
+            c["hooks"] = serde_json::json!({ "createRuntime": hook, "poststop": hook });
+            c["annotations"] = serde_json::json!({
+                "io.hostchan.channel": format!("/run/hostchan/{name}/a:/a:rw:1M"),
+            });
+        })
+    };
+    let out = sb.runc_start(&bundle_with("s1", &[]), "s1");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("invalid lifetime")
+            && out.stderr.contains("is channels.lifetime in")
+            && out.stderr.contains("hook.delete_lifetime"),
+        "{out:#?}"
+    );
+    let _ = sb.runc(&["delete", "--force", "s1"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(sb.units_matching("hostchan-keep@*").is_empty());
+    assert!(sb.record_files().is_empty());
+    assert!(!sb.path("/run/hostchan/s1").exists());
+
+    sb.runc_start(&bundle_with("s2", &["--engine-deletes"]), "s2")
+        .ok();
+    let listed = sb.hostchan(&["--output", "json", "list"]).ok().json();
+    assert_eq!(listed[0]["lifetime"], "delete", "{listed}");
+    assert_eq!(sb.unit_state("hostchan-keep@s2.service"), "active");
+    sb.runc(&["delete", "--force", "s2"]).ok();
+    sb.hostchan(&["delete", "--container", "s2"]).ok();
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel to go");
+    sb.assert_no_trace("/run/hostchan/s2/a");
+}
+
+/// Round three, class 4: hostile input never stalls a hook. A 100 MB annotation and 100,000
+/// annotations are each refused within a second, with a message that quotes at most 200
+/// characters of the value (on stderr, in JSON and in the journal), written at once.
+#[test]
+fn hostile_input_never_stalls_a_hook() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("hostile");
+    // A real container's pid, so that nothing but the annotations can be refused.
+    let bundle = runc_bundle(&dir.path("h1"), "h1", |_| {});
+    sb.runc_start(&bundle, "h1").ok();
+    let pid: i64 = sb.runc_pid("h1").parse().unwrap();
+    let state = |annotations: serde_json::Value| {
+        serde_json::json!({
+            "ociVersion": "1.0.2", "id": "h1", "status": "creating", "pid": pid,
+            "bundle": "/nonexistent", "annotations": annotations,
+        })
+        .to_string()
+    };
+    let huge = format!("/run/hostchan/h1/a:/a:rw:{}", "9".repeat(100 << 20));
+    fs::write(
+        dir.path("huge.json"),
+        state(serde_json::json!({ "io.hostchan.channel": huge })),
+    )
+    .unwrap();
+    let many: serde_json::Map<String, serde_json::Value> = (0..100_000)
+        .map(|i| {
+            (
+                format!("io.hostchan.channel.c{i}"),
+                format!("/run/hostchan/h1/c{i}:/c{i}:rw:1M").into(),
+            )
+        })
+        .collect();
+    fs::write(dir.path("many.json"), state(many.into())).unwrap();
+    for (file, named) in [
+        (
+            "huge.json",
+            "(104857625 bytes in all): is longer than any channel spec can be",
+        ),
+        (
+            "many.json",
+            "asks for more than hook.max_channels_per_container (16)",
+        ),
+    ] {
+        for json in [false, true] {
+            let script = format!(
+                "exec {HOSTCHAN} {} oci-hook < {}",
+                if json { "--output json" } else { "" },
+                dir.path(file).display()
+            );
+            let started = std::time::Instant::now();
+            let out = sb.sh(&script);
+            let took = started.elapsed();
+            assert_eq!(
+                out.code,
+                2,
+                "{file}: {}",
+                &out.stderr[..out.stderr.len().min(500)]
+            );
+            assert!(
+                took < std::time::Duration::from_secs(1),
+                "{file}: took {took:?}"
+            );
+            let message = if json {
+                out.json()["error"].as_str().unwrap().to_owned()
+            } else {
+                out.stderr.clone()
+            };
+            assert!(message.contains(named), "{file}: {message}");
+            assert!(message.len() < 600, "{file}: {} bytes", message.len());
+            assert!(out.stderr.len() + out.stdout.len() < 600, "{out:#?}");
+        }
+    }
+    sb.wait_for(
+        || {
+            sb.run(&["journalctl", "--no-pager", "-t", "hostchan", "-o", "cat"])
+                .stdout
+                .contains("bytes in all")
+        },
+        "the refusal in the journal",
+    );
+    let journal = sb
+        .run(&["journalctl", "--no-pager", "-t", "hostchan", "-o", "cat"])
+        .stdout;
+    assert!(
+        journal.lines().all(|line| line.len() < 600),
+        "{}",
+        journal.len()
+    );
+    assert!(sb.record_files().is_empty());
+    sb.runc(&["delete", "--force", "h1"]).ok();
+}
+
+/// Round three, class 5: a create refused because the state directory is full leaves no lock
+/// file, and gc removes a creator's lock file whose creator is gone.
+#[test]
+fn nothing_of_a_failed_create_stays() {
+    let sb = Sandbox::boot();
+    sb.sh("mount -t tmpfs -o size=64k,mode=0700 tmpfs /var/lib/hostchan && mkdir -m 0700 /var/lib/hostchan/channels")
+        .ok();
+    // Full to the last block.
+    let _ = sb.sh("dd if=/dev/zero of=/var/lib/hostchan/fill bs=4k 2>/dev/null");
+    let out = sb.hostchan(&["create", "--unbound", "/run/full/a:/a:rw:1M"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("No space left on device"), "{out:#?}");
+    let left = sb
+        .run(&["ls", "-A", "/var/lib/hostchan/channels"])
+        .ok()
+        .stdout;
+    assert!(!left.contains(".creating-"), "{left}");
+    assert!(!left.contains(".json"), "{left}");
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/full").exists());
+
+    sb.run(&["rm", "/var/lib/hostchan/fill"]).ok();
+    sb.sh("umask 077 && : > /var/lib/hostchan/channels/.creating-0123456789abcdef0123456789abcdef")
+        .ok();
+    sb.hostchan(&["gc"]).ok();
+    let left = sb
+        .run(&["ls", "-A", "/var/lib/hostchan/channels"])
+        .ok()
+        .stdout;
+    assert!(!left.contains(".creating-"), "{left}");
+    sb.run(&["umount", "/var/lib/hostchan"]).ok();
+}
+
+/// Round three, class 6: what needs nothing from the machine is checked first, so a bad spec is
+/// named as such even when no owner is given (the README's "naming the field and the value").
+#[test]
+fn the_error_names_the_real_problem_first() {
+    let sb = Sandbox::boot();
+    for (spec, named) in [
+        ("/tmp/x", "invalid spec \"/tmp/x\": has 1 field(s)"),
+        (
+            "a:b:rw:99Q",
+            "invalid host path \"a\": must be an absolute path",
+        ),
+        ("/run/x:/x:rw:99Q", "invalid size \"99Q\""),
+        ("/run/x:/proc/x", "invalid container path \"/proc/x\""),
+    ] {
+        let out = sb.hostchan(&["create", spec]);
+        assert_eq!(out.code, 2, "{spec}: {out:#?}");
+        assert!(out.stderr.contains(named), "{spec}: {out:#?}");
+        let out = sb.hostchan(&["--output", "json", "create", "--container", "c1", spec]);
+        assert_eq!(out.code, 2, "{spec}: {out:#?}");
+        assert!(
+            out.json()["error"].as_str().unwrap().contains(named),
+            "{spec}: {out:#?}"
+        );
+    }
+    // With a good spec, the missing owner is what is said.
+    let out = sb.hostchan(&["create", "/run/x:/x:rw:1M"]);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(!out.stderr.contains("invalid spec"), "{out:#?}");
+    assert!(!sb.path("/run/x").exists());
+}

@@ -66,15 +66,26 @@ impl Store {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| fs_error(context(), e.into()))?;
-        let mut lock = Flock::lock(fs::File::from(fd), FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::io(context(), errno))?;
-        lock.write_all(bus_name.as_bytes())
-            .map_err(|e| fs_error(context(), e))?;
-        Ok(CreatorLock {
-            dir,
-            name,
-            _lock: lock,
-        })
+        // From here on the file is this create's: a failure takes it away again (a full state
+        // directory fails the write below), so that a refused create leaves nothing.
+        let lock = Flock::lock(fs::File::from(fd), FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::io(context(), errno));
+        let written = lock.and_then(|mut lock| {
+            lock.write_all(bus_name.as_bytes())
+                .map_err(|e| fs_error(context(), e))?;
+            Ok(lock)
+        });
+        match written {
+            Ok(lock) => Ok(CreatorLock {
+                dir,
+                name,
+                _lock: lock,
+            }),
+            Err(e) => {
+                let _ = unlinkat(&dir, name.as_str(), AtFlags::empty());
+                Err(e)
+            }
+        }
     }
 
     /// Whether the create of channel `id` finished, is at work, or died half way.

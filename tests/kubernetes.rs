@@ -404,3 +404,129 @@ fn the_plugin_reconnects_when_containerd_restarts() {
         "the channels to go with the pod",
     );
 }
+
+/// Issue 26: PID 1 stalled for 3 s while a pod's container is created. The plugin answers
+/// within its deadline (three quarters of containerd's 2 s request timeout), so containerd
+/// never drops it and goes on without it: the container's creation fails with hostchan's line
+/// (or, if systemd came back in time, the container has its channel). It never runs without
+/// its channel; what was made late is taken back; the next pod gets its channel.
+#[test]
+fn a_stalled_systemd_never_lets_a_container_run_without_its_channel() {
+    let node = Node::start();
+    let host_path = "/run/hostchan/team-a/stall/data";
+    let pod = node.run_pod(
+        "team-a",
+        "stall",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/{pod_namespace}/{pod_name}/data:/data:rw:1M",
+        )],
+    );
+    node.sandbox.freeze();
+    let thaw = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            node.sandbox.thaw();
+        });
+        let started = std::time::Instant::now();
+        let created = node.create_container(&pod, "app", 0);
+        (created, started.elapsed())
+    });
+    let (created, took) = thaw;
+    match created {
+        Err(error) => {
+            eprintln!("CreateContainer after {took:?}: {}", error.message());
+            assert!(
+                error
+                    .message()
+                    .contains("hostchan: systemd did not answer within 1.5 s"),
+                "{}",
+                error.message()
+            );
+            // What the late create made is taken back once systemd answers.
+            node.sandbox.wait_for(
+                || {
+                    node.sandbox.mount_options(host_path).is_none()
+                        && node.sandbox.record_files().is_empty()
+                },
+                "the late channel to be taken back",
+            );
+            node.sandbox.wait_for_no_jobs();
+            node.sandbox.assert_no_trace(host_path);
+        }
+        Ok(container) => {
+            node.start_container(&container);
+            let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
+            assert_eq!(code, 0, "the container runs without its channel: {out}");
+            node.remove_container(&container);
+        }
+    }
+    // The plugin is still consulted: the next pod gets its channel.
+    let next = node.run_pod(
+        "team-a",
+        "after",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/after:/data:rw:1M",
+        )],
+    );
+    let container = node.run_container(&next, "app", 0);
+    let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
+    assert_eq!(code, 0, "{out}");
+    node.remove_container(&container);
+    node.remove_pod(&next);
+    node.remove_pod(&pod);
+}
+
+/// Issue 26: a pod whose teardown is slow (PID 1 stalled while its container stops) never gets
+/// the plugin dropped: the plugin answers StopContainer at once and finishes the teardown when
+/// systemd answers, and a pod asking for another namespace's path right after is still refused.
+#[test]
+fn a_slow_teardown_never_gets_the_plugin_dropped() {
+    let node = Node::start();
+    let host_path = "/run/hostchan/team-a/slow/data";
+    let pod = node.run_pod(
+        "team-a",
+        "slow",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/slow/data:/data:rw:1M",
+        )],
+    );
+    let container = node.run_container(&pod, "app", 0);
+    let syncs = node.synchronizations();
+    node.sandbox.freeze();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            node.sandbox.thaw();
+        });
+        // containerd's own stop needs systemd too; only the plugin's part must not stall it.
+        let _ = node.stop_container_quietly(&container);
+    });
+    let intruder = node.run_pod(
+        "team-b",
+        "intruder",
+        &[("io.hostchan.channel", "/run/hostchan/team-a/stolen:/data")],
+    );
+    let error = node.create_container(&intruder, "app", 0).unwrap_err();
+    assert!(
+        error.message().contains("hostchan: "),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains("team-b"), "{}", error.message());
+    node.sandbox.assert_no_trace("/run/hostchan/team-a/stolen");
+    assert_eq!(
+        node.synchronizations(),
+        syncs,
+        "the plugin was dropped and registered again"
+    );
+    node.remove_container(&container);
+    node.sandbox.wait_for(
+        || node.sandbox.mount_options(host_path).is_none(),
+        "the slow teardown to finish",
+    );
+    node.remove_pod(&intruder);
+    node.remove_pod(&pod);
+}

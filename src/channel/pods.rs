@@ -19,6 +19,9 @@ pub struct LivePods {
     pub pods: HashSet<String>,
     /// Containers created or running (not stopped), each with its own unit once it has one.
     pub containers: HashMap<String, Option<String>>,
+    /// The ids of the channels there were when the runtime's view was taken: only these are
+    /// judged by it (`None`: all), so that a channel made since is never taken for an orphan.
+    pub judged: Option<HashSet<String>>,
 }
 
 fn is_container_lifetime(record: &Record) -> bool {
@@ -49,6 +52,16 @@ impl Channels {
             return Err(outcome.error("start", None));
         }
         Ok(records.len())
+    }
+
+    /// The ids of every channel there is.
+    pub fn channel_ids(&self) -> Result<HashSet<String>> {
+        Ok(self
+            .store
+            .all()?
+            .into_iter()
+            .map(|record| record.channel.id)
+            .collect())
     }
 
     /// The container stopped or was removed (StopContainer, RemoveContainer): its
@@ -98,6 +111,13 @@ impl Channels {
             let Some(pod) = record.channel.pod.as_deref() else {
                 continue;
             };
+            if live
+                .judged
+                .as_ref()
+                .is_some_and(|ids| !ids.contains(&record.channel.id))
+            {
+                continue;
+            }
             let container = record.channel.container.as_deref();
             let live_container = container.and_then(|c| live.containers.get_key_value(c));
             let keep = live.pods.contains(pod)

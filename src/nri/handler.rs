@@ -20,6 +20,42 @@ use crate::units::validate_container_id;
 /// Where hostchan's own annotations start; nothing else of a pod's is read.
 const OWN_ANNOTATIONS: &str = "io.hostchan.";
 
+/// A request's answer against its work, when the answer may not wait for the work: whichever
+/// comes first decides whether what the work made stands.
+#[derive(Debug, Default)]
+pub struct Race(std::sync::Mutex<Option<Settled>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// The work ended before the answer gave up on it: what it made stands.
+    InTime,
+    /// The answer went out without it: what it made is taken back.
+    TooLate,
+}
+
+impl Race {
+    fn settle(&self, as_: Settled) -> bool {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *state {
+            None => {
+                *state = Some(as_);
+                true
+            }
+            Some(settled) => settled == as_,
+        }
+    }
+
+    /// The work is done: `false` when the answer gave up on it already.
+    pub fn finish(&self) -> bool {
+        self.settle(Settled::InTime)
+    }
+
+    /// The answer goes out without the work: `false` when the work finished in the meantime.
+    pub fn give_up(&self) -> bool {
+        self.settle(Settled::TooLate)
+    }
+}
+
 pub struct Handler {
     pub hostchan_binary: PathBuf,
     pub config_path: PathBuf,
@@ -38,12 +74,19 @@ impl Handler {
         Config::load(&self.config_path, self.config_named)
     }
 
+    /// The ids of every channel now.
+    pub fn channel_ids(&self) -> Result<std::collections::HashSet<String>> {
+        self.channels().channel_ids()
+    }
+
     /// CreateContainer: makes the channels the pod's annotations ask for this container (all
-    /// or none), and returns the bind mounts that put them in it.
+    /// or none), and returns the bind mounts that put them in it. When the runtime was answered
+    /// without them (`race` given up: past the deadline), the channels this made are taken back.
     pub fn create_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
+        race: &Race,
     ) -> Result<Vec<api::Mount>> {
         let asked = own_annotations(pod, container);
         if asked.is_empty() || container.id == pod.id {
@@ -74,7 +117,12 @@ impl Handler {
         else {
             return Ok(Vec::new());
         };
-        let created = requests.create_all(&self.channels(), &config)?;
+        let channels = self.channels();
+        let created = requests.create_all(&channels, &config)?;
+        if !race.finish() {
+            self.take_back(&channels, &created, &id);
+            return Err(Error::runtime("answered the runtime without the channels"));
+        }
         let noexec = config.tmpfs.noexec;
         Ok(created
             .iter()
@@ -94,6 +142,28 @@ impl Handler {
                 Created::DryRun(_) => None,
             })
             .collect())
+    }
+
+    /// Deletes the channels a create made for a container the runtime was told is refused.
+    fn take_back(&self, channels: &Channels, created: &[Created], container: &str) {
+        for created in created {
+            let Created::Channel(info) = created else {
+                continue;
+            };
+            let unit = &info.channel.unit;
+            match channels.delete(&crate::channel::Target::of_unit(unit)) {
+                Ok(_) => tracing::warn!(
+                    OBJECT_SYSTEMD_UNIT = %unit,
+                    "took back channel {} of container {container}: it was made after the runtime had been told the container is refused",
+                    info.channel.spec.host_path.display()
+                ),
+                Err(e) => tracing::error!(
+                    OBJECT_SYSTEMD_UNIT = %unit,
+                    "cannot take back channel {} of refused container {container}: {e}; the next Synchronize or hostchan gc removes it",
+                    info.channel.spec.host_path.display()
+                ),
+            }
+        }
     }
 
     /// StartContainer: the container has its unit now.

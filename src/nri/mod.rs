@@ -11,6 +11,7 @@
 mod api;
 mod handler;
 mod mux;
+mod notify;
 mod plugin;
 
 use std::os::fd::RawFd;
@@ -32,6 +33,10 @@ const SOCKET_FD_ENV: &str = "NRI_PLUGIN_SOCKET";
 const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest wait between two tries to reach a runtime that is not there (yet, or again).
 const RECONNECT_AT_MOST: Duration = Duration::from_secs(5);
+/// How long the plugin may be without the runtime before it gives up and exits, so that the
+/// unit does not stay active while no pod's channels are looked after (systemd's Restart=
+/// brings it back, and the journal says why).
+const NOT_SERVING_AT_MOST: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NriArgs {
@@ -44,6 +49,11 @@ pub struct NriArgs {
     /// The plugin's index, two digits: the runtime calls plugins in ascending order.
     #[arg(long, env = "NRI_PLUGIN_IDX", default_value = "10")]
     pub index: String,
+    /// How long the runtime waits for an answer (containerd's plugin_request_timeout, 2 s by
+    /// default); a runtime that says it at Configure (NRI 0.7 and later) is believed instead.
+    /// The plugin answers within three quarters of it.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
+    pub request_timeout: u64,
 }
 
 /// Runs the plugin until it is stopped: connects, registers, serves, and connects again when
@@ -61,40 +71,69 @@ pub fn run(
         config_path: config_path.to_owned(),
         config_named,
     });
+    // Work that outlives its request (a teardown past the deadline) holds a thread until
+    // systemd answers; enough of them that a stalled PID 1 does not starve new requests,
+    // which then fail on their own deadline.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(4)
+        .max_blocking_threads(32)
         .build()
         .context("cannot start the NRI plugin's runtime")?;
     runtime.block_on(async {
+        if let Some(every) = notify::watchdog_interval() {
+            tokio::spawn(async move {
+                loop {
+                    notify::notify("WATCHDOG=1");
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
         if let Some(fd) = std::env::var_os(SOCKET_FD_ENV) {
             let fd = fd.to_string_lossy().parse::<RawFd>().map_err(|_| {
                 Error::usage(format!("{SOCKET_FD_ENV}={fd:?} is not a file descriptor number"))
             })?;
             let stream = UnixStream::from_std(socket_from_runtime(fd)?)
                 .context("cannot use the socket the runtime passed")?;
-            return plugin::serve(stream, args, handler).await;
+            return plugin::serve(stream, args, handler).await.ended;
         }
         let mut wait = Duration::from_millis(250);
         let mut said_waiting = false;
+        let mut not_serving_since = std::time::Instant::now();
+        let mut last_failure: String;
         loop {
             match UnixStream::connect(&args.socket).await {
                 Ok(stream) => {
                     said_waiting = false;
                     wait = Duration::from_millis(250);
-                    match plugin::serve(stream, args, handler.clone()).await {
-                        Ok(()) => tracing::warn!("the runtime closed the NRI connection; connecting again"),
-                        Err(e) => tracing::warn!("NRI connection failed: {e}; connecting again"),
+                    let served = plugin::serve(stream, args, handler.clone()).await;
+                    if served.synchronized {
+                        not_serving_since = std::time::Instant::now();
                     }
+                    last_failure = match served.ended {
+                        Ok(()) => "the runtime closed the NRI connection".to_owned(),
+                        Err(e) => format!("NRI connection failed: {e}"),
+                    };
+                    tracing::warn!("{last_failure}; connecting again");
+                    notify::notify(&format!("STATUS=not serving: {last_failure}; reconnecting"));
                 }
-                Err(e) if !said_waiting => {
-                    tracing::warn!(
-                        "cannot connect to the runtime's NRI socket {}: {e}; trying again until it is there (is NRI enabled in the runtime's configuration?)",
+                Err(e) => {
+                    last_failure = format!(
+                        "cannot connect to the runtime's NRI socket {}: {e}",
                         args.socket.display()
                     );
-                    said_waiting = true;
+                    if !said_waiting {
+                        tracing::warn!(
+                            "{last_failure}; trying again until it is there (is NRI enabled in the runtime's configuration?)"
+                        );
+                        said_waiting = true;
+                    }
                 }
-                Err(_) => {}
+            }
+            if not_serving_since.elapsed() > NOT_SERVING_AT_MOST {
+                return Err(Error::runtime(format!(
+                    "not serving the runtime for {} s ({last_failure}): exiting, so that the unit does not stay active while containerd creates containers without this plugin",
+                    NOT_SERVING_AT_MOST.as_secs()
+                )));
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RECONNECT_AT_MOST);

@@ -1,6 +1,8 @@
 //! The ttrpc side: the plugin service the runtime calls, and the registration with it.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::net::UnixStream;
@@ -9,10 +11,25 @@ use ttrpc::r#async::{Client, Server, TtrpcContext};
 
 use super::api::api::{self, Event};
 use super::api::api_ttrpc;
-use super::handler::{self, Handler};
+use super::handler::{self, Handler, Race};
 use super::mux;
+use super::notify::notify;
 use super::{NriArgs, REGISTRATION_TIMEOUT};
 use crate::error::{Error, Result};
+
+/// `ConfigureRequest.request_timeout` (NRI 0.7 and later, in milliseconds), which the NRI 0.6
+/// messages the plugin is built from do not name: read from the unknown fields.
+const CONFIGURE_REQUEST_TIMEOUT_FIELD: u32 = 5;
+/// `SynchronizeRequest.more` and `SynchronizeResponse.more` (NRI 0.7 and later): a Synchronize
+/// split in parts, each answered with the same `more`, the last one without.
+const SYNCHRONIZE_REQUEST_MORE_FIELD: u32 = 3;
+const SYNCHRONIZE_RESPONSE_MORE_FIELD: u32 = 2;
+
+/// How one connection ended, and whether it got as far as serving (registered and synchronized).
+pub struct Served {
+    pub synchronized: bool,
+    pub ended: Result<()>,
+}
 
 /// The events the plugin subscribes to; all of them known to every NRI runtime (an unknown one
 /// fails the registration).
@@ -32,13 +49,32 @@ fn event_mask(events: &[Event]) -> i32 {
 }
 
 /// Serves one connection to the runtime until it closes.
-pub async fn serve(stream: UnixStream, args: &NriArgs, handler: Arc<Handler>) -> Result<()> {
+pub async fn serve(stream: UnixStream, args: &NriArgs, handler: Arc<Handler>) -> Served {
+    let synchronized = Arc::new(AtomicBool::new(false));
+    let ended = serve_until_closed(stream, args, handler, synchronized.clone()).await;
+    Served {
+        synchronized: synchronized.load(Ordering::SeqCst),
+        ended,
+    }
+}
+
+async fn serve_until_closed(
+    stream: UnixStream,
+    args: &NriArgs,
+    handler: Arc<Handler>,
+    synchronized: Arc<AtomicBool>,
+) -> Result<()> {
     let (mut connections, trunk) =
         mux::multiplex(stream, &[mux::PLUGIN_SERVICE, mux::RUNTIME_SERVICE]);
     let (Some(runtime_side), Some(plugin_side)) = (connections.pop(), connections.pop()) else {
         return Err(Error::runtime("the NRI multiplexer opened no connections"));
     };
-    let service = api_ttrpc::create_plugin(Arc::new(Plugin { handler }));
+    let service = api_ttrpc::create_plugin(Arc::new(Plugin {
+        handler,
+        request_timeout_ms: AtomicU64::new(args.request_timeout.max(1)),
+        synchronized,
+        sync_parts: Mutex::new(None),
+    }));
     // The runtime opens the plugin service's one connection; the listener then waits forever.
     let incoming = futures_util::StreamExt::chain(
         futures_util::stream::once(async move { std::io::Result::Ok(plugin_side) }),
@@ -85,18 +121,83 @@ pub async fn serve(stream: UnixStream, args: &NriArgs, handler: Arc<Handler>) ->
 
 struct Plugin {
     handler: Arc<Handler>,
+    /// How long the runtime waits for an answer.
+    request_timeout_ms: AtomicU64,
+    /// Set at the first Synchronize answered on this connection.
+    synchronized: Arc<AtomicBool>,
+    /// The parts of a split Synchronize received so far.
+    sync_parts: Mutex<Option<(Vec<api::PodSandbox>, Vec<api::Container>)>>,
 }
 
+/// How many times a teardown that failed is tried again, and how long apart.
+const TEARDOWN_TRIES: u32 = 5;
+const TEARDOWN_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 impl Plugin {
-    /// The handler's blocking work (D-Bus, the file system) off the one async thread.
-    async fn blocking<T: Send + 'static>(
+    /// Three quarters of the runtime's request timeout: every answer goes out by then, so that
+    /// the runtime never drops the plugin (and never goes on without it) for a slow answer.
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.load(Ordering::Relaxed) * 3 / 4)
+    }
+
+    /// The handler's blocking work (D-Bus, the file system) off the one async thread, waited
+    /// for until the deadline: `None` when it is still at work then (it goes on regardless).
+    async fn within_deadline<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Handler) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    ) -> Option<Result<T>> {
         let handler = self.handler.clone();
-        tokio::task::spawn_blocking(move || work(&handler))
-            .await
-            .map_err(|e| Error::runtime(format!("the NRI plugin's worker failed: {e}")))?
+        let task = tokio::task::spawn_blocking(move || work(&handler));
+        match tokio::time::timeout(self.deadline(), task).await {
+            Ok(joined) => Some(joined.unwrap_or_else(|e| {
+                Err(Error::runtime(format!(
+                    "the NRI plugin's worker failed: {e}"
+                )))
+            })),
+            Err(_) => None,
+        }
+    }
+
+    /// A teardown (a container or pod gone, a reconciliation): done within the deadline if it
+    /// can be, or else finished after the answer, and tried again when it fails, so that no
+    /// teardown, however slow, keeps the runtime waiting.
+    async fn tear_down(
+        &self,
+        what: String,
+        work: impl Fn(&Handler) -> Result<()> + Send + 'static,
+    ) {
+        let handler = self.handler.clone();
+        let (first_done, first) = tokio::sync::oneshot::channel::<()>();
+        let said = what.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut outcome = work(&handler);
+            let _ = first_done.send(());
+            let mut attempt = 1;
+            while let Err(e) = outcome {
+                if attempt == TEARDOWN_TRIES {
+                    tracing::error!(
+                        "{what}: failed {TEARDOWN_TRIES} times, last: {e}; the next Synchronize or hostchan gc finishes it"
+                    );
+                    return;
+                }
+                tracing::warn!(
+                    "{what}: {e}; trying again in {} s",
+                    TEARDOWN_RETRY_AFTER.as_secs()
+                );
+                std::thread::sleep(TEARDOWN_RETRY_AFTER);
+                attempt += 1;
+                outcome = work(&handler);
+                if outcome.is_ok() {
+                    tracing::info!("{what}: done at try {attempt}");
+                }
+            }
+        });
+        if tokio::time::timeout(self.deadline(), first).await.is_err() {
+            tracing::warn!(
+                "{said}: still at work after {} ms; answered the runtime, finishing in the background",
+                self.deadline().as_millis()
+            );
+        }
     }
 }
 
@@ -115,10 +216,24 @@ impl api_ttrpc::Plugin for Plugin {
         _: &TtrpcContext,
         request: api::ConfigureRequest,
     ) -> ttrpc::Result<api::ConfigureResponse> {
+        let said = request
+            .special_fields
+            .unknown_fields()
+            .get(CONFIGURE_REQUEST_TIMEOUT_FIELD)
+            .and_then(|value| match value {
+                protobuf::UnknownValueRef::Varint(ms) if ms > 0 => Some(ms),
+                _ => None,
+            });
+        if let Some(ms) = said {
+            self.request_timeout_ms.store(ms, Ordering::Relaxed);
+        }
         tracing::info!(
-            "configured by {} {}",
+            "configured by {} {}; answering within {} ms (the runtime's request timeout is {} ms{})",
             request.runtime_name,
-            request.runtime_version
+            request.runtime_version,
+            self.deadline().as_millis(),
+            self.request_timeout_ms.load(Ordering::Relaxed),
+            if said.is_some() { "" } else { ", as --request-timeout says" }
         );
         Ok(api::ConfigureResponse {
             events: event_mask(EVENTS),
@@ -129,18 +244,52 @@ impl api_ttrpc::Plugin for Plugin {
     async fn synchronize(
         &self,
         _: &TtrpcContext,
-        request: api::SynchronizeRequest,
+        mut request: api::SynchronizeRequest,
     ) -> ttrpc::Result<api::SynchronizeResponse> {
-        let live = handler::live_pods(&request.pods, &request.containers);
-        let (pods, containers) = (live.pods.len(), live.containers.len());
-        // A reconciliation that partly failed is logged; the plugin serves all the same.
-        if let Err(e) = self
-            .blocking(move |handler| handler.synchronize(&live))
-            .await
-        {
-            tracing::error!("synchronizing: {e}");
+        let more = matches!(
+            request
+                .special_fields
+                .unknown_fields()
+                .get(SYNCHRONIZE_REQUEST_MORE_FIELD),
+            Some(protobuf::UnknownValueRef::Varint(1))
+        );
+        let (pods, containers) = {
+            let mut parts = self.sync_parts.lock().unwrap_or_else(|e| e.into_inner());
+            let (pods, containers) = parts.get_or_insert_with(Default::default);
+            pods.append(&mut request.pods);
+            containers.append(&mut request.containers);
+            if more {
+                let mut response = api::SynchronizeResponse::default();
+                response
+                    .special_fields
+                    .mut_unknown_fields()
+                    .add_varint(SYNCHRONIZE_RESPONSE_MORE_FIELD, 1);
+                return Ok(response);
+            }
+            parts.take().unwrap_or_default()
+        };
+        let mut live = handler::live_pods(&pods, &containers);
+        // Only the channels there now are judged by this view: one a CreateContainer makes
+        // after the answer, while the reconciliation may still be at work, is not in it.
+        match self.handler.channel_ids() {
+            Ok(ids) => live.judged = Some(ids),
+            Err(e) => {
+                tracing::error!("synchronizing: {e}; reconciling nothing this time");
+                live.judged = Some(Default::default());
+            }
         }
+        let (pods, containers) = (live.pods.len(), live.containers.len());
+        let live = Arc::new(live);
+        // A reconciliation that partly failed is logged and tried again; the plugin serves all
+        // the same.
+        self.tear_down("reconciling with the runtime".to_owned(), move |handler| {
+            handler.synchronize(&live)
+        })
+        .await;
         tracing::info!("synchronized with {pods} pods and {containers} live containers");
+        if !self.synchronized.swap(true, Ordering::SeqCst) {
+            notify("READY=1\nSTATUS=serving the runtime");
+        }
         Ok(api::SynchronizeResponse::default())
     }
 
@@ -159,13 +308,29 @@ impl api_ttrpc::Plugin for Plugin {
             "{}/{}/{}",
             request.pod.namespace, request.pod.name, request.container.name
         );
-        let mounts = self
-            .blocking(move |handler| handler.create_container(&request.pod, &request.container))
-            .await
-            .map_err(|e| {
-                tracing::error!("container {name}: {e}");
-                refused(&e)
-            })?;
+        let race = Arc::new(Race::default());
+        let worker = race.clone();
+        let made = self
+            .within_deadline(move |handler| {
+                handler.create_container(&request.pod, &request.container, &worker)
+            })
+            .await;
+        let made = match made {
+            Some(made) => made,
+            // Still at work: the container is refused now, and the work takes back what it
+            // makes when it ends, unless it ended in the meantime.
+            None if race.give_up() => Err(Error::systemd(format!(
+                "systemd did not answer within {:.1} s; the container is refused, and whatever was made for it is taken back",
+                self.deadline().as_secs_f64()
+            ))),
+            None => Err(Error::runtime(
+                "the channels were made just past the deadline and are being taken back; the kubelet will try again",
+            )),
+        };
+        let mounts = made.map_err(|e| {
+            tracing::error!("container {name}: {e}");
+            refused(&e)
+        })?;
         if mounts.is_empty() {
             return Ok(api::CreateContainerResponse::default());
         }
@@ -187,14 +352,14 @@ impl api_ttrpc::Plugin for Plugin {
     async fn stop_container(
         &self,
         _: &TtrpcContext,
-        request: api::StopContainerRequest,
+        mut request: api::StopContainerRequest,
     ) -> ttrpc::Result<api::StopContainerResponse> {
-        if let Err(e) = self
-            .blocking(move |handler| handler.container_gone(&request.container))
-            .await
-        {
-            tracing::error!("{e}");
-        }
+        let container = Arc::new(request.container.take().unwrap_or_default());
+        self.tear_down(
+            format!("container {} stopped", container.id),
+            move |handler| handler.container_gone(&container),
+        )
+        .await;
         Ok(api::StopContainerResponse::default())
     }
 
@@ -203,24 +368,33 @@ impl api_ttrpc::Plugin for Plugin {
         _: &TtrpcContext,
         event: api::StateChangeEvent,
     ) -> ttrpc::Result<api::Empty> {
-        let done = match event.event.enum_value() {
+        // The container or pod goes on regardless; what is left, retries, Synchronize and gc
+        // find.
+        let container = Arc::new(event.container.clone().unwrap_or_default());
+        let pod = Arc::new(event.pod.clone().unwrap_or_default());
+        match event.event.enum_value() {
             Ok(Event::START_CONTAINER) => {
-                self.blocking(move |handler| handler.start_container(&event.container))
-                    .await
+                self.tear_down(
+                    format!("container {} started", container.id),
+                    move |handler| handler.start_container(&container),
+                )
+                .await
             }
             Ok(Event::REMOVE_CONTAINER) => {
-                self.blocking(move |handler| handler.container_gone(&event.container))
-                    .await
+                self.tear_down(
+                    format!("container {} removed", container.id),
+                    move |handler| handler.container_gone(&container),
+                )
+                .await
             }
             Ok(Event::STOP_POD_SANDBOX | Event::REMOVE_POD_SANDBOX) => {
-                self.blocking(move |handler| handler.pod_gone(&event.pod))
-                    .await
+                self.tear_down(
+                    format!("pod {}/{} gone", pod.namespace, pod.name),
+                    move |handler| handler.pod_gone(&pod),
+                )
+                .await
             }
-            _ => Ok(()),
-        };
-        // The container or pod goes on regardless; what is left, Synchronize and gc find.
-        if let Err(e) = done {
-            tracing::error!("{e}");
+            _ => {}
         }
         Ok(api::Empty::default())
     }

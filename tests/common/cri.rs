@@ -242,6 +242,16 @@ impl Cri {
         .expect("RemoveContainer");
     }
 
+    /// StopContainer, whatever comes of it.
+    pub fn stop_container_quietly(&self, id: &str) -> bool {
+        let mut client = self.client.clone();
+        self.call(client.stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout: 0,
+        }))
+        .is_ok()
+    }
+
     pub fn remove_container(&self, id: &str) {
         let mut client = self.client.clone();
         self.call(client.stop_container(StopContainerRequest {

@@ -233,8 +233,25 @@ fn a_bad_annotation_fails_the_containers_creation_and_leaves_nothing() {
     let error = node.create_container(&intruder, "app", 0).unwrap_err();
     assert!(error.message().contains("team-b"), "{}", error.message());
     node.sandbox.assert_no_trace("/run/hostchan/team-a/stolen");
+
+    // A container path over the kernel's interfaces: hostchan's own line, not the runtime's.
+    let over_proc = node.run_pod(
+        "team-a",
+        "proc",
+        &[("io.hostchan.channel", "/run/hostchan/team-a/proc:/proc/sys")],
+    );
+    let error = node.create_container(&over_proc, "app", 0).unwrap_err();
+    assert!(
+        error
+            .message()
+            .contains("hostchan: annotation io.hostchan.channel: invalid container path \"/proc/sys\": is in /proc"),
+        "{}",
+        error.message()
+    );
+    node.sandbox.assert_no_trace("/run/hostchan/team-a/proc");
     node.remove_pod(&pod);
     node.remove_pod(&intruder);
+    node.remove_pod(&over_proc);
 }
 
 #[test]

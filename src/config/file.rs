@@ -103,6 +103,22 @@ impl Config {
             }
             config.hook.max_channels_per_container = value;
         }
+        if let Some(depth) = &file.hook.max_path_depth {
+            let value = *depth.get_ref();
+            if value == 0 {
+                return Err(at(depth.span(), "hook.max_path_depth")
+                    .error("0", "would refuse every annotation; give the most directories a host path from an annotation may have"));
+            }
+            config.hook.max_path_depth = value;
+        }
+        if let Some(length) = &file.hook.max_path_length {
+            let value = *length.get_ref();
+            if value == 0 {
+                return Err(at(length.span(), "hook.max_path_length")
+                    .error("0", "would refuse every annotation; give the most bytes a host path from an annotation may have"));
+            }
+            config.hook.max_path_length = value;
+        }
         if let Some(max) = &file.hook.max_total_size {
             let location = at(max.span(), "hook.max_total_size");
             let (max_size, effective) = max_size_of(max.get_ref(), &location, machine)?;
@@ -265,6 +281,8 @@ struct HookIn {
     delete_lifetime: Option<DeleteLifetime>,
     max_channels_per_container: Option<Spanned<usize>>,
     max_total_size: Option<Spanned<SizeValue>>,
+    max_path_depth: Option<Spanned<usize>>,
+    max_path_length: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

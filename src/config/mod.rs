@@ -42,6 +42,12 @@ pub struct Config {
     pub hook: Hook,
 }
 
+/// `/run/hostchan/<namespace>/<pod>/<container>/<name>` is 6 deep; templates and an operator's
+/// own root add a few.
+pub const DEFAULT_MAX_PATH_DEPTH: usize = 16;
+/// Room for a namespace (63), a pod name (253), a container name (63) and more.
+pub const DEFAULT_MAX_PATH_LENGTH: usize = 1024;
+
 /// The root hook channels go under when the configuration names none: hostchan's own, made
 /// `0755 root` when missing.
 pub const DEFAULT_HOOK_ROOT: &str = "/run/hostchan";
@@ -57,6 +63,11 @@ pub struct Hook {
     pub delete_lifetime: DeleteLifetime,
     /// The most channels one container's annotations may ask for.
     pub max_channels_per_container: usize,
+    /// The most components a host path from annotations may have: a path thousands of
+    /// directories deep costs a teardown as many removals.
+    pub max_path_depth: usize,
+    /// The most bytes a host path from annotations may have.
+    pub max_path_length: usize,
     /// The most one container's channels may come to together, as written.
     pub max_total_size: MaxSize,
     /// `max_total_size` in bytes on this machine.
@@ -203,6 +214,8 @@ impl Config {
                 tenancy: Tenancy::Subtree,
                 delete_lifetime: DeleteLifetime::Engine,
                 max_channels_per_container: 16,
+                max_path_depth: DEFAULT_MAX_PATH_DEPTH,
+                max_path_length: DEFAULT_MAX_PATH_LENGTH,
                 max_total_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
                 effective_max_total_size: half,
             },
@@ -243,6 +256,35 @@ impl Config {
     /// spec parser whatever this says).
     /// `[channels] allowed_roots` for the CLI, `[hook] allowed_roots` for channels that
     /// container annotations ask for.
+    /// The operator's bounds on how deep and long a host path from annotations may be.
+    fn check_path_bounds(&self, host_path: &Path) -> Result<()> {
+        let depth = host_path.components().count().saturating_sub(1);
+        let length = host_path.as_os_str().len();
+        let (what, most, key) = if depth > self.hook.max_path_depth {
+            (
+                format!("{depth} directories deep"),
+                self.hook.max_path_depth,
+                "hook.max_path_depth",
+            )
+        } else if length > self.hook.max_path_length {
+            (
+                format!("{length} bytes long"),
+                self.hook.max_path_length,
+                "hook.max_path_length",
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::invalid(
+            "host path",
+            host_path.display().to_string(),
+            format!(
+                "is {what}, more than {key} ({most}) in {} allows",
+                self.origin()
+            ),
+        ))
+    }
+
     pub fn check_host_path(&self, host_path: &Path, requester: &Requester) -> Result<()> {
         let (roots, key) = match requester {
             Requester::Cli => (&self.channels.allowed_roots, "channels.allowed_roots"),
@@ -251,6 +293,9 @@ impl Config {
         let inside = |root: &PathBuf| host_path.starts_with(root) && host_path != root;
         if *requester == Requester::Cli && roots.is_empty() {
             return Ok(());
+        }
+        if let Requester::Annotations(_) = requester {
+            self.check_path_bounds(host_path)?;
         }
         if let (Requester::Annotations(tenant), Tenancy::Subtree) = (requester, self.hook.tenancy) {
             let subtrees: Vec<PathBuf> = roots
@@ -421,6 +466,35 @@ allow_unbound = true
         assert_eq!(config.channels.effective_max_size, 1 << 20);
         // The built-in default size follows a maximum set below it.
         assert_eq!(config.channels.default_size, 1 << 20);
+    }
+
+    #[test]
+    fn annotations_host_paths_are_bounded_in_depth_and_length() {
+        use crate::model::Tenant;
+        let shop = &Requester::Annotations(Tenant::Namespace("shop".into()));
+        let builtin = parse("").unwrap();
+        let deep = |n: usize| PathBuf::from(format!("/run/hostchan/shop{}", "/d".repeat(n)));
+        assert!(builtin.check_host_path(&deep(13), shop).is_ok());
+        let err = builtin.check_host_path(&deep(14), shop).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("is 17 directories deep, more than hook.max_path_depth (16)"),
+            "{err}"
+        );
+        // The command line is root's: not bounded by the hook's settings.
+        assert!(builtin.check_host_path(&deep(14), &Requester::Cli).is_ok());
+        let long = PathBuf::from(format!("/run/hostchan/shop/{}", "x".repeat(1010)));
+        let err = builtin.check_host_path(&long, shop).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("more than hook.max_path_length (1024)"),
+            "{err}"
+        );
+        let raised = parse("[hook]\nmax_path_depth = 40\nmax_path_length = 2048\n").unwrap();
+        assert!(raised.check_host_path(&deep(30), shop).is_ok());
+        assert!(raised.check_host_path(&long, shop).is_ok());
+        assert!(parse("[hook]\nmax_path_depth = 0\n").is_err());
     }
 
     #[test]
@@ -664,6 +738,8 @@ allow_unbound = true
             "delete_lifetime",
             "max_channels_per_container",
             "max_total_size",
+            "max_path_depth",
+            "max_path_length",
         ] {
             assert!(uncommented.contains(&format!("\n{key} = ")), "{key}");
         }

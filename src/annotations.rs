@@ -278,31 +278,6 @@ fn check_container_bounds(config: &Config, container: &str, specs: &[ChannelSpec
     Ok(())
 }
 
-/// The host uid and gid that a process's user namespace maps its root (0) to, from
-/// /proc/<pid>/uid_map and gid_map; itself when the process has no user namespace of its own.
-pub fn root_mapping_of(pid: i32) -> Option<RootOwner> {
-    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
-    Some(RootOwner {
-        uid: host_id_of_root(&read("uid_map")?)?,
-        gid: host_id_of_root(&read("gid_map")?)?,
-    })
-}
-
-/// The host id that id 0 maps to in a `/proc/<pid>/[ug]id_map` text.
-fn host_id_of_root(map: &str) -> Option<u32> {
-    map.lines().find_map(|line| {
-        let mut fields = line.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(inside)), Some(Ok(outside)), Some(Ok(count))) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return None;
-        };
-        (inside == 0 && count > 0)
-            .then(|| u32::try_from(outside).ok())
-            .flatten()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -349,20 +324,6 @@ mod tests {
         for bad in ["", "Delete", "forever"] {
             assert_eq!(parse_lifetime(bad).unwrap_err().exit_code(), 2, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn root_maps() {
-        assert_eq!(
-            host_id_of_root("         0          0 4294967295\n"),
-            Some(0)
-        );
-        assert_eq!(
-            host_id_of_root("         0     100000      65536\n"),
-            Some(100_000)
-        );
-        assert_eq!(host_id_of_root("      1000     100000      65536\n"), None);
-        assert_eq!(host_id_of_root(""), None);
     }
 
     #[test]

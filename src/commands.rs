@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Target};
 use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use crate::config::{self, Config};
-use crate::error::{write_at_once, Context, Error, Result, EXIT_USAGE, QUOTE_LIMIT};
+use crate::error::{cut, write_at_once, Context, Error, Result, EXIT_USAGE, QUOTE_LIMIT};
 use crate::model::Requester;
 use crate::oci;
 use crate::output::Report;
@@ -232,12 +232,8 @@ fn first_line(text: &str) -> String {
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
-    let line = line.trim_start_matches("error: ");
-    let limit = 4 * QUOTE_LIMIT;
-    match line.char_indices().nth(limit) {
-        None => line.to_owned(),
-        Some((cut, _)) => format!("{}... ({} bytes in all)", &line[..cut], line.len()),
-    }
+    let (head, note) = cut(line.trim_start_matches("error: "), 4 * QUOTE_LIMIT);
+    format!("{head}{note}")
 }
 
 fn json_requested(args: impl Iterator<Item = String>) -> bool {

@@ -198,9 +198,16 @@ pub const QUOTE_LIMIT: usize = 200;
 /// A value as a message quotes it: in double quotes with control characters escaped, and cut
 /// after [`QUOTE_LIMIT`] characters with a note of its full length.
 pub fn quote(value: &str) -> String {
-    match value.char_indices().nth(QUOTE_LIMIT) {
-        None => format!("{value:?}"),
-        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &value[..cut], value.len()),
+    let (head, note) = cut(value, QUOTE_LIMIT);
+    format!("{head:?}{note}")
+}
+
+/// The first `limit` characters of `text`, and what to say after them when that is not all of
+/// it: `... (N bytes in all)`.
+pub fn cut(text: &str, limit: usize) -> (&str, String) {
+    match text.char_indices().nth(limit) {
+        None => (text, String::new()),
+        Some((end, _)) => (&text[..end], format!("... ({} bytes in all)", text.len())),
     }
 }
 

@@ -154,7 +154,7 @@ fn create_all(
             annotations: &state.annotations,
             pod: None,
             owner: OwnerRequest::Pid(pid),
-            root_mapping: annotations::root_mapping_of(pid),
+            root_mapping: crate::inject::root_mapping_of(pid),
             caller: annotations::Caller::Hook { engine_deletes },
         },
     )?

@@ -220,7 +220,7 @@ pub(super) fn detach_copy(record: &Record) -> Result<()> {
     let container_path = &record.channel.spec.container_path;
     match inject::detach(attached, container_path, device)? {
         Detached::ContainerGone | Detached::AtContainerPath => {}
-        Detached::NotMounted => tracing::info!(
+        Detached::NotMounted => tracing::warn!(
             OBJECT_SYSTEMD_UNIT = %record.unit(),
             "the channel's copy at {} in the container of pid {} had been unmounted already",
             container_path.display(),

@@ -93,31 +93,33 @@ impl Config {
         if let Some(delete) = file.hook.delete_lifetime {
             config.hook.delete_lifetime = delete;
         }
-        if let Some(count) = &file.hook.max_channels_per_container {
-            let value = *count.get_ref();
-            if value == 0 {
-                return Err(at(count.span(), "hook.max_channels_per_container").error(
-                    "0",
-                    "would refuse every annotation; set hook.allowed_roots to where channels may go instead",
-                ));
+        let counts = [
+            (
+                &file.hook.max_channels_per_container,
+                "hook.max_channels_per_container",
+                "set hook.allowed_roots to where channels may go instead",
+                &mut config.hook.max_channels_per_container,
+            ),
+            (
+                &file.hook.max_path_depth,
+                "hook.max_path_depth",
+                "give the most directories a host path from an annotation may have",
+                &mut config.hook.max_path_depth,
+            ),
+            (
+                &file.hook.max_path_length,
+                "hook.max_path_length",
+                "give the most bytes a host path from an annotation may have",
+                &mut config.hook.max_path_length,
+            ),
+        ];
+        for (given, key, instead, value) in counts {
+            let Some(given) = given else { continue };
+            if *given.get_ref() == 0 {
+                return Err(at(given.span(), key)
+                    .error("0", format!("would refuse every annotation; {instead}")));
             }
-            config.hook.max_channels_per_container = value;
-        }
-        if let Some(depth) = &file.hook.max_path_depth {
-            let value = *depth.get_ref();
-            if value == 0 {
-                return Err(at(depth.span(), "hook.max_path_depth")
-                    .error("0", "would refuse every annotation; give the most directories a host path from an annotation may have"));
-            }
-            config.hook.max_path_depth = value;
-        }
-        if let Some(length) = &file.hook.max_path_length {
-            let value = *length.get_ref();
-            if value == 0 {
-                return Err(at(length.span(), "hook.max_path_length")
-                    .error("0", "would refuse every annotation; give the most bytes a host path from an annotation may have"));
-            }
-            config.hook.max_path_length = value;
+            *value = *given.get_ref();
         }
         if let Some(max) = &file.hook.max_total_size {
             let location = at(max.span(), "hook.max_total_size");

@@ -158,10 +158,10 @@ impl Plugin {
         }
     }
 
-    /// A teardown (a container or pod gone, a reconciliation): done within the deadline if it
-    /// can be, or else finished after the answer, and tried again when it fails, so that no
-    /// teardown, however slow, keeps the runtime waiting.
-    async fn tear_down(
+    /// Work that must not keep the runtime waiting (a teardown, a container's binding, a
+    /// reconciliation): done within the deadline if it can be, or else finished after the
+    /// answer, and tried again when it fails.
+    async fn follow_up(
         &self,
         what: String,
         work: impl Fn(&Handler) -> Result<()> + Send + 'static,
@@ -279,10 +279,9 @@ impl api_ttrpc::Plugin for Plugin {
             }
         }
         let (pods, containers) = (live.pods.len(), live.containers.len());
-        let live = Arc::new(live);
         // A reconciliation that partly failed is logged and tried again; the plugin serves all
         // the same.
-        self.tear_down("reconciling with the runtime".to_owned(), move |handler| {
+        self.follow_up("reconciling with the runtime".to_owned(), move |handler| {
             handler.synchronize(&live)
         })
         .await;
@@ -354,8 +353,8 @@ impl api_ttrpc::Plugin for Plugin {
         _: &TtrpcContext,
         mut request: api::StopContainerRequest,
     ) -> ttrpc::Result<api::StopContainerResponse> {
-        let container = Arc::new(request.container.take().unwrap_or_default());
-        self.tear_down(
+        let container = request.container.take().unwrap_or_default();
+        self.follow_up(
             format!("container {} stopped", container.id),
             move |handler| handler.container_gone(&container),
         )
@@ -370,25 +369,25 @@ impl api_ttrpc::Plugin for Plugin {
     ) -> ttrpc::Result<api::Empty> {
         // The container or pod goes on regardless; what is left, retries, Synchronize and gc
         // find.
-        let container = Arc::new(event.container.clone().unwrap_or_default());
-        let pod = Arc::new(event.pod.clone().unwrap_or_default());
+        let container = event.container.unwrap_or_default();
+        let pod = event.pod.unwrap_or_default();
         match event.event.enum_value() {
             Ok(Event::START_CONTAINER) => {
-                self.tear_down(
+                self.follow_up(
                     format!("container {} started", container.id),
                     move |handler| handler.start_container(&container),
                 )
                 .await
             }
             Ok(Event::REMOVE_CONTAINER) => {
-                self.tear_down(
+                self.follow_up(
                     format!("container {} removed", container.id),
                     move |handler| handler.container_gone(&container),
                 )
                 .await
             }
             Ok(Event::STOP_POD_SANDBOX | Event::REMOVE_POD_SANDBOX) => {
-                self.tear_down(
+                self.follow_up(
                     format!("pod {}/{} gone", pod.namespace, pod.name),
                     move |handler| handler.pod_gone(&pod),
                 )

@@ -164,18 +164,11 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     check_channel_count(config, container.id, annotations.len())?;
     // Every annotation is checked before anything is looked up on the machine (the owner).
     let requester = Requester::Annotations(pod.tenant(container.id));
-    let mut keys = Vec::with_capacity(annotations.len());
-    let mut texts = Vec::with_capacity(annotations.len());
-    let mut specs = Vec::with_capacity(annotations.len());
-    for annotation in &annotations {
-        let in_annotation = |e: Error| e.context(format!("annotation {}", annotation.key));
-        spec::check_spec_length("spec", annotation.spec).map_err(in_annotation)?;
-        let text = kube::expand(annotation.spec, &pod, container.id).map_err(in_annotation)?;
-        specs.push(ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?);
-        keys.push(annotation.key.to_owned());
-        texts.push(text);
-    }
+    let parsed = parse_specs(config, &annotations, &pod, container.id)?;
+    let specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
     check_container_bounds(config, container.id, &specs)?;
+    let (keys, texts): (Vec<String>, Vec<String>) =
+        parsed.into_iter().map(|one| (one.key, one.text)).unzip();
     let ask = Ask {
         requester,
         owner: container.owner.clone(),
@@ -190,6 +183,51 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     let base = CreateOptions::new(config, String::new(), ask)?;
     let options = texts.into_iter().map(|text| base.for_spec(text)).collect();
     Ok(Some(Requests { keys, options }))
+}
+
+/// One channel annotation, expanded and parsed.
+struct Parsed {
+    key: String,
+    text: String,
+    spec: ChannelSpec,
+}
+
+fn parse_specs(
+    config: &Config,
+    annotations: &[kube::ChannelAnnotation<'_>],
+    pod: &kube::Pod,
+    container_id: &str,
+) -> Result<Vec<Parsed>> {
+    annotations
+        .iter()
+        .map(|annotation| {
+            let in_annotation = |e: Error| e.context(format!("annotation {}", annotation.key));
+            spec::check_spec_length("spec", annotation.spec).map_err(in_annotation)?;
+            let text = kube::expand(annotation.spec, pod, container_id).map_err(in_annotation)?;
+            let spec = ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?;
+            Ok(Parsed {
+                key: annotation.key.to_owned(),
+                text,
+                spec,
+            })
+        })
+        .collect()
+}
+
+/// The channels a pod container's annotations ask for, parsed as its create parses them and
+/// without looking anything up on the machine: to check what a running container has.
+pub fn asked_channels(
+    config: &Config,
+    annotations: &BTreeMap<String, String>,
+    pod: &kube::Pod,
+    container_id: &str,
+) -> Result<Vec<ChannelSpec>> {
+    let asked = kube::for_this_container(kube::channel_annotations(annotations)?, pod);
+    check_channel_count(config, container_id, asked.len())?;
+    Ok(parse_specs(config, &asked, pod, container_id)?
+        .into_iter()
+        .map(|one| one.spec)
+        .collect())
 }
 
 /// Whether a hook's channels may outlive the container's stops: only where the operator allows

@@ -1,5 +1,6 @@
-//! Kubernetes for real: containerd 1.7 (Debian 13's, fetched by tests/sandbox/containerd.sh)
-//! inside the sandboxed systemd, with NRI on, `SystemdCgroup = true` and a busybox image built
+//! Kubernetes for real: containerd (fetched by tests/sandbox/containerd.sh: Debian 13's 1.7, or
+//! with `HOSTCHAN_CONTAINERD=2` Debian sid's 2.x; tests/run runs this suite with each) inside the
+//! sandboxed systemd, with NRI on, `SystemdCgroup = true` and a busybox image built
 //! offline; `hostchan nri` as a unit beside it; host-network pods run through containerd's real
 //! CRI API by a CRI client written here (k8s-cri, tonic).
 
@@ -15,13 +16,29 @@ use cri::Cri;
 
 const NRI_SOCKET: &str = "/run/hc-containerd/nri.sock";
 
+/// The containerd series under test: `HOSTCHAN_CONTAINERD`, 1.7 unless it says 2.
+fn series() -> &'static str {
+    match std::env::var("HOSTCHAN_CONTAINERD").as_deref() {
+        Ok("2") => "2",
+        Ok("1.7") | Err(_) => "1.7",
+        Ok(other) => panic!("HOSTCHAN_CONTAINERD={other}: use 1.7 or 2"),
+    }
+}
+
 /// containerd, unpacked once for the whole run, with its image and configuration.
 fn containerd_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = common::repo().join("target/containerd");
+        let dir = common::repo().join(match series() {
+            "2" => "target/containerd-2",
+            _ => "target/containerd",
+        });
         let script = common::repo().join("tests/sandbox/containerd.sh");
-        for args in [vec!["fetch"], vec!["image"], vec!["config", NRI_SOCKET]] {
+        for args in [
+            vec!["fetch", series()],
+            vec!["image"],
+            vec!["config", NRI_SOCKET],
+        ] {
             let status = std::process::Command::new(&script)
                 .arg(args[0])
                 .arg(&dir)
@@ -37,6 +54,25 @@ fn containerd_dir() -> &'static PathBuf {
 struct Node {
     sandbox: Sandbox,
     cri: Cri,
+    /// The plugin's unit, removed after the sandbox is gone.
+    _units: common::TempDir,
+}
+
+/// A unit directory with the shipped hostchan-nri.service, its ExecStart this build's binary
+/// on the test containerd's socket.
+fn plugin_unit() -> common::TempDir {
+    static NODES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let node = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = common::TempDir::new(&format!("nri-unit-{node}"));
+    let shipped = std::fs::read_to_string(common::repo().join("systemd/hostchan-nri.service"))
+        .expect("read systemd/hostchan-nri.service");
+    let unit = shipped.replace(
+        "ExecStart=/usr/bin/hostchan nri",
+        &format!("ExecStart={HOSTCHAN} nri --socket {NRI_SOCKET}"),
+    );
+    assert_ne!(unit, shipped, "the shipped unit's ExecStart changed");
+    std::fs::write(dir.path("hostchan-nri.service"), unit).expect("write the plugin's unit");
+    dir
 }
 
 /// The node's CRI calls are the client's.
@@ -56,7 +92,11 @@ impl Node {
 
     fn without_plugin() -> Node {
         let dir = containerd_dir();
-        let sandbox = Sandbox::boot();
+        let units = plugin_unit();
+        let sandbox = Sandbox::boot_with(&common::Boot {
+            extra_units: Some(units.0.clone()),
+            ..Default::default()
+        });
         sandbox
             .run(&[
                 dir.join("../../tests/sandbox/containerd.sh")
@@ -69,10 +109,11 @@ impl Node {
         Node {
             cri: Cri::connect(sandbox.path("/run/hc-containerd/containerd.sock")),
             sandbox,
+            _units: units,
         }
     }
 
-    fn synchronizations(&self) -> usize {
+    fn plugin_journal(&self) -> String {
         self.sandbox
             .run(&[
                 "journalctl",
@@ -83,26 +124,23 @@ impl Node {
                 "hostchan-nri.service",
             ])
             .stdout
-            .matches("synchronized with")
-            .count()
     }
 
+    fn synchronizations(&self) -> usize {
+        self.plugin_journal().matches("synchronized with").count()
+    }
+
+    /// The plugin as the packages run it: the shipped unit (installed at boot), Type=notify,
+    /// so started once it has registered and synchronized.
     fn start_plugin(&self) {
         let before = self.synchronizations();
         self.sandbox
-            .run(&[
-                "systemd-run",
-                "--quiet",
-                "--unit=hostchan-nri",
-                HOSTCHAN,
-                "nri",
-                "--socket",
-                NRI_SOCKET,
-            ])
+            .run(&["systemctl", "start", "hostchan-nri.service"])
             .ok();
-        self.sandbox.wait_for(
-            || self.synchronizations() > before,
-            "the plugin to register and synchronize",
+        assert!(
+            self.synchronizations() > before,
+            "started before it synchronized: {}",
+            self.plugin_journal()
         );
     }
 
@@ -130,6 +168,23 @@ fn a_pod_gets_its_channel_through_nri_and_loses_it_with_the_container() {
         )],
     );
     let container = node.run_container(&pod, "app", 0);
+
+    // The deadline comes from the runtime where it says (NRI 0.7+, containerd 2.x), else from
+    // --request-timeout, 2 s by default: containerd's own value in both configurations.
+    let journal = node.plugin_journal();
+    let configured = journal
+        .lines()
+        .find(|line| line.starts_with("configured by containerd"))
+        .unwrap_or_else(|| panic!("no Configure line: {journal}"));
+    assert!(
+        configured.contains("answering within 1500 ms (the runtime's request timeout is 2000 ms"),
+        "{configured}"
+    );
+    assert_eq!(
+        configured.contains("as --request-timeout says"),
+        series() == "1.7",
+        "{configured}"
+    );
 
     // The host side: a systemd mount unit with the spec's size and mode.
     let options = node
@@ -546,4 +601,112 @@ fn a_slow_teardown_never_gets_the_plugin_dropped() {
     );
     node.remove_pod(&intruder);
     node.remove_pod(&pod);
+}
+
+/// Issue 26: the plugin killed while containerd waits for its CreateContainer. What the README
+/// says happens: containerd goes on without it, as while it is down, so the container is
+/// created without its channel; systemd restarts the plugin, which registers and synchronizes
+/// within containerd's registration timeout (5 s) and names, in its journal, the container that
+/// runs without the channel it asked for. Whatever the killed plugin had started goes with the
+/// pod, and the next pod gets its channel.
+#[test]
+fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() {
+    let node = Node::start();
+    // A container with its channel, which the plugin must not report when it is back.
+    let kept = node.run_pod(
+        "team-a",
+        "kept",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/kept:/data:rw:1M",
+        )],
+    );
+    let kept_container = node.run_container(&kept, "app", 0);
+    let host_path = "/run/hostchan/team-a/killed/data";
+    let pod = node.run_pod(
+        "team-a",
+        "killed",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/killed/data:/data:rw:1M",
+        )],
+    );
+    let plugin = node.sandbox.property("hostchan-nri.service", "MainPID");
+    let syncs = node.synchronizations();
+    // PID 1 stalled, so that the plugin is surely inside CreateContainer when it is killed.
+    node.sandbox.freeze();
+    let (created, killed) = std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            node.sandbox.run(&["kill", "-KILL", &plugin]).ok();
+            let killed = std::time::Instant::now();
+            node.sandbox.thaw();
+            killed
+        });
+        let created = node.create_container(&pod, "app", 0);
+        (created, killer.join().expect("the killer thread"))
+    });
+    node.sandbox.wait_for(
+        || node.synchronizations() > syncs,
+        "the plugin to come back and synchronize",
+    );
+    let back = killed.elapsed();
+    eprintln!("the plugin was back and synchronized {back:?} after it was killed");
+    assert!(
+        back < std::time::Duration::from_secs(5),
+        "back after {back:?}, past containerd's registration timeout"
+    );
+    assert_eq!(
+        node.sandbox.property("hostchan-nri.service", "NRestarts"),
+        "1"
+    );
+    assert_eq!(node.sandbox.unit_state("hostchan-nri.service"), "active");
+    match created {
+        Ok(container) => {
+            // containerd went on without the plugin: the container has no channel, and the
+            // plugin says so once it is back.
+            node.start_container(&container);
+            let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
+            assert_ne!(code, 0, "{out}");
+            node.sandbox.wait_for(
+                || {
+                    node.plugin_journal().contains(
+                        "checked the channels of 2 live containers that asked for them: 1 without",
+                    )
+                },
+                "the plugin to check the containers' channels",
+            );
+            let journal = node.plugin_journal();
+            assert!(
+                journal.contains(&format!(
+                    "container team-a/killed/app ({container}) runs without its channel at /data: it was created while the plugin was not serving"
+                )),
+                "{journal}"
+            );
+            node.remove_container(&container);
+        }
+        Err(error) => eprintln!("CreateContainer failed: {}", error.message()),
+    }
+    let journal = node.plugin_journal();
+    assert!(
+        !journal.contains(&format!("({kept_container}) runs without")),
+        "a container with its channel is reported: {journal}"
+    );
+    node.remove_pod(&kept);
+    node.remove_pod(&pod);
+    node.sandbox.wait_for_no_jobs();
+    node.sandbox.assert_no_trace(host_path);
+
+    let next = node.run_pod(
+        "team-a",
+        "next",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/next:/data:rw:1M",
+        )],
+    );
+    let container = node.run_container(&next, "app", 0);
+    let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
+    assert_eq!(code, 0, "{out}");
+    node.remove_pod(&next);
 }

@@ -4,7 +4,7 @@
 //! runtime to add.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::api::api;
 use crate::annotations::{self, Caller};
@@ -226,6 +226,69 @@ impl Handler {
         }
         Ok(())
     }
+}
+
+impl Handler {
+    /// Synchronize: the live containers that asked for a channel the runtime did not mount in
+    /// them, each with the container path it lacks. Such a container was created while the
+    /// plugin was not serving (down, restarting, or cut off mid-request), and the runtime went
+    /// on without it; the NRI of containerd 1.7 to 2.1 gives a plugin no way to stop it, so it
+    /// is reported.
+    pub fn without_their_channels(
+        &self,
+        pods: &[api::PodSandbox],
+        containers: &[api::Container],
+    ) -> Result<Checked> {
+        use api::ContainerState as State;
+        let config = self.config()?;
+        let mut checked = 0;
+        let mut missing = Vec::new();
+        for container in containers {
+            let state = container.state.enum_value_or(State::CONTAINER_UNKNOWN);
+            let Some(pod) = pods.iter().find(|pod| pod.id == container.pod_sandbox_id) else {
+                continue;
+            };
+            let asked = own_annotations(pod, container);
+            if asked.is_empty()
+                || container.id == pod.id
+                || !matches!(state, State::CONTAINER_CREATED | State::CONTAINER_RUNNING)
+            {
+                continue;
+            }
+            let Ok(described) =
+                kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)
+            else {
+                continue;
+            };
+            // Annotations its create refused: the container was refused too.
+            let Ok(specs) = annotations::asked_channels(&config, &asked, &described, &container.id)
+            else {
+                continue;
+            };
+            checked += 1;
+            let name = format!(
+                "{}/{}/{} ({})",
+                pod.namespace, pod.name, container.name, container.id
+            );
+            for spec in specs {
+                let mounted = container.mounts.iter().any(|mount| {
+                    Path::new(&mount.destination) == spec.container_path
+                        && Path::new(&mount.source) == spec.host_path
+                });
+                if !mounted {
+                    missing.push((name.clone(), spec.container_path));
+                }
+            }
+        }
+        Ok(Checked { checked, missing })
+    }
+}
+
+/// What Synchronize found of the live containers that asked for channels.
+pub struct Checked {
+    pub checked: usize,
+    /// Each container that lacks a channel, with the container path it lacks.
+    pub missing: Vec<(String, PathBuf)>,
 }
 
 /// "1 channel", "2 channels": for the journal's lines.

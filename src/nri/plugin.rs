@@ -69,20 +69,13 @@ async fn serve_until_closed(
     let (Some(runtime_side), Some(plugin_side)) = (connections.pop(), connections.pop()) else {
         return Err(Error::runtime("the NRI multiplexer opened no connections"));
     };
-    let service = api_ttrpc::create_plugin(Arc::new(Plugin {
+    let plugin = Plugin {
         handler,
         request_timeout_ms: AtomicU64::new(args.request_timeout.max(1)),
         synchronized,
         sync_parts: Mutex::new(None),
-    }));
-    // The runtime opens the plugin service's one connection; the listener then waits forever.
-    let incoming = futures_util::StreamExt::chain(
-        futures_util::stream::once(async move { std::io::Result::Ok(plugin_side) }),
-        futures_util::stream::pending(),
-    );
-    let mut server = Server::new()
-        .register_service(service)
-        .add_listener(Listener::new(incoming));
+    };
+    let mut server = plugin_server(plugin, plugin_side);
     server
         .start()
         .await
@@ -117,6 +110,18 @@ async fn serve_until_closed(
         Ok(Err(e)) => Err(Error::runtime(format!("the NRI connection failed: {e}"))),
         Err(e) => Err(Error::runtime(format!("the NRI connection failed: {e}"))),
     }
+}
+
+/// The ttrpc server of the plugin service on its one connection.
+fn plugin_server(plugin: Plugin, connection: tokio::io::DuplexStream) -> Server {
+    // The runtime opens the plugin service's one connection; the listener then waits forever.
+    let incoming = futures_util::StreamExt::chain(
+        futures_util::stream::once(async move { std::io::Result::Ok(connection) }),
+        futures_util::stream::pending(),
+    );
+    Server::new()
+        .register_service(api_ttrpc::create_plugin(Arc::new(plugin)))
+        .add_listener(Listener::new(incoming))
 }
 
 struct Plugin {
@@ -269,6 +274,28 @@ impl api_ttrpc::Plugin for Plugin {
             parts.take().unwrap_or_default()
         };
         let mut live = handler::live_pods(&pods, &containers);
+        // Told, never waited for: it reads only the configuration and what the runtime sent.
+        let handler = self.handler.clone();
+        tokio::task::spawn_blocking(move || {
+            match handler.without_their_channels(&pods, &containers) {
+                Ok(found) => {
+                    for (container, path) in &found.missing {
+                        tracing::error!(
+                            "container {container} runs without its channel at {}: it was created while the plugin was not serving; delete its pod so that it is made again with the channel",
+                            path.display()
+                        );
+                    }
+                    if found.checked > 0 {
+                        tracing::info!(
+                            "checked the channels of {} live containers that asked for them: {} without",
+                            found.checked,
+                            found.missing.len()
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!("cannot check the containers' channels: {e}"),
+            }
+        });
         // Only the channels there now are judged by this view: one a CreateContainer makes
         // after the answer, while the reconciliation may still be at work, is not in it.
         match self.handler.channel_ids() {
@@ -409,5 +436,68 @@ mod tests {
         assert_eq!(event_mask(&[Event::RUN_POD_SANDBOX]), 1);
         assert_eq!(event_mask(&[Event::REMOVE_CONTAINER]), 1 << 10);
         assert_eq!(event_mask(EVENTS), 0b110_0010_1110);
+    }
+
+    /// containerd 2.3 (NRI 0.12) calls a method per event first and falls back to StateChange
+    /// only on UNIMPLEMENTED; any other code fails the event. These are its methods with that
+    /// fallback (`pkg/adaptation/plugin_type.go`), none of which this plugin implements.
+    const PER_EVENT_METHODS: &[&str] = &[
+        "RunPodSandbox",
+        "PostUpdatePodSandbox",
+        "StopPodSandbox",
+        "RemovePodSandbox",
+        "PostCreateContainer",
+        "StartContainer",
+        "PostStartContainer",
+        "PostUpdateContainer",
+        "RemoveContainer",
+    ];
+
+    #[test]
+    fn a_method_the_plugin_does_not_implement_is_unimplemented() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (plugin_side, runtime_side) = tokio::io::duplex(64 * 1024);
+            let plugin = Plugin {
+                handler: Arc::new(Handler {
+                    hostchan_binary: "/nonexistent/hostchan".into(),
+                    config_path: "/nonexistent/config.toml".into(),
+                    config_named: false,
+                }),
+                request_timeout_ms: AtomicU64::new(2000),
+                synchronized: Arc::new(AtomicBool::new(false)),
+                sync_parts: Mutex::new(None),
+            };
+            let mut server = plugin_server(plugin, plugin_side);
+            server.start().await.unwrap();
+            let client = Client::new(Socket::new(runtime_side));
+            let call = |method: &str| {
+                let request = ttrpc::Request {
+                    service: "nri.pkg.api.v1alpha1.Plugin".into(),
+                    method: method.into(),
+                    timeout_nano: 2_000_000_000,
+                    ..Default::default()
+                };
+                client.request(request)
+            };
+
+            // What the plugin implements answers: Configure, with an empty request.
+            let configured = call("Configure").await;
+            assert!(configured.is_ok(), "Configure: {configured:?}");
+            for method in PER_EVENT_METHODS {
+                match call(method).await {
+                    Err(ttrpc::Error::RpcStatus(status)) => assert_eq!(
+                        status.code(),
+                        ttrpc::Code::UNIMPLEMENTED,
+                        "{method}: {status:?}"
+                    ),
+                    other => panic!("{method}: expected UNIMPLEMENTED, got {other:?}"),
+                }
+            }
+            let _ = server.shutdown().await;
+        });
     }
 }

@@ -29,14 +29,18 @@ fn sh(script: &str) -> String {
 }
 
 /// The plugin's own time for each container of pods in `namespace` it gave a channel (its
-/// journal lines `container NAMESPACE/POD/CONTAINER: 1 channel in N ms`).
+/// journal lines `container NAMESPACE/POD/CONTAINER: 1 channel in N ms`) or refused
+/// (`container NAMESPACE/POD/CONTAINER: refused in N ms: ...`).
 fn plugin_times(namespace: &str) -> Vec<Duration> {
     let prefix = format!("container {namespace}/");
     sh("journalctl --no-pager -o cat -u hostchan-nri.service")
         .lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let millis = rest.rsplit_once(" in ")?.1.strip_suffix(" ms")?;
+            let rest = line.strip_prefix(&prefix)?.split_once(": ")?.1;
+            let millis = match rest.split_once(" ms: ") {
+                Some((refused, _)) => refused.strip_prefix("refused in ")?,
+                None => rest.rsplit_once(" in ")?.1.strip_suffix(" ms")?,
+            };
             Some(Duration::from_secs_f64(
                 millis.parse::<f64>().ok()? / 1000.0,
             ))
@@ -108,6 +112,47 @@ fn storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
     times
 }
 
+/// CreateContainer for a pod with a channel while PID 1 is stopped for 3 s (bench/run's
+/// helper stops it when BENCH_STALL appears): how long containerd waits, and whether the
+/// container was refused (the plugin's deadline) or got its channel.
+fn stalled_creates(cri: &Cri, rounds: usize) -> Vec<(bool, Duration)> {
+    let stall = std::env::var("BENCH_STALL").expect("BENCH_STALL, set by bench/run");
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        let pod = cri.run_pod("stalled", &format!("p{round}"), &annotations(true));
+        std::fs::write(&stall, "").expect("ask for PID 1 to be stalled");
+        wait_until(Duration::from_secs(10), "PID 1 to be stopped", || {
+            !Path::new(&stall).exists()
+        });
+        let started = std::time::Instant::now();
+        let created = cri.create_container(&pod, "app", 0);
+        let took = started.elapsed();
+        let refused = match created {
+            Ok(_) => false,
+            Err(error) => {
+                assert!(
+                    error
+                        .message()
+                        .contains("hostchan: systemd did not answer within"),
+                    "refused by something else: {}",
+                    error.message()
+                );
+                true
+            }
+        };
+        results.push((refused, took));
+        // PID 1 back (the helper's 3 s), then the pod and whatever was taken back go.
+        wait_until(Duration::from_secs(30), "PID 1 to answer again", || {
+            Command::new("systemctl")
+                .arg("is-system-running")
+                .output()
+                .is_ok_and(|out| !out.stdout.is_empty())
+        });
+        remove_pods(cri, &[pod]);
+    }
+    results
+}
+
 pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let (rounds, n) = if tiny { (3, 4) } else { (20, 64) };
     sh(&format!(
@@ -131,6 +176,7 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let without_storm = storm(&cri, "plainstorm", n, false);
     let with_storm = storm(&cri, "storm", n, true);
     let plugin_storm = plugin_times("storm");
+    let stalled = stalled_creates(&cri, if tiny { 1 } else { 3 });
     let (after_rss, peak_rss) = plugin_memory();
     let burst = format!("burst {}", burst_label());
     let slowest = plugin_storm.iter().max().copied().unwrap_or_default();
@@ -187,6 +233,26 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             ),
         );
     }
+    let refused = stalled.iter().filter(|(refused, _)| *refused).count();
+    let stalled_times: Vec<Duration> = stalled.iter().map(|(_, took)| *took).collect();
+    let plugin_stalled = plugin_times("stalled");
+    let slowest_stalled = plugin_stalled.iter().max().copied().unwrap_or_default();
+    Rows::timing(
+        SECTION,
+        &format!("plugin, CreateContainer with a channel, PID 1 stalled 3 s, {burst}"),
+        &plugin_stalled,
+        format!(
+            "{refused} of {} refused at the deadline (1.5 s), slowest {} (limit 2 s)",
+            stalled.len(),
+            ms(slowest_stalled)
+        ),
+    );
+    Rows::timing(
+        SECTION,
+        &format!("CRI CreateContainer with a channel, PID 1 stalled 3 s, {burst}"),
+        &stalled_times,
+        "containerd answers once PID 1 is back".into(),
+    );
     Rows::line(
         SECTION,
         &format!("plugin RSS idle / after the storm / peak, {burst}"),

@@ -354,7 +354,10 @@ impl api_ttrpc::Plugin for Plugin {
             )),
         };
         let mounts = made.map_err(|e| {
-            tracing::error!("container {name}: {e}");
+            tracing::error!(
+                "container {name}: refused in {:.1} ms: {e}",
+                started.elapsed().as_secs_f64() * 1000.0
+            );
             refused(&e)
         })?;
         if mounts.is_empty() {

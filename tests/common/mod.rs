@@ -301,9 +301,17 @@ impl Sandbox {
     /// a moment to store what a process logged, more so on a loaded machine.
     #[track_caller]
     pub fn journal_with(&self, unit: &str, needles: &[&str]) -> String {
+        self.journal_matching(&["-u", unit], needles)
+    }
+
+    /// Waits until the journal's lines that `matches` selects (journalctl's arguments) hold
+    /// every needle, and returns them.
+    #[track_caller]
+    pub fn journal_matching(&self, matches: &[&str], needles: &[&str]) -> String {
         let read = || {
-            self.run(&["journalctl", "--no-pager", "-o", "cat", "-u", unit])
-                .stdout
+            let mut argv = vec!["journalctl", "--no-pager", "-o", "cat"];
+            argv.extend_from_slice(matches);
+            self.run(&argv).stdout
         };
         // Generous: on a loaded machine journald can take seconds to store a line.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -331,7 +339,7 @@ impl Sandbox {
                     ])
                     .stdout;
                 panic!(
-                    "timed out waiting for {needles:?} in journalctl -u {unit}:\n{text}\n\
+                    "timed out waiting for {needles:?} in journalctl {matches:?}:\n{text}\n\
                      the last entries of the journal but the kernel's:\n{all}"
                 );
             }

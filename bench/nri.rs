@@ -112,6 +112,39 @@ fn storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
     times
 }
 
+/// PID 1's own window for one pod start: right after each pod's RunPodSandbox, where the
+/// plugin's CreateContainer would come, one plain `systemd-mount` of the same tmpfs. The
+/// floor under the plugin's time for one pod.
+fn floor_one_at_a_time(cri: &Cri, rounds: usize) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let path = format!("/run/hostchan/floor/p{round}");
+        std::fs::create_dir_all(&path).expect("the floor's directory");
+        let pod = cri.run_pod("floor", &format!("p{round}"), &[]);
+        let started = std::time::Instant::now();
+        sh(&format!(
+            "systemd-mount --quiet --type=tmpfs --options=size=1M,mode=1777,nosuid,nodev tmpfs {path}"
+        ));
+        times.push(started.elapsed());
+        sh(&format!("systemd-umount --quiet {path} && rmdir {path}"));
+        cri.remove_pod(&pod);
+    }
+    times
+}
+
+/// `n` pods started at once as the kubelet starts them (each sandbox, then its container
+/// right after): the CRI client's CreateContainer time for each.
+fn kubelet_storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
+    let started = cri.pods_started_at_once(namespace, n, &annotations(channel));
+    let times = started
+        .iter()
+        .map(|(_, created)| created.as_ref().expect("CreateContainer").1)
+        .collect();
+    let pods: Vec<Pod> = started.into_iter().map(|(pod, _)| pod).collect();
+    remove_pods(cri, &pods);
+    times
+}
+
 /// CreateContainer for a pod with a channel while PID 1 is stopped for 3 s (bench/run's
 /// helper stops it when BENCH_STALL appears): how long containerd waits, and whether the
 /// container was refused (the plugin's deadline) or got its channel.
@@ -176,6 +209,10 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let without_storm = storm(&cri, "plainstorm", n, false);
     let with_storm = storm(&cri, "storm", n, true);
     let plugin_storm = plugin_times("storm");
+    let floor_one = floor_one_at_a_time(&cri, rounds);
+    let without_kubelet = kubelet_storm(&cri, "plainkubelet", n, false);
+    let with_kubelet = kubelet_storm(&cri, "kubelet", n, true);
+    let plugin_kubelet = plugin_times("kubelet");
     let stalled = stalled_creates(&cri, if tiny { 1 } else { 3 });
     let (after_rss, peak_rss) = plugin_memory();
     let burst = format!("burst {}", burst_label());
@@ -186,6 +223,21 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         &format!("plugin, CreateContainer with a channel, 1 pod, {burst}"),
         &plugin_one,
         "the plugin's own time (its journal line)".into(),
+    );
+    let floor = Rows::timing(
+        SECTION,
+        &format!("systemd-mount right after RunPodSandbox, 1 pod, {burst}"),
+        &floor_one,
+        "PID 1's own window: the floor for one pod".into(),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  plugin, 1 pod / the floor, {burst}"),
+        format!("{:.2}x", ratio(plugin1.median, floor.median)),
+        format!(
+            "{} over the floor at the median",
+            ms(plugin1.median.saturating_sub(floor.median))
+        ),
     );
     let pluginn = Rows::timing(
         SECTION,
@@ -203,12 +255,35 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         ),
         String::new(),
     );
+    let plugink = Rows::timing(
+        SECTION,
+        &format!(
+            "plugin, CreateContainer with a channel, {n} pods started as the kubelet does, {burst}"
+        ),
+        &plugin_kubelet,
+        "each sandbox, then its container right after".into(),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  plugin: {n} as the kubelet does / 1"),
+        format!(
+            "{:.2}x median, {:.2}x p95",
+            ratio(plugink.median, plugin1.median),
+            ratio(plugink.p95, plugin1.median)
+        ),
+        "p95 against the 1-pod median".into(),
+    );
     for (what, with, without) in [
         (format!("1 pod, {burst}"), &with_one, &without_one),
         (
             format!("{n} pods at once, {burst}"),
             &with_storm,
             &without_storm,
+        ),
+        (
+            format!("{n} pods started as the kubelet does, {burst}"),
+            &with_kubelet,
+            &without_kubelet,
         ),
     ] {
         let w = Rows::timing(

@@ -66,8 +66,18 @@ impl Requests {
     /// Makes every channel asked for, all at once (one connection, every start job in flight
     /// together), or none: a failure takes back the ones made. Its error names the annotation.
     pub fn create_all(&self, channels: &Channels, config: &Config) -> Result<Vec<Created>> {
+        self.create_all_then(channels, config, &|| {})
+    }
+
+    /// [`Requests::create_all`], calling `queued` once every start job is queued in PID 1.
+    pub fn create_all_then(
+        &self,
+        channels: &Channels,
+        config: &Config,
+        queued: &dyn Fn(),
+    ) -> Result<Vec<Created>> {
         channels
-            .create_all(config, &self.options)
+            .create_all_then(config, &self.options, queued)
             .map_err(|failed| {
                 // A broken configuration is not about this annotation.
                 if failed.error.kind() == Kind::Config {

@@ -324,7 +324,11 @@ fn the_plugins_restart_keeps_live_channels_and_removes_orphans() {
     let orphan = node.create_container(&pod, "orphan", 0).unwrap();
     let live_path = format!("/run/hostchan/team-a/sync/{live}");
     let orphan_path = format!("/run/hostchan/team-a/sync/{orphan}");
-    assert!(node.sandbox.mount_options(&orphan_path).is_some());
+    // CreateContainer is answered once the mount is queued in PID 1; it follows.
+    node.sandbox.wait_for(
+        || node.sandbox.mount_options(&orphan_path).is_some(),
+        "the orphan's channel to be mounted",
+    );
 
     // While the plugin is down its container goes (never started: no unit of its own).
     node.stop_plugin();
@@ -606,8 +610,8 @@ fn a_slow_teardown_never_gets_the_plugin_dropped() {
 /// Issue 26: the plugin killed while containerd waits for its CreateContainer. What the README
 /// says happens: containerd goes on without it, as while it is down, so the container is
 /// created without its channel; systemd restarts the plugin, which registers and synchronizes
-/// within containerd's registration timeout (5 s) and names, in its journal, the container that
-/// runs without the channel it asked for. Whatever the killed plugin had started goes with the
+/// within containerd's registration timeout (5 s), names in its journal the container without
+/// the channel it asked for, and refuses that container's start. Whatever the killed plugin had started goes with the
 /// pod, and the next pod gets its channel.
 #[test]
 fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() {
@@ -663,11 +667,16 @@ fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() 
     assert_eq!(node.sandbox.unit_state("hostchan-nri.service"), "active");
     match created {
         Ok(container) => {
-            // containerd went on without the plugin: the container has no channel, and the
-            // plugin says so once it is back.
-            node.start_container(&container);
-            let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
-            assert_ne!(code, 0, "{out}");
+            // containerd went on without the plugin: the container has no channel, so the
+            // plugin, back, refuses its start, and names it in its journal.
+            let refused = node.start_container_quietly(&container).unwrap_err();
+            assert!(
+                refused.message().contains(
+                    "hostchan: it was created without its channel at /data (the plugin was not serving)"
+                ),
+                "{}",
+                refused.message()
+            );
             node.sandbox.wait_for(
                 || {
                     node.plugin_journal().contains(
@@ -679,7 +688,7 @@ fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() 
             let journal = node.plugin_journal();
             assert!(
                 journal.contains(&format!(
-                    "container team-a/killed/app ({container}) runs without its channel at /data: it was created while the plugin was not serving"
+                    "container team-a/killed/app ({container}) is without its channel at /data: it was created while the plugin was not serving"
                 )),
                 "{journal}"
             );
@@ -689,7 +698,7 @@ fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() 
     }
     let journal = node.plugin_journal();
     assert!(
-        !journal.contains(&format!("({kept_container}) runs without")),
+        !journal.contains(&format!("({kept_container}) is without")),
         "a container with its channel is reported: {journal}"
     );
     node.remove_pod(&kept);
@@ -709,4 +718,102 @@ fn the_plugin_killed_during_a_request_is_back_within_the_registration_timeout() 
     let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
     assert_eq!(code, 0, "{out}");
     node.remove_pod(&next);
+}
+
+/// Trips PID 1's mount-event rate limit (systemd's default burst: 5 passes over the mount table
+/// a second), with changes far enough apart that each is a pass of its own: PID 1's mount jobs
+/// then wait for the window's end, over half a second later.
+fn make_pid1_rate_limited(node: &Node) {
+    node.host(
+        "for i in 1 2 3 4 5 6 7; do mkdir -p /run/hot$i && mount -t tmpfs tmpfs /run/hot$i && sleep 0.02 && umount /run/hot$i && sleep 0.02; done",
+    );
+}
+
+/// Issue 27: with PID 1's mount rate limit hot, CreateContainer is answered once the channel's
+/// mount is queued (not after PID 1's window), the runtime binds the directory, and the tmpfs
+/// reaches the container by propagation; the start waits until the container sees it.
+#[test]
+fn a_channel_queued_behind_pid1s_rate_limit_reaches_the_container_before_it_starts() {
+    let node = Node::start();
+    let host_path = "/run/hostchan/team-a/hot/data";
+    let pod = node.run_pod(
+        "team-a",
+        "hot",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/hot/data:/data:rw:1M",
+        )],
+    );
+    make_pid1_rate_limited(&node);
+    let container = node.create_container(&pod, "app", 0).unwrap();
+    assert_eq!(
+        node.sandbox.mount_options(host_path),
+        None,
+        "answered after PID 1's window"
+    );
+    node.start_container(&container);
+    assert!(
+        node.plugin_journal()
+            .contains("container team-a/hot/app: 1 channel queued in"),
+        "not answered early: {}",
+        node.plugin_journal()
+    );
+    // Inside: the channel's tmpfs with its size, on top of the directory bound at creation.
+    let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts | tail -1");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("tmpfs /data tmpfs rw,") && out.contains("size=1024k"),
+        "{out}"
+    );
+    node.host(&format!("echo from-host > {host_path}/h"));
+    let (code, out) = node.exec(&container, "cat /data/h && echo from-pod > /data/p");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(node.host(&format!("cat {host_path}/p")), "from-pod\n");
+    let (code, out) = node.exec(&container, "dd if=/dev/zero of=/data/big bs=64k count=32");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    node.remove_container(&container);
+    node.sandbox.wait_for_no_jobs();
+    node.sandbox.assert_no_trace(host_path);
+    node.remove_pod(&pod);
+}
+
+/// Issue 27: on a node where the host path's parent mount is not shared, a mount made after the
+/// runtime's bind would not reach the container (and containerd refuses an `rslave` bind from
+/// it), so CreateContainer is answered only once the tmpfs is mounted, as before: the container
+/// has its channel, later.
+#[test]
+fn under_a_private_parent_mount_the_channel_is_answered_once_mounted() {
+    let node = Node::start();
+    let host_path = "/run/hostchan/team-a/private/data";
+    node.host("mkdir -p /run/hostchan && mount --bind /run/hostchan /run/hostchan && mount --make-private /run/hostchan");
+    let pod = node.run_pod(
+        "team-a",
+        "private",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/private/data:/data:rw:1M",
+        )],
+    );
+    make_pid1_rate_limited(&node);
+    let container = node.create_container(&pod, "app", 0).unwrap();
+    assert!(
+        node.sandbox.mount_options(host_path).is_some(),
+        "answered before the tmpfs was mounted"
+    );
+    node.start_container(&container);
+    let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("size=1024k"), "{out}");
+    assert!(
+        !node
+            .plugin_journal()
+            .contains("team-a/private/app: 1 channel queued"),
+        "{}",
+        node.plugin_journal()
+    );
+    node.remove_container(&container);
+    node.sandbox.wait_for_no_jobs();
+    node.sandbox.assert_no_trace(host_path);
+    node.remove_pod(&pod);
 }

@@ -85,6 +85,17 @@ impl Channels {
         config: &Config,
         requests: &[CreateOptions],
     ) -> std::result::Result<Vec<Created>, CreateFailed> {
+        self.create_all_then(config, requests, &|| {})
+    }
+
+    /// [`Channels::create_all`], calling `queued` once every unit to start has its start job
+    /// queued in PID 1, before waiting for the jobs (which wait out PID 1's mount rate limit).
+    pub fn create_all_then(
+        &self,
+        config: &Config,
+        requests: &[CreateOptions],
+        queued: &dyn Fn(),
+    ) -> std::result::Result<Vec<Created>, CreateFailed> {
         let mut done: Vec<(usize, Created)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         let mut active_owners = HashSet::new();
@@ -99,7 +110,7 @@ impl Channels {
             }
         }
         if !pending.is_empty() {
-            done.extend(self.start_all(pending)?);
+            done.extend(self.start_all(pending, queued)?);
         }
         done.sort_by_key(|(index, _)| *index);
         Ok(done.into_iter().map(|(_, created)| created).collect())
@@ -251,6 +262,7 @@ impl Channels {
     fn start_all(
         &self,
         mut pending: Vec<Pending>,
+        queued_all: &dyn Fn(),
     ) -> std::result::Result<Vec<(usize, Created)>, CreateFailed> {
         let failed = |index: usize, error: Error| CreateFailed { index, error };
         let systemd = match self.systemd() {
@@ -285,6 +297,9 @@ impl Channels {
                     refused.get_or_insert((at, e));
                 }
             }
+        }
+        if refused.is_none() {
+            queued_all();
         }
         let outcomes = systemd.wait(&jobs);
         if let Some((at, e)) = refused {

@@ -324,6 +324,56 @@ fn attach_clone(host_path: &Path, process: &Process, point: &AttachPoint<'_>) ->
 
 /// Refuses a process that shares hostchan's mount namespace: it is on the host, not in a
 /// container, and its "container path" would be a host path.
+/// Whether a mount made at `host_path` reaches a container that bound the directory before it
+/// (by propagation, with `rslave`): the mount that holds the directory is shared.
+pub fn mounts_at_reach_bound_copies(host_path: &Path) -> Result<bool> {
+    let dir = crate::hostfs::open_dir_nofollow(host_path.parent().unwrap_or(host_path))
+        .with_context(|| format!("cannot look at the parent of {}", host_path.display()))?;
+    let id = mount_id_of(&dir)?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read the mount table (/proc/self/mountinfo)")?;
+    Ok(MountTable::parse(&table)
+        .by_id(id)
+        .is_some_and(|mount| mount.shared))
+}
+
+/// Whether the container of process `pid` sees, at `container_path` (resolved inside its root),
+/// the file system of `device`: a channel the runtime bound before the tmpfs was mounted has
+/// it only once the mount reached the container. A missing path sees nothing.
+pub fn sees_device(pid: i32, container_path: &Path, device: u64) -> Result<bool> {
+    let shown = || {
+        format!(
+            "{} in the container of process {pid}",
+            container_path.display()
+        )
+    };
+    let process = Process::open(pid).with_context(|| format!("cannot look at process {pid}"))?;
+    let root = openat(
+        &process.dir,
+        "root",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open the root of process {pid}"))?;
+    let relative: PathBuf = container_path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let seen = match openat2(
+        &root,
+        &relative,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => return Ok(false),
+        Err(e) => return Err(Error::from(e).context(shown())),
+    };
+    let stat = rustix::fs::fstat(&seen).with_context(|| format!("cannot look at {}", shown()))?;
+    Ok(stat.st_dev == device)
+}
+
 pub fn check_other_mount_namespace(pid: i32) -> Result<()> {
     let identity = |path: &str| -> Result<(u64, u64)> {
         let stat = rustix::fs::stat(path).map_err(|e| {

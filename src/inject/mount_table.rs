@@ -28,6 +28,9 @@ pub(super) struct MountEntry {
     /// Where it is mounted, relative to the process's root.
     pub(super) mount_point: PathBuf,
     pub(super) fs_type: String,
+    /// In a peer group (`shared:N`): mounts made below it reach its copies in other
+    /// namespaces that are its peers or slaves.
+    pub(super) shared: bool,
 }
 
 /// A process's mount table, from /proc/<pid>/mountinfo (proc(5)).
@@ -70,11 +73,14 @@ impl MountEntry {
         let (major, minor) = fields.next()?.split_once(':')?;
         let _root = fields.next()?;
         let mount_point = PathBuf::from(unescape_octal(fields.next()?));
+        let _options = fields.next()?;
+        let shared = fields.any(|optional| optional.starts_with("shared:"));
         Some(MountEntry {
             id,
             dev: rustix::fs::makedev(major.parse().ok()?, minor.parse().ok()?),
             mount_point,
             fs_type: fs.split(' ').next()?.to_owned(),
+            shared,
         })
     }
 }
@@ -121,6 +127,8 @@ mod tests {
         let odd = table.by_id(36).unwrap();
         assert_eq!(odd.mount_point, Path::new("/a b\\c"));
         assert_eq!(odd.dev, rustix::fs::makedev(98, 0));
+        assert!(odd.shared, "master:1 shared:2");
+        assert!(!table.by_id(23).unwrap().shared);
         assert_eq!(
             table
                 .by_device_at(rustix::fs::makedev(0, 22), Path::new("/dev/shm"))

@@ -12,9 +12,9 @@ use crate::channel::{Channels, Created, LivePods};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kube;
-use crate::model::{Channel, Lifetime};
+use crate::model::Lifetime;
 use crate::owner::OwnerRequest;
-use crate::spec::Access;
+use crate::spec::{Access, ChannelSpec};
 use crate::units::validate_container_id;
 
 /// Where hostchan's own annotations start; nothing else of a pod's is read.
@@ -82,11 +82,20 @@ impl Handler {
     /// CreateContainer: makes the channels the pod's annotations ask for this container (all
     /// or none), and returns the bind mounts that put them in it. When the runtime was answered
     /// without them (`race` given up: past the deadline), the channels this made are taken back.
+    ///
+    /// Channels that are all read-write are answered early: `answer_early` gets their bind
+    /// mounts as soon as PID 1 has every start job queued, before the jobs wait out its mount
+    /// rate limit, so that containerd's next request (it sends them one at a time) is not held
+    /// behind this one's window. The runtime then binds the directory, and the tmpfs reaches the
+    /// container by mount propagation (`rslave`) once PID 1 mounts it; StartContainer lets the
+    /// container run only once it sees each channel ([`Handler::check_channels_in_place`]). Not
+    /// for a read-only channel: the tmpfs would arrive over the read-only bind as read-write.
     pub fn create_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
         race: &Race,
+        answer_early: &dyn Fn(Vec<api::Mount>),
     ) -> Result<Vec<api::Mount>> {
         let asked = own_annotations(pod, container);
         if asked.is_empty() || container.id == pod.id {
@@ -118,7 +127,33 @@ impl Handler {
             return Ok(Vec::new());
         };
         let channels = self.channels();
-        let created = requests.create_all(&channels, &config)?;
+        let early = early_bind_mounts(&requests, &config);
+        let answered_early = std::cell::Cell::new(false);
+        let created = requests
+            .create_all_then(&channels, &config, &|| {
+                // Where a mount does not propagate, the runtime would refuse the bind (containerd
+                // checks) or the container would not see the tmpfs: answered when mounted.
+                let reaches = |mount: &api::Mount| {
+                    crate::inject::mounts_at_reach_bound_copies(Path::new(&mount.source))
+                        .unwrap_or(false)
+                };
+                if let Some(mounts) = early.as_ref().filter(|m| m.iter().all(reaches)) {
+                    if race.finish() {
+                        answered_early.set(true);
+                        answer_early(mounts.clone());
+                    }
+                }
+            })
+            .inspect_err(|e| {
+                if answered_early.get() {
+                    tracing::error!(
+                        "container {} ({id}) of pod {}/{}: its channels failed after the runtime was told they were coming: {e}; its start is refused",
+                        container.name,
+                        pod.namespace,
+                        pod.name
+                    );
+                }
+            })?;
         if !race.finish() {
             self.take_back(&channels, &created, &id);
             return Err(Error::runtime("answered the runtime without the channels"));
@@ -137,7 +172,7 @@ impl Handler {
                         pod.namespace,
                         pod.name
                     );
-                    Some(bind_mount(&info.channel, noexec))
+                    Some(bind_mount(&info.channel.spec, noexec, false))
                 }
                 Created::DryRun(_) => None,
             })
@@ -229,6 +264,73 @@ impl Handler {
 }
 
 impl Handler {
+    /// StartContainer: waits up to `limit` until the container sees each channel its
+    /// annotations ask for (the tmpfs mounted on the host, and the same file system at the
+    /// container path inside it); how many. An error refuses the start: the channel is not in
+    /// its spec (created while the plugin was not serving), not mounted in time, or mounted but
+    /// not seen inside (the host path's parent mount is not shared, so the mount did not
+    /// propagate to a container bound before it).
+    pub fn check_channels_in_place(
+        &self,
+        pod: &api::PodSandbox,
+        container: &api::Container,
+        limit: std::time::Duration,
+    ) -> Result<usize> {
+        let asked = own_annotations(pod, container);
+        if asked.is_empty() || container.id == pod.id {
+            return Ok(0);
+        }
+        let config = self.config()?;
+        let described =
+            kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)?;
+        let specs = annotations::asked_channels(&config, &asked, &described, &container.id)?;
+        for spec in &specs {
+            let bound = container.mounts.iter().any(|mount| {
+                Path::new(&mount.destination) == spec.container_path
+                    && Path::new(&mount.source) == spec.host_path
+            });
+            if !bound {
+                return Err(Error::runtime(format!(
+                    "it was created without its channel at {} (the plugin was not serving); delete its pod so that it is made again with the channel",
+                    spec.container_path.display()
+                )));
+            }
+        }
+        let until = std::time::Instant::now() + limit;
+        loop {
+            // Watched before looking, so that a mount between the look and the wait is seen.
+            let mut changes = crate::hostfs::MountChanges::watch()?;
+            let mut waiting_for = None;
+            for spec in &specs {
+                let Some(device) = crate::hostfs::mounted_device(&spec.host_path)? else {
+                    waiting_for = Some(&spec.host_path);
+                    break;
+                };
+                // The task's init, there since the runtime created the task (0: not told).
+                let pid = i32::try_from(container.pid).unwrap_or(0);
+                if pid > 0 && !crate::inject::sees_device(pid, &spec.container_path, device)? {
+                    return Err(Error::runtime(format!(
+                        "it does not see its channel at {} though {} is mounted: the mount did not reach the container; make the host path's parent mount shared (mount --make-shared)",
+                        spec.container_path.display(),
+                        spec.host_path.display()
+                    )));
+                }
+            }
+            let Some(host_path) = waiting_for else {
+                return Ok(specs.len());
+            };
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Error::systemd(format!(
+                    "systemd did not mount {} within {:.1} s",
+                    host_path.display(),
+                    limit.as_secs_f64()
+                )));
+            }
+            changes.wait(left)?;
+        }
+    }
+
     /// Synchronize: the live containers that asked for a channel the runtime did not mount in
     /// them, each with the container path it lacks. Such a container was created while the
     /// plugin was not serving (down, restarting, or cut off mid-request), and the runtime went
@@ -353,12 +455,27 @@ pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
     Some(format!("{prefix}-{name}.scope"))
 }
 
+/// The bind mounts to answer before the channels are mounted: only when every channel is
+/// read-write (see [`Handler::create_container`]).
+fn early_bind_mounts(requests: &annotations::Requests, config: &Config) -> Option<Vec<api::Mount>> {
+    let mut mounts = Vec::with_capacity(requests.options.len());
+    for options in &requests.options {
+        let spec = ChannelSpec::parse(&options.spec, &config.limits()).ok()?;
+        if spec.access != Access::Rw {
+            return None;
+        }
+        mounts.push(bind_mount(&spec, config.tmpfs.noexec, true));
+    }
+    Some(mounts)
+}
+
 /// The runtime's bind mount of a channel into the container: read-only or not as the spec says,
-/// never a way to gain privileges or reach devices.
-fn bind_mount(channel: &Channel, noexec: bool) -> api::Mount {
+/// never a way to gain privileges or reach devices. `before_mounted`: the tmpfs is not there
+/// yet, and comes in by propagation from the host (`rslave`).
+fn bind_mount(spec: &ChannelSpec, noexec: bool, before_mounted: bool) -> api::Mount {
     let mut options = vec![
         "bind".to_owned(),
-        match channel.spec.access {
+        match spec.access {
             Access::Rw => "rw",
             Access::Ro => "ro",
         }
@@ -369,10 +486,13 @@ fn bind_mount(channel: &Channel, noexec: bool) -> api::Mount {
     if noexec {
         options.push("noexec".to_owned());
     }
+    if before_mounted {
+        options.push("rslave".to_owned());
+    }
     api::Mount {
-        destination: channel.spec.container_path.display().to_string(),
+        destination: spec.container_path.display().to_string(),
         type_: "bind".to_owned(),
-        source: channel.spec.host_path.display().to_string(),
+        source: spec.host_path.display().to_string(),
         options,
         ..Default::default()
     }
@@ -470,7 +590,7 @@ mod tests {
     fn bind_mounts_say_ro_or_rw_and_no_privileges() {
         let mut channel = crate::model::tests::channel("/run/hostchan/ns/a", None);
         channel.spec.access = Access::Ro;
-        let mount = bind_mount(&channel, true);
+        let mount = bind_mount(&channel.spec, true, false);
         assert_eq!(mount.type_, "bind");
         assert_eq!(mount.source, channel.spec.host_path.display().to_string());
         assert_eq!(mount.options, ["bind", "ro", "nosuid", "nodev", "noexec"]);

@@ -206,6 +206,23 @@ impl Plugin {
     }
 }
 
+/// How a CreateContainer's work stood at its answer.
+enum Made {
+    /// Every start job queued; the channels' bind mounts, answered before PID 1 mounts them.
+    Queued(Vec<api::Mount>),
+    Done(Result<Vec<api::Mount>>),
+}
+
+fn adjusted(mounts: Vec<api::Mount>) -> api::CreateContainerResponse {
+    api::CreateContainerResponse {
+        adjust: protobuf::MessageField::some(api::ContainerAdjustment {
+            mounts,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// A failure the runtime must see: it fails the container's creation with this line.
 fn refused(error: &Error) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(
@@ -281,7 +298,7 @@ impl api_ttrpc::Plugin for Plugin {
                 Ok(found) => {
                     for (container, path) in &found.missing {
                         tracing::error!(
-                            "container {container} runs without its channel at {}: it was created while the plugin was not serving; delete its pod so that it is made again with the channel",
+                            "container {container} is without its channel at {}: it was created while the plugin was not serving; its start is refused, and if it runs, delete its pod so that it is made again with the channel",
                             path.display()
                         );
                     }
@@ -336,13 +353,36 @@ impl api_ttrpc::Plugin for Plugin {
         );
         let race = Arc::new(Race::default());
         let worker = race.clone();
-        let made = self
-            .within_deadline(move |handler| {
-                handler.create_container(&request.pod, &request.container, &worker)
+        let (early, answered_early) = tokio::sync::oneshot::channel::<Vec<api::Mount>>();
+        let early = Mutex::new(Some(early));
+        let handler = self.handler.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            handler.create_container(&request.pod, &request.container, &worker, &|mounts| {
+                if let Some(early) = early.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = early.send(mounts);
+                }
             })
-            .await;
+        });
+        let made = tokio::time::timeout(self.deadline(), async {
+            tokio::select! {
+                joined = work => Made::Done(joined.unwrap_or_else(|e| {
+                    Err(Error::runtime(format!("the NRI plugin's worker failed: {e}")))
+                })),
+                Ok(mounts) = answered_early => Made::Queued(mounts),
+            }
+        })
+        .await
+        .ok();
         let made = match made {
-            Some(made) => made,
+            Some(Made::Queued(mounts)) => {
+                tracing::info!(
+                    "container {name}: {} queued in {:.1} ms; its start waits until it sees them",
+                    handler::count_channels(mounts.len()),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+                return Ok(adjusted(mounts));
+            }
+            Some(Made::Done(made)) => made,
             // Still at work: the container is refused now, and the work takes back what it
             // makes when it ends, unless it ended in the meantime.
             None if race.give_up() => Err(Error::systemd(format!(
@@ -369,13 +409,7 @@ impl api_ttrpc::Plugin for Plugin {
             handler::count_channels(mounts.len()),
             started.elapsed().as_secs_f64() * 1000.0
         );
-        Ok(api::CreateContainerResponse {
-            adjust: protobuf::MessageField::some(api::ContainerAdjustment {
-                mounts,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+        Ok(adjusted(mounts))
     }
 
     async fn stop_container(
@@ -397,12 +431,44 @@ impl api_ttrpc::Plugin for Plugin {
         _: &TtrpcContext,
         event: api::StateChangeEvent,
     ) -> ttrpc::Result<api::Empty> {
-        // The container or pod goes on regardless; what is left, retries, Synchronize and gc
-        // find.
+        // But for a start without its channels, the container or pod goes on regardless; what
+        // is left, retries, Synchronize and gc find.
         let container = event.container.unwrap_or_default();
         let pod = event.pod.unwrap_or_default();
         match event.event.enum_value() {
             Ok(Event::START_CONTAINER) => {
+                // The one refusal here: a container that does not see each channel it asked for
+                // does not run.
+                let started = std::time::Instant::now();
+                let name = format!("{}/{}/{}", pod.namespace, pod.name, container.name);
+                let limit = self.deadline().saturating_sub(Duration::from_millis(50));
+                let (checked_pod, checked) = (pod.clone(), container.clone());
+                let in_place = self
+                    .within_deadline(move |handler| {
+                        handler.check_channels_in_place(&checked_pod, &checked, limit)
+                    })
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(Error::systemd(format!(
+                            "its channels were not in place within {:.1} s",
+                            self.deadline().as_secs_f64()
+                        )))
+                    });
+                match in_place {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        "container {name}: {} in place at its start, after {:.1} ms",
+                        handler::count_channels(n),
+                        started.elapsed().as_secs_f64() * 1000.0
+                    ),
+                    Err(e) => {
+                        tracing::error!(
+                            "container {name}: start refused in {:.1} ms: {e}",
+                            started.elapsed().as_secs_f64() * 1000.0
+                        );
+                        return Err(refused(&e));
+                    }
+                }
                 self.follow_up(
                     format!("container {} started", container.id),
                     move |handler| handler.start_container(&container),

@@ -23,6 +23,9 @@ pub struct Cri {
     client: RuntimeServiceClient<Channel>,
 }
 
+/// A CreateContainer's container id and how long it took, or the runtime's refusal.
+pub type Created = Result<(String, Duration), tonic::Status>;
+
 pub struct Pod {
     pub id: String,
     pub config: PodSandboxConfig,
@@ -69,11 +72,65 @@ impl Cri {
     }
 
     pub fn run_pod(&self, namespace: &str, name: &str, annotations: &[(&str, &str)]) -> Pod {
+        let config = Self::pod_config(namespace, name, annotations);
+        let mut client = self.client.clone();
+        let id = self
+            .call(client.run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }))
+            .expect("RunPodSandbox")
+            .pod_sandbox_id;
+        Pod { id, config }
+    }
+
+    /// `n` pods started at once the way the kubelet starts each: its sandbox, then its
+    /// container right after. Each pod, and its container's id and how long its
+    /// CreateContainer took.
+    pub fn pods_started_at_once(
+        &self,
+        namespace: &str,
+        n: usize,
+        annotations: &[(&str, &str)],
+    ) -> Vec<(Pod, Created)> {
+        let starts = (0..n).map(|i| {
+            let mut client = self.client.clone();
+            let config = Self::pod_config(namespace, &format!("k{i}"), annotations);
+            async move {
+                let id = client
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(config.clone()),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .expect("RunPodSandbox")
+                    .into_inner()
+                    .pod_sandbox_id;
+                let pod = Pod { id, config };
+                let started = Instant::now();
+                let created = client
+                    .create_container(Self::create_request(&pod, "app", 0, &[]))
+                    .await
+                    .map(|response| (response.into_inner().container_id, started.elapsed()));
+                (pod, created)
+            }
+        });
+        self.runtime.block_on(async {
+            let handles: Vec<_> = starts.map(tokio::spawn).collect();
+            let mut results = Vec::new();
+            for handle in handles {
+                results.push(handle.await.expect("a pod's start"));
+            }
+            results
+        })
+    }
+
+    fn pod_config(namespace: &str, name: &str, annotations: &[(&str, &str)]) -> PodSandboxConfig {
         let host_network = NamespaceOption {
             network: NamespaceMode::Node as i32,
             ..Default::default()
         };
-        let config = PodSandboxConfig {
+        PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
                 uid: format!("uid-{namespace}-{name}"),
@@ -97,16 +154,7 @@ impl Cri {
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        let mut client = self.client.clone();
-        let id = self
-            .call(client.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            }))
-            .expect("RunPodSandbox")
-            .pod_sandbox_id;
-        Pod { id, config }
+        }
     }
 
     fn create_request(
@@ -198,11 +246,16 @@ impl Cri {
     }
 
     pub fn start_container(&self, id: &str) {
+        self.start_container_quietly(id).expect("StartContainer");
+    }
+
+    /// StartContainer, its refusal returned.
+    pub fn start_container_quietly(&self, id: &str) -> Result<(), tonic::Status> {
         let mut client = self.client.clone();
         self.call(client.start_container(StartContainerRequest {
             container_id: id.into(),
         }))
-        .expect("StartContainer");
+        .map(|_| ())
     }
 
     pub fn run_container(&self, pod: &Pod, name: &str, attempt: u32) -> String {

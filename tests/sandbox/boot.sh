@@ -30,6 +30,10 @@ for dir in /run /tmp /var/tmp /var/log/journal /var/lib/systemd /var/lib/hostcha
     mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir"
 done
 chmod 1777 /tmp /var/tmp
+# /run shared inside the namespace, as systemd makes every mount on a host (it does not in a
+# container, which it takes this for): a container bound to a host path under it receives the
+# mounts made there afterwards. Its peers are only this namespace's: nothing reaches the host.
+mount --make-shared /run
 if [ -n "${HOSTCHAN_STATE_DIR:-}" ]; then
     mount --bind "$HOSTCHAN_STATE_DIR" /var/lib/hostchan
 fi

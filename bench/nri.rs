@@ -29,8 +29,9 @@ fn sh(script: &str) -> String {
 }
 
 /// The plugin's own time for each container of pods in `namespace` it gave a channel (its
-/// journal lines `container NAMESPACE/POD/CONTAINER: 1 channel in N ms`) or refused
-/// (`container NAMESPACE/POD/CONTAINER: refused in N ms: ...`).
+/// journal lines `container NAMESPACE/POD/CONTAINER: 1 channel in N ms`, or `1 channel queued
+/// in N ms; ...` when answered before PID 1 mounted it) or refused (`container
+/// NAMESPACE/POD/CONTAINER: refused in N ms: ...`).
 fn plugin_times(namespace: &str) -> Vec<Duration> {
     let prefix = format!("container {namespace}/");
     sh("journalctl --no-pager -o cat -u hostchan-nri.service")
@@ -39,7 +40,7 @@ fn plugin_times(namespace: &str) -> Vec<Duration> {
             let rest = line.strip_prefix(&prefix)?.split_once(": ")?.1;
             let millis = match rest.split_once(" ms: ") {
                 Some((refused, _)) => refused.strip_prefix("refused in ")?,
-                None => rest.rsplit_once(" in ")?.1.strip_suffix(" ms")?,
+                None => rest.rsplit_once(" in ")?.1.split_once(" ms")?.0,
             };
             Some(Duration::from_secs_f64(
                 millis.parse::<f64>().ok()? / 1000.0,
@@ -83,19 +84,29 @@ fn remove_pods(cri: &Cri, pods: &[Pod]) {
     });
 }
 
-/// One pod at a time: the CRI client's CreateContainer time for each.
-fn one_at_a_time(cri: &Cri, namespace: &str, rounds: usize, channel: bool) -> Vec<Duration> {
+/// One pod at a time: the CRI client's CreateContainer time for each, and the time from
+/// CreateContainer until StartContainer has returned.
+fn one_at_a_time(
+    cri: &Cri,
+    namespace: &str,
+    rounds: usize,
+    channel: bool,
+) -> (Vec<Duration>, Vec<Duration>) {
     let mut times = Vec::new();
+    let mut running = Vec::new();
     let mut pods = Vec::new();
     for round in 0..rounds {
         let pod = cri.run_pod(namespace, &format!("p{round}"), &annotations(channel));
         let mut at_once = cri.create_containers_at_once(std::slice::from_ref(&pod), "app");
-        let (_, took) = at_once.remove(0).expect("CreateContainer");
+        let (id, took) = at_once.remove(0).expect("CreateContainer");
+        let started = std::time::Instant::now();
+        cri.start_container(&id);
         times.push(took);
+        running.push(took + started.elapsed());
         pods.push(pod);
     }
     remove_pods(cri, &pods);
-    times
+    (times, running)
 }
 
 /// `n` pods made first, then one container in each asked for at once.
@@ -133,16 +144,26 @@ fn floor_one_at_a_time(cri: &Cri, rounds: usize) -> Vec<Duration> {
 }
 
 /// `n` pods started at once as the kubelet starts them (each sandbox, then its container
-/// right after): the CRI client's CreateContainer time for each.
-fn kubelet_storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
+/// created and started right after): the CRI client's CreateContainer time for each, and the
+/// time from CreateContainer until StartContainer has returned (the container runs).
+fn kubelet_storm(
+    cri: &Cri,
+    namespace: &str,
+    n: usize,
+    channel: bool,
+) -> (Vec<Duration>, Vec<Duration>) {
     let started = cri.pods_started_at_once(namespace, n, &annotations(channel));
-    let times = started
+    let creates = started
         .iter()
         .map(|(_, created)| created.as_ref().expect("CreateContainer").1)
         .collect();
+    let runs = started
+        .iter()
+        .map(|(_, created)| created.as_ref().expect("CreateContainer").2)
+        .collect();
     let pods: Vec<Pod> = started.into_iter().map(|(pod, _)| pod).collect();
     remove_pods(cri, &pods);
-    times
+    (creates, runs)
 }
 
 /// CreateContainer for a pod with a channel while PID 1 is stopped for 3 s (bench/run's
@@ -200,18 +221,18 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     });
     let cri = Cri::connect("/run/hc-containerd/containerd.sock".into());
     // A first pod and container warm containerd up (image, snapshotter); not counted.
-    one_at_a_time(&cri, "warm", 1, true);
+    let _ = one_at_a_time(&cri, "warm", 1, true);
     let (idle_rss, _) = plugin_memory();
 
-    let without_one = one_at_a_time(&cri, "plain", rounds, false);
-    let with_one = one_at_a_time(&cri, "bench", rounds, true);
+    let (without_one, without_one_running) = one_at_a_time(&cri, "plain", rounds, false);
+    let (with_one, with_one_running) = one_at_a_time(&cri, "bench", rounds, true);
     let plugin_one = plugin_times("bench");
     let without_storm = storm(&cri, "plainstorm", n, false);
     let with_storm = storm(&cri, "storm", n, true);
     let plugin_storm = plugin_times("storm");
     let floor_one = floor_one_at_a_time(&cri, rounds);
-    let without_kubelet = kubelet_storm(&cri, "plainkubelet", n, false);
-    let with_kubelet = kubelet_storm(&cri, "kubelet", n, true);
+    let (without_kubelet, without_kubelet_running) = kubelet_storm(&cri, "plainkubelet", n, false);
+    let (with_kubelet, with_kubelet_running) = kubelet_storm(&cri, "kubelet", n, true);
     let plugin_kubelet = plugin_times("kubelet");
     let stalled = stalled_creates(&cri, if tiny { 1 } else { 3 });
     let (after_rss, peak_rss) = plugin_memory();
@@ -301,6 +322,40 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         Rows::line(
             SECTION,
             &format!("  with / without, {what}"),
+            format!("{:.2}x", ratio(w.median, wo.median)),
+            format!(
+                "{} added at the median",
+                ms(w.median.saturating_sub(wo.median))
+            ),
+        );
+    }
+    for (what, with, without) in [
+        (
+            format!("1 pod, {burst}"),
+            &with_one_running,
+            &without_one_running,
+        ),
+        (
+            format!("{n} pods started as the kubelet does, {burst}"),
+            &with_kubelet_running,
+            &without_kubelet_running,
+        ),
+    ] {
+        let w = Rows::timing(
+            SECTION,
+            &format!("CRI Create+StartContainer with a channel, {what}"),
+            with,
+            "from CreateContainer until the container runs".into(),
+        );
+        let wo = Rows::timing(
+            SECTION,
+            &format!("CRI Create+StartContainer without, {what}"),
+            without,
+            String::new(),
+        );
+        Rows::line(
+            SECTION,
+            &format!("  with / without, until running, {what}"),
             format!("{:.2}x", ratio(w.median, wo.median)),
             format!(
                 "{} added at the median",

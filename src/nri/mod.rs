@@ -71,12 +71,13 @@ pub fn run(
         config_path: config_path.to_owned(),
         config_named,
     });
-    // Work that outlives its request (a teardown past the deadline) holds a thread until
-    // systemd answers; enough of them that a stalled PID 1 does not starve new requests,
-    // which then fail on their own deadline.
+    // Work that outlives its request (a create answered once queued, waiting out PID 1's
+    // mount rate limit; a teardown past the deadline) holds a thread until systemd answers:
+    // enough of them for a node's worth of pods started at once, so that no request waits for
+    // a thread (they are idle in a wait, and exit 10 s after their last work).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .max_blocking_threads(32)
+        .max_blocking_threads(256)
         .build()
         .context("cannot start the NRI plugin's runtime")?;
     runtime.block_on(async {

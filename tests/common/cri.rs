@@ -23,8 +23,9 @@ pub struct Cri {
     client: RuntimeServiceClient<Channel>,
 }
 
-/// A CreateContainer's container id and how long it took, or the runtime's refusal.
-pub type Created = Result<(String, Duration), tonic::Status>;
+/// A pod's container started as the kubelet starts it: its id, how long CreateContainer took,
+/// and how long from CreateContainer until StartContainer returned; or the runtime's refusal.
+pub type Started = Result<(String, Duration, Duration), tonic::Status>;
 
 pub struct Pod {
     pub id: String,
@@ -85,14 +86,13 @@ impl Cri {
     }
 
     /// `n` pods started at once the way the kubelet starts each: its sandbox, then its
-    /// container right after. Each pod, and its container's id and how long its
-    /// CreateContainer took.
+    /// container created and started right after.
     pub fn pods_started_at_once(
         &self,
         namespace: &str,
         n: usize,
         annotations: &[(&str, &str)],
-    ) -> Vec<(Pod, Created)> {
+    ) -> Vec<(Pod, Started)> {
         let starts = (0..n).map(|i| {
             let mut client = self.client.clone();
             let config = Self::pod_config(namespace, &format!("k{i}"), annotations);
@@ -108,10 +108,21 @@ impl Cri {
                     .pod_sandbox_id;
                 let pod = Pod { id, config };
                 let started = Instant::now();
-                let created = client
-                    .create_container(Self::create_request(&pod, "app", 0, &[]))
-                    .await
-                    .map(|response| (response.into_inner().container_id, started.elapsed()));
+                let created = async {
+                    let id = client
+                        .create_container(Self::create_request(&pod, "app", 0, &[]))
+                        .await?
+                        .into_inner()
+                        .container_id;
+                    let create = started.elapsed();
+                    client
+                        .start_container(StartContainerRequest {
+                            container_id: id.clone(),
+                        })
+                        .await?;
+                    Ok((id, create, started.elapsed()))
+                }
+                .await;
                 (pod, created)
             }
         });

@@ -33,8 +33,8 @@ Configuration file:
   default_size = \"64M\"     size of a channel whose spec gives none
   max_size = \"50%\"         largest channel: bytes, \"8G\", or a percentage of physical memory;
                            never above half of it (bytes are capped, more than 50% is an error)
-  allowed_roots = []       host paths must lie under one of these; empty: anywhere outside
-                           the protected system trees, which stay refused in any case
+  allowed_roots = []       host paths from the CLI must lie under one of these; empty:
+                           anywhere outside the protected system trees, refused in any case
   lifetime = \"stop\"        \"stop\": a channel goes with its owner (the container's stop);
                            \"delete\": it lives until hostchan delete --container
   idle_limit = \"7d\"        gc deletes a \"delete\" channel whose container was not seen
@@ -48,13 +48,24 @@ Configuration file:
   default = \"require\"      without --scope, --pid or --unbound: \"require\" refuses,
                            \"unbound\" makes an unbound channel
   allow_unbound = true     whether channels bound to no unit may be made at all
-[hook]
+[hook]                     channels asked for by annotations: the OCI hook's and the NRI
+                           plugin's (hostchan nri), whoever wrote the container or pod
   allowed_roots = [\"/run/hostchan\"]
-                           host paths from container annotations must lie under one of
-                           these (never empty); the CLI uses [channels] allowed_roots
+                           host paths must lie under one of these (never empty)
+  tenancy = \"subtree\"      \"subtree\": a pod's paths under <root>/<its namespace>/, another
+                           container's under <root>/<its id>/; \"shared\": anywhere below a root
+  delete_lifetime = \"engine\"
+                           who may ask for lifetime=delete: \"engine\" (oci-hook
+                           --engine-deletes), \"allow\", \"refuse\"
+  max_channels_per_container = 16
+                           channels one container's annotations may ask for
+  max_total_size = \"50%\"   their sizes together: bytes, \"8G\" or % of RAM (at most half)
+  max_path_depth = 16      directories in a host path from annotations, at most
+  max_path_length = 1024   bytes in a host path from annotations, at most
 
 A wrong key, type or value is reported with the file, line and key, and create does nothing
-(exit 2). delete, gc and the cleanup units never read the file.";
+(exit 2). The hook and the NRI plugin read the file at every container; delete, gc and the
+cleanup units never read it.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -219,6 +230,23 @@ pub struct CreateArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// hostchan-config(8) comes from CONFIG_FILE: every key the shipped file names is in it.
+    #[test]
+    fn the_config_help_names_every_key_of_the_shipped_file() {
+        let shipped = include_str!("../packaging/config.toml");
+        for line in shipped.lines() {
+            let Some((key, _)) = line.strip_prefix('#').and_then(|l| l.split_once(" = ")) else {
+                continue;
+            };
+            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                assert!(
+                    CONFIG_FILE.contains(&format!("  {key} = ")),
+                    "hostchan config --help does not name {key}"
+                );
+            }
+        }
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -1,6 +1,7 @@
 //! Channel annotations as a Kubernetes pod carries them: which container of the pod a channel
 //! is for, and host-path templates, so that one manifest serves many pods without clashes.
-//! Pure: it reads the annotations the engine copied into the container's OCI config.
+//! Pure: it reads the annotations the engine copied into the container's OCI config (the hook)
+//! or the pod's own, as the runtime hands them to the NRI plugin.
 //!
 //! CRI-O copies every pod annotation (and the kubelet's labels) into every container of the
 //! pod, the sandbox included; containerd copies the ones its `pod_annotations` allows. Both say

@@ -1,6 +1,7 @@
 //! hostchan: host channels for containers, owned by systemd.
 //!
-//! Data flows one way: argv ([`cli`]) or a container's annotations ([`oci`], [`kube`]) become a
+//! Data flows one way: argv ([`cli`]), a container's annotations ([`oci`], [`kube`]) or a pod's
+//! through the NRI plugin ([`nri`], [`annotations`]) become a
 //! validated request ([`spec`], [`config`], [`owner`]), that becomes the transient units to
 //! start ([`units`], [`unit_name`]), which the systemd client starts ([`systemd`]); the lifecycle
 //! ([`channel`]) composes these, keeps a [`record`] of each channel, and attaches it inside a

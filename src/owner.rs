@@ -1,15 +1,16 @@
-//! Who a channel lives with: the one resolver the CLI and the OCI hook share, the cgroup
-//! parsing that finds a process's scope, and the check that the owner unit runs.
+//! Who a channel lives with: the one resolver the CLI, the OCI hook and the NRI plugin share,
+//! the cgroup parsing that finds a process's scope, and the check that the owner unit runs.
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
-use crate::model::Owner;
+use crate::model::{Owner, Requester};
 use crate::systemd::Systemd;
 
 /// What the caller said about the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnerRequest {
-    /// `--scope UNIT`.
+    /// A unit named: `--scope UNIT`, or the pod's unit the NRI plugin finds in the runtime's
+    /// cgroups path.
     Unit(String),
     /// `--unbound`.
     Unbound,
@@ -132,8 +133,10 @@ pub fn check_container_process(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// The one place that turns what the caller said into an owner.
-pub fn resolve(request: &OwnerRequest, config: &Config) -> Result<Owner> {
+/// The one place that turns what the caller said into an owner. `requester`: who asked, so that
+/// a refusal's hint suits them (flags for the CLI; the operator's settings for annotations,
+/// whose author can change neither).
+pub fn resolve(request: &OwnerRequest, config: &Config, requester: &Requester) -> Result<Owner> {
     match request {
         OwnerRequest::Unit(unit) => Ok(Owner::Unit(validate_owner_unit(unit)?)),
         OwnerRequest::Unbound => Ok(Owner::Unbound),
@@ -144,24 +147,43 @@ pub fn resolve(request: &OwnerRequest, config: &Config) -> Result<Owner> {
                 PathOwner::Refused { unit, reason } => Err(Error::owner(format!(
                     "pid {pid} is in {unit}, which {reason}; give the pid of a container's process"
                 ))),
-                PathOwner::NoUnit => default_owner(config).map_err(|_| {
-                    Error::owner(format!(
-                        "pid {pid} is in no systemd unit (cgroup {path}; a cgroupfs-driver engine?); pass --unbound for a channel that lives until hostchan delete, or set owner.default = \"unbound\""
-                    ))
+                PathOwner::NoUnit => default_owner(config, requester).map_err(|_| {
+                    Error::owner(match requester {
+                        Requester::Cli => format!(
+                            "pid {pid} is in no systemd unit (cgroup {path}; a cgroupfs-driver engine?); pass --unbound for a channel that lives until hostchan delete, or set owner.default = \"unbound\""
+                        ),
+                        Requester::Annotations(_) => format!(
+                            "the container (pid {pid}) is in no systemd unit to bind its channels to (cgroup {path}; an engine on the cgroupfs driver?); {}",
+                            unbound_hint(config)
+                        ),
+                    })
                 }),
             }
         }
-        OwnerRequest::Default => default_owner(config),
+        OwnerRequest::Default => default_owner(config, requester),
     }
 }
 
-fn default_owner(config: &Config) -> Result<Owner> {
-    match config.owner.default {
-        DefaultOwner::Unbound => Ok(Owner::Unbound),
-        DefaultOwner::Require => Err(Error::usage(
+fn default_owner(config: &Config, requester: &Requester) -> Result<Owner> {
+    match (config.owner.default, requester) {
+        (DefaultOwner::Unbound, _) => Ok(Owner::Unbound),
+        (DefaultOwner::Require, Requester::Cli) => Err(Error::usage(
             "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)",
         )),
+        (DefaultOwner::Require, Requester::Annotations(_)) => Err(Error::usage(format!(
+            "the container has no systemd unit to bind its channels to (an engine or kubelet on the cgroupfs driver?); {}",
+            unbound_hint(config)
+        ))),
     }
+}
+
+/// What the node's operator can do for containers without a unit: nothing their annotations
+/// can say.
+pub fn unbound_hint(config: &Config) -> String {
+    format!(
+        "use the systemd cgroup driver, or let the node's operator give such containers channels that live until hostchan delete (owner.default = \"unbound\" in {})",
+        config.origin()
+    )
 }
 
 /// Checks a unit name given as owner: systemd's characters and a type suffix (`x.scope`).

@@ -618,6 +618,34 @@ fn the_cli_and_the_hook_agree_on_owners() {
     assert!(!sb.path("/run/hostchan/s78").exists());
 }
 
+/// A container on the cgroupfs driver has no unit to bind a channel to; with the default
+/// `owner.default = "require"` the hook refuses it, and its hint speaks to the operator of the
+/// node, not of command-line flags the container's author has no way to pass.
+#[test]
+fn a_container_without_a_unit_is_told_what_its_operator_can_do() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-cgroupfs");
+    let bundle = runc_bundle(&dir.path("b"), "c79", |c| {
+        c["linux"]["cgroupsPath"] = "/hc-cgroupfs/c79".into();
+        with_hooks(c, &[("io.hostchan.channel", "/run/hostchan/c79/s:/s")]);
+    });
+    let hook = sb.sh(&format!(
+        "runc run -d --bundle '{}' c79 </dev/null >/dev/null 2>/run/runc-c79.err; rc=$?; cat /run/runc-c79.err >&2; exit $rc",
+        bundle.display()
+    ));
+    assert_ne!(hook.code, 0, "{hook:#?}");
+    assert!(
+        hook.stderr
+            .contains("is in no systemd unit to bind its channels to")
+            && hook.stderr.contains("owner.default = \\\"unbound\\\"")
+            && !hook.stderr.contains("--unbound"),
+        "{hook:#?}"
+    );
+    let _ = sb.run(&["runc", "delete", "--force", "c79"]);
+    assert!(sb.channel_units().is_empty());
+    assert!(!sb.path("/run/hostchan/c79").exists());
+}
+
 /// Docker (Debian's docker.io, systemd cgroup driver) started inside the sandbox: `create
 /// --pid` of a container, data both ways, ro enforced, the channel gone after `docker stop` and
 /// after `docker rm -f`.

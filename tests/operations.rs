@@ -177,6 +177,45 @@ fn gc_at_boot_removes_leftovers_of_a_crash_and_nothing_else() {
     );
 }
 
+/// `gc --dry-run` writes nothing: not the records directory where none is, not the lock where
+/// no create made it, and it reports the same as before.
+#[test]
+fn gc_dry_run_writes_nothing() {
+    let sb = Sandbox::boot();
+    let records = sb.path("/var/lib/hostchan/channels");
+    assert!(!records.exists());
+    let out = sb.hostchan(&["gc", "--dry-run"]).ok();
+    assert_eq!(
+        out.stdout,
+        "No leftovers: every channel hostchan has a record of is mounted.\n"
+    );
+    assert!(!records.exists(), "gc --dry-run made {}", records.display());
+    fs::create_dir(&records).unwrap();
+    sb.hostchan(&["gc", "--dry-run", "--output", "json"]).ok();
+    assert_eq!(
+        fs::read_dir(&records).unwrap().count(),
+        0,
+        "gc --dry-run wrote into the records directory"
+    );
+    // Once a create has made the lock, a dry run takes it as before (and writes nothing).
+    fs::remove_dir(&records).unwrap();
+    sb.hostchan(&["create", "--unbound", "/run/hostchan/dry:/x:rw:1M"])
+        .ok();
+    let before: Vec<_> = fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    sb.hostchan(&["gc", "--dry-run"]).ok();
+    let after: Vec<_> = fs::read_dir(&records)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after);
+    sb.hostchan(&["delete", "/run/hostchan/dry"]).ok();
+}
+
 #[test]
 fn configuration_shapes_channels_and_a_broken_file_stops_create_only() {
     let sb = Sandbox::boot();

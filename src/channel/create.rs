@@ -17,7 +17,7 @@ use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::memory;
-use crate::model::{Attached, Channel, Lifetime, Owner};
+use crate::model::{Attached, Channel, Lifetime, Owner, Requester};
 use crate::owner;
 use crate::record::{CreatorLock, Record, StoreLock};
 use crate::spec::ChannelSpec;
@@ -133,10 +133,16 @@ impl Channels {
             config.check_available_memory(spec.size)?;
         }
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
-            return Err(Error::usage(format!(
-                "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
-                config.origin()
-            )));
+            return Err(Error::usage(match options.requester {
+                Requester::Cli => format!(
+                    "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
+                    config.origin()
+                ),
+                Requester::Annotations(_) => format!(
+                    "the container has no systemd unit to bind its channels to, and unbound channels are turned off in {} (owner.allow_unbound = false); run it with the systemd cgroup driver",
+                    config.origin()
+                ),
+            }));
         }
         let id = new_channel_id()?;
         let request = ChannelRequest {

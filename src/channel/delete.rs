@@ -33,8 +33,10 @@ impl Channels {
         Ok(ChannelInfo::deleted(record.channel))
     }
 
-    /// The poststop hook: the container stopped. Its `stop`-lifetime channels are deleted (those
-    /// its scope did not take already); its `delete`-lifetime ones stay, and are marked seen.
+    /// The container stopped (the poststop hook; the NRI plugin's StopContainer and
+    /// RemoveContainer through [`Channels::pod_container_gone`]). Its `stop`-lifetime channels
+    /// are deleted (those its scope did not take already); its `delete`-lifetime ones stay, and
+    /// are marked seen.
     pub fn container_stopped(&self, container: &str) -> Result<Vec<ChannelInfo>> {
         let mut stopped = Vec::new();
         for mut record in self.records_of(container)? {

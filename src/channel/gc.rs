@@ -75,7 +75,16 @@ impl Channels {
     /// touched. `offline` (early boot, before D-Bus; a reboot has lost every transient unit):
     /// the mount alone decides.
     pub fn gc(&self, dry_run: bool, offline: bool) -> Result<Vec<Leftover>> {
-        let exclusive = self.store.lock(true)?;
+        // A dry run writes nothing, not even the lock: where no create ever made it, there is
+        // nothing to report.
+        let exclusive = if dry_run {
+            self.store.lock_if_made(true)?
+        } else {
+            Some(self.store.lock(true)?)
+        };
+        let Some(exclusive) = exclusive else {
+            return Ok(Vec::new());
+        };
         if !offline {
             // A creator killed half way may have sent the start of its units just before: it
             // reaches systemd before anything gc asks once the bus has seen the creator go.

@@ -4,7 +4,7 @@ use super::Channels;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 use crate::inject;
-use crate::model::{Lifetime, Owner};
+use crate::model::{Lifetime, Owner, Requester};
 use crate::owner::{self, OwnerRequest};
 use crate::record::Record;
 use crate::systemd::Systemd;
@@ -18,9 +18,10 @@ pub(super) fn owner_for_lifetime(
     container: Option<&str>,
     request: &OwnerRequest,
     config: &Config,
+    requester: &Requester,
 ) -> Result<Owner> {
     match lifetime {
-        Lifetime::Stop | Lifetime::Pod => owner::resolve(request, config),
+        Lifetime::Stop | Lifetime::Pod => owner::resolve(request, config, requester),
         Lifetime::Delete => {
             let Some(container) = container else {
                 return Err(Error::usage(
@@ -35,7 +36,7 @@ pub(super) fn owner_for_lifetime(
             // The owner policy holds for every lifetime: a container it would refuse a
             // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
             if let OwnerRequest::Pid(_) = request {
-                owner::resolve(request, config)?;
+                owner::resolve(request, config, requester)?;
             }
             Ok(Owner::Unit(unit_name::keeper_unit_name(container)))
         }

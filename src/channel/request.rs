@@ -1,6 +1,6 @@
-//! The create request: one constructor, used by the CLI and the hook alike, that checks the
-//! container id, takes the lifetime from the configuration when none is asked for, and resolves
-//! the owner for that lifetime.
+//! The create request: one constructor, used by the CLI, the hook and the NRI plugin alike,
+//! that checks the container id, takes the lifetime from the configuration when none is asked
+//! for, and resolves the owner for that lifetime.
 
 use std::path::PathBuf;
 
@@ -69,7 +69,13 @@ impl CreateOptions {
             .transpose()?;
         let pod = ask.pod.as_deref().map(validate_container_id).transpose()?;
         let lifetime = ask.lifetime.unwrap_or(config.channels.lifetime);
-        let owner = keeper::owner_for_lifetime(lifetime, container.as_deref(), &ask.owner, config)?;
+        let owner = keeper::owner_for_lifetime(
+            lifetime,
+            container.as_deref(),
+            &ask.owner,
+            config,
+            &ask.requester,
+        )?;
         Ok(CreateOptions {
             spec,
             owner,

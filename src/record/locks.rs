@@ -47,7 +47,8 @@ impl Store {
     /// Short and exclusive: held by whoever writes or removes a record, so that a check and
     /// the write it allows, or a read of a record's id and its removal, are one step.
     pub(super) fn write_lock(&self) -> Result<StoreLock> {
-        self.flock(".write.lock", true)
+        self.flock(".write.lock", true, true)?
+            .ok_or_else(|| Error::runtime("the record write lock was not made"))
     }
 
     /// Taken by a create for channel `id` before it writes the record; see [`CreatorLock`]. The
@@ -169,22 +170,42 @@ impl Store {
     /// Creates hold this shared from writing a record until their units are up; `gc` holds it
     /// exclusively, so that it never mistakes a channel being created for a leftover.
     pub fn lock(&self, exclusive: bool) -> Result<StoreLock> {
-        self.flock(".lock", exclusive)
+        self.flock(".lock", exclusive, true)?
+            .ok_or_else(|| Error::runtime("the record lock was not made"))
     }
 
-    fn flock(&self, name: &str, exclusive: bool) -> Result<StoreLock> {
+    /// [`Store::lock`], but only where a create has made the lock (and so the directory)
+    /// already: `None` when there is none, and nothing is written. Where no create ever ran
+    /// there is no record and no creator to wait for.
+    pub fn lock_if_made(&self, exclusive: bool) -> Result<Option<StoreLock>> {
+        self.flock(".lock", exclusive, false)
+    }
+
+    fn flock(&self, name: &str, exclusive: bool, make: bool) -> Result<Option<StoreLock>> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
-        let dir = self
-            .open_dir(true)?
-            .ok_or_else(|| Error::runtime(context()))?;
-        let fd = openat(
+        let Some(dir) = self.open_dir(make)? else {
+            return if make {
+                Err(Error::runtime(context()))
+            } else {
+                Ok(None)
+            };
+        };
+        let create = if make {
+            OFlags::CREATE
+        } else {
+            OFlags::empty()
+        };
+        let fd = match openat(
             &dir,
             name,
-            OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            create | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| fs_error(context(), e.into()))?;
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if !make => return Ok(None),
+            Err(e) => return Err(fs_error(context(), e.into())),
+        };
         check_owned(&fd, &self.dir.join(name))?;
         let mode = if exclusive {
             FlockArg::LockExclusive
@@ -192,7 +213,7 @@ impl Store {
             FlockArg::LockShared
         };
         Flock::lock(fs::File::from(fd), mode)
-            .map(StoreLock)
+            .map(|lock| Some(StoreLock(lock)))
             .map_err(|(_, errno)| Error::io(context(), errno))
     }
 }

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::api::api;
 use crate::annotations::{self, Caller};
 use crate::channel::{Channels, Created, LivePods};
 use crate::config::Config;
@@ -16,6 +15,7 @@ use crate::model::Lifetime;
 use crate::owner::OwnerRequest;
 use crate::spec::{Access, ChannelSpec};
 use crate::units::validate_container_id;
+use nri_api::api;
 
 /// Where hostchan's own annotations start; nothing else of a pod's is read.
 const OWN_ANNOTATIONS: &str = "io.hostchan.";
@@ -559,7 +559,7 @@ mod tests {
         let container = |id: &str, state: State| api::Container {
             id: id.to_owned(),
             state: state.into(),
-            linux: protobuf::MessageField::some(api::LinuxContainer {
+            linux: nri_api::protobuf::MessageField::some(api::LinuxContainer {
                 cgroups_path: format!("s.slice:cri-containerd:{id}"),
                 ..Default::default()
             }),

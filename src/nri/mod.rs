@@ -8,7 +8,6 @@
 //! The wire is containerd's: ttrpc (its own Rust crate, async API, one thread) over NRI's
 //! connection multiplexer ([`mux`]), with code generated from NRI's api.proto ([`api`]).
 
-mod api;
 mod handler;
 mod mux;
 mod notify;

@@ -9,13 +9,13 @@ use tokio::net::UnixStream;
 use ttrpc::r#async::transport::{Listener, Socket};
 use ttrpc::r#async::{Client, Server, TtrpcContext};
 
-use super::api::api::{self, Event};
-use super::api::api_ttrpc;
 use super::handler::{self, Handler, Race};
 use super::mux;
 use super::notify::notify;
 use super::{NriArgs, REGISTRATION_TIMEOUT};
 use crate::error::{Error, Result};
+use nri_api::api::{self, Event};
+use nri_api::api_ttrpc;
 
 /// `ConfigureRequest.request_timeout` (NRI 0.7 and later, in milliseconds), which the NRI 0.6
 /// messages the plugin is built from do not name: read from the unknown fields.
@@ -215,7 +215,7 @@ enum Made {
 
 fn adjusted(mounts: Vec<api::Mount>) -> api::CreateContainerResponse {
     api::CreateContainerResponse {
-        adjust: protobuf::MessageField::some(api::ContainerAdjustment {
+        adjust: nri_api::protobuf::MessageField::some(api::ContainerAdjustment {
             mounts,
             ..Default::default()
         }),
@@ -243,7 +243,7 @@ impl api_ttrpc::Plugin for Plugin {
             .unknown_fields()
             .get(CONFIGURE_REQUEST_TIMEOUT_FIELD)
             .and_then(|value| match value {
-                protobuf::UnknownValueRef::Varint(ms) if ms > 0 => Some(ms),
+                nri_api::protobuf::UnknownValueRef::Varint(ms) if ms > 0 => Some(ms),
                 _ => None,
             });
         if let Some(ms) = said {
@@ -273,7 +273,7 @@ impl api_ttrpc::Plugin for Plugin {
                 .special_fields
                 .unknown_fields()
                 .get(SYNCHRONIZE_REQUEST_MORE_FIELD),
-            Some(protobuf::UnknownValueRef::Varint(1))
+            Some(nri_api::protobuf::UnknownValueRef::Varint(1))
         );
         let (pods, containers) = {
             let mut parts = self.sync_parts.lock().unwrap_or_else(|e| e.into_inner());

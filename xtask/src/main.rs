@@ -36,15 +36,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Regenerates src/nri/api/{api,api_ttrpc}.rs from the vendored NRI api.proto, with
+/// Regenerates crates/nri-api/src/{api,api_ttrpc}.rs from the vendored NRI api.proto, with
 /// containerd's own ttrpc code generator (no protoc needed). The output is committed, so that a
 /// build needs neither the generator nor the .proto compiler.
 fn nri_api() -> Result<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src/nri/api");
+    let krate = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nri-api");
+    let dir = krate.join("src");
     ttrpc_codegen::Codegen::new()
         .out_dir(&dir)
-        .inputs([dir.join("api.proto")])
-        .include(&dir)
+        .inputs([krate.join("api.proto")])
+        .include(&krate)
         .rust_protobuf()
         .customize(ttrpc_codegen::Customize {
             async_all: true,

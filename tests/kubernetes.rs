@@ -2,7 +2,7 @@
 //! with `HOSTCHAN_CONTAINERD=2` Debian sid's 2.x; tests/run runs this suite with each) inside the
 //! sandboxed systemd, with NRI on, `SystemdCgroup = true` and a busybox image built
 //! offline; `hostchan nri` as a unit beside it; host-network pods run through containerd's real
-//! CRI API by a CRI client written here (k8s-cri, tonic).
+//! CRI API by a CRI client written here (crates/cri-api, tonic).
 
 mod common;
 #[path = "common/cri.rs"]

@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cri_api::v1::runtime_service_client::RuntimeServiceClient;
+use cri_api::v1::*;
 use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// The image tests/sandbox/containerd.sh builds (busybox-static) and imports.

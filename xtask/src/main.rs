@@ -1,6 +1,7 @@
 //! `cargo xtask docs OUT_DIR`: writes OUT_DIR/man/*.8 (hostchan(8) and one page per command)
 //! and OUT_DIR/completions/{hostchan.bash,_hostchan,hostchan.fish}, all from the clap
 //! definitions in hostchan's `cli` module, so that they never drift from the binary.
+//! `cargo xtask nri-api` and `cargo xtask cri-api`: the protocol crates' generated code.
 
 use std::fs;
 use std::io::Write;
@@ -17,8 +18,11 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["docs", out] => docs(Path::new(out)),
         ["nri-api"] => nri_api(),
+        ["cri-api"] => cri_api(),
         _ => {
-            eprintln!("usage: cargo xtask docs OUT_DIR | cargo xtask nri-api");
+            eprintln!(
+                "usage: cargo xtask docs OUT_DIR | cargo xtask nri-api | cargo xtask cri-api"
+            );
             return ExitCode::from(2);
         }
     };
@@ -63,6 +67,24 @@ fn nri_api() -> Result<Vec<PathBuf>> {
     let text = fs::read_to_string(&ttrpc)?.replace("#![allow(unsafe_code)]\n", "");
     fs::write(&ttrpc, text)?;
     Ok(vec![dir.join("api.rs"), ttrpc])
+}
+
+/// Regenerates crates/cri-api/src/runtime.v1.rs (the CRI's messages and its clients; the tests'
+/// and benchmarks' CRI client) from the vendored Kubernetes CRI api.proto, with protox, a
+/// protobuf compiler in Rust, and tonic's generator: committed, so that no build needs protoc.
+fn cri_api() -> Result<Vec<PathBuf>> {
+    let krate = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/cri-api");
+    let descriptors = protox::compile([krate.join("proto/api.proto")], [krate.join("proto")])
+        .context("protox could not compile the CRI api.proto")?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        // Clients over any channel the caller makes (the tests' is a unix socket's).
+        .build_transport(false)
+        .emit_rerun_if_changed(false)
+        .out_dir(krate.join("src"))
+        .compile_fds(descriptors)
+        .context("tonic's code generator failed")?;
+    Ok(vec![krate.join("src/runtime.v1.rs")])
 }
 
 fn docs(out: &Path) -> Result<Vec<PathBuf>> {

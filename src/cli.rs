@@ -1,5 +1,7 @@
 //! The command line, as clap definitions only (they also feed the man pages and completions).
 
+use std::path::PathBuf;
+
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
@@ -136,7 +138,7 @@ pub enum Command {
     /// Run as an NRI plugin (containerd 1.7+, CRI-O 1.26+): make the channels a Kubernetes pod's
     /// io.hostchan.channel[.NAME] annotations ask for as its containers are created, and have the
     /// runtime bind-mount them; remove them with the container or the pod.
-    Nri(crate::nri::NriArgs),
+    Nri(NriArgs),
     /// Print a CDI spec whose device hostchan.io/channel=hook runs hostchan as an OCI hook at
     /// createRuntime and poststop (for engines that take CDI devices: podman, CRI-O,
     /// containerd, Docker 25+); install it as /etc/cdi/hostchan.json.
@@ -169,6 +171,25 @@ pub enum Command {
         /// The channel's host path.
         host_path: String,
     },
+}
+
+/// `hostchan nri`.
+#[derive(Debug, Clone, Args)]
+pub struct NriArgs {
+    /// The runtime's NRI socket; not used when the runtime started the plugin (NRI_PLUGIN_SOCKET).
+    #[arg(long, value_name = "PATH", default_value = crate::nri::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// The name the plugin registers with.
+    #[arg(long, env = "NRI_PLUGIN_NAME", default_value = "hostchan")]
+    pub name: String,
+    /// The plugin's index, two digits: the runtime calls plugins in ascending order.
+    #[arg(long, env = "NRI_PLUGIN_IDX", default_value = "10")]
+    pub index: String,
+    /// How long the runtime waits for an answer (containerd's plugin_request_timeout, 2 s by
+    /// default); a runtime that says it at Configure (NRI 0.7 and later) is believed instead.
+    /// The plugin answers within three quarters of it.
+    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
+    pub request_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]

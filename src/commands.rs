@@ -13,8 +13,8 @@ use crate::model::Requester;
 use crate::oci;
 use crate::output::Report;
 use crate::owner::OwnerRequest;
+use crate::spec::validate_container_id;
 use crate::spec::ChannelSpec;
-use crate::units::validate_container_id;
 
 /// Runs a parsed command line: the command, then its report or error on stdout or stderr in the
 /// format asked for, and the exit code.

@@ -11,7 +11,7 @@ use crate::channel::{AttachTo, ChannelInfo, Channels, Created};
 use crate::config::Config;
 use crate::error::{Context, Error, Result};
 use crate::owner::OwnerRequest;
-use crate::units::validate_container_id;
+use crate::spec::validate_container_id;
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -174,10 +174,7 @@ fn create_all(
     let created = requests.create_all(channels, config)?;
     let channels = created
         .into_iter()
-        .filter_map(|created| match created {
-            Created::Channel(info) | Created::Existing(info) => Some(*info),
-            Created::DryRun(_) => None,
-        })
+        .filter_map(Created::into_channel)
         .collect();
     Ok(outcome(state, stage, channels))
 }

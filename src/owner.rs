@@ -3,7 +3,7 @@
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
-use crate::model::{Owner, Requester};
+use crate::model::{Lifetime, Owner, Requester};
 use crate::systemd::Systemd;
 
 /// What the caller said about the owner.
@@ -161,6 +161,38 @@ pub fn resolve(request: &OwnerRequest, config: &Config, requester: &Requester) -
             }
         }
         OwnerRequest::Default => default_owner(config, requester),
+    }
+}
+
+/// The owner for a lifetime: `stop` resolves what the caller said; `delete` is always the unit
+/// hostchan keeps for the container (which needs the container's id, and no other owner).
+pub fn for_lifetime(
+    lifetime: Lifetime,
+    container: Option<&str>,
+    request: &OwnerRequest,
+    config: &Config,
+    requester: &Requester,
+) -> Result<Owner> {
+    match lifetime {
+        Lifetime::Stop | Lifetime::Pod => resolve(request, config, requester),
+        Lifetime::Delete => {
+            let Some(container) = container else {
+                return Err(Error::usage(
+                    "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
+                ));
+            };
+            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
+                return Err(Error::usage(
+                    "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
+                ));
+            }
+            // The owner policy holds for every lifetime: a container it would refuse a
+            // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
+            if let OwnerRequest::Pid(_) = request {
+                resolve(request, config, requester)?;
+            }
+            Ok(Owner::Unit(crate::unit_name::keeper_unit_name(container)))
+        }
     }
 }
 

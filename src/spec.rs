@@ -440,9 +440,59 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Checks a container id: what engines use (hex ids, names of letters, digits, `_.-`), plus
+/// `:@+`; 1 to 255 bytes, starting with a letter or digit. It goes into unit descriptions and
+/// records, so nothing systemd could read as a specifier, escape or line break gets through.
+pub fn validate_container_id(id: &str) -> Result<String> {
+    let valid = id.len() <= 255
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-:@+".contains(&b));
+    if !valid {
+        return Err(Error::invalid(
+            "container id",
+            id,
+            "must be 1 to 255 letters, digits and _.-:@+, starting with a letter or digit",
+        ));
+    }
+    // systemd would shorten a longer name with a hash, which two ids could share.
+    if crate::unit_name::keeper_unit_name(id).len() > 255 {
+        return Err(Error::invalid(
+            "container id",
+            id,
+            "is too long: hostchan's unit for the container would pass systemd's 255 characters (each of -@+ counts 4)",
+        ));
+    }
+    Ok(id.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_checks() {
+        assert!(validate_container_id("4f2a-my_ctr.1").is_ok());
+        assert!(validate_container_id("4f2a1b3c".repeat(8).as_str()).is_ok());
+        for bad in [
+            "",
+            "a b",
+            "a\nWants=x.service",
+            "-x",
+            ".x",
+            "a%n",
+            "a$b",
+            "a\\x",
+            "a/b",
+            "ü",
+        ] {
+            let err = validate_container_id(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+        assert!(validate_container_id(&"a".repeat(256)).is_err());
+    }
 
     fn limits() -> Limits {
         Limits {

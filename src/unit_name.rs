@@ -88,7 +88,7 @@ pub fn fit_unit_name(name: String) -> String {
 /// them, stopped by `hostchan delete --container`, which takes them all down in one job. A
 /// container id is letters, digits and `_.-:@+`; `-` `@` `+` are escaped as systemd escapes.
 /// Never shortened by a hash, so that two ids never share a keeper: ids whose name would pass
-/// 255 characters are refused ([`crate::units::validate_container_id`]).
+/// 255 characters are refused ([`crate::spec::validate_container_id`]).
 pub fn keeper_unit_name(container: &str) -> String {
     format!("hostchan-keep@{}.service", escape_container_id(container))
 }

@@ -6,7 +6,6 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::Tmpfs;
-use crate::error::{Error, Result as HcResult};
 use crate::model::Owner;
 use crate::spec::{format_size, ChannelSpec, RootOwner};
 use crate::unit_name;
@@ -203,29 +202,14 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
     }
 }
 
-/// The unit that holds a container's `delete`-lifetime channels: a oneshot that does nothing
-/// but stay active until it is stopped; the channels are bound to it.
+/// The unit that holds a container's `delete`-lifetime channels until it is deleted: the
+/// channels are bound to it.
 pub fn keeper_unit(name: &str, container: &str) -> TransientUnit {
-    let mut properties = oneshot_that_stays(format!(
-        "Host channels kept for container {container} until it is deleted"
-    ));
-    properties.extend([
-        // A service needs something to run; this one only has to become active.
-        prop(
-            "ExecStart",
-            PropertyValue::Commands(vec![Command {
-                path: "/bin/true".into(),
-                argv: vec!["/bin/true".into()],
-                ignore_failure: false,
-            }]),
-        ),
-        prop("DefaultDependencies", PropertyValue::Bool(false)),
-        prop("CollectMode", s("inactive-or-failed")),
-    ]);
-    TransientUnit {
-        name: name.to_owned(),
-        properties,
-    }
+    holder_unit(
+        name,
+        format!("Host channels kept for container {container} until it is deleted"),
+        None,
+    )
 }
 
 /// The unit that takes a container's channels down with the container's own unit: the NRI
@@ -237,21 +221,34 @@ pub fn binder_unit(
     container_unit: &str,
     mounts: &[&str],
 ) -> TransientUnit {
-    let mut properties = oneshot_that_stays(format!(
-        "Host channels of container {container}, bound to {container_unit}"
+    holder_unit(
+        name,
+        format!("Host channels of container {container}, bound to {container_unit}"),
+        Some((container_unit, mounts)),
+    )
+}
+
+/// A service that does nothing but become active and stay so until it is stopped (the keeper,
+/// the binder); `bound`: the unit it is bound to and the mounts its stop stops.
+fn holder_unit(name: &str, description: String, bound: Option<(&str, &[&str])>) -> TransientUnit {
+    let mut properties = oneshot_that_stays(description);
+    // A service needs something to run; this one only has to become active.
+    properties.push(prop(
+        "ExecStart",
+        PropertyValue::Commands(vec![Command {
+            path: "/bin/true".into(),
+            argv: vec!["/bin/true".into()],
+            ignore_failure: false,
+        }]),
     ));
+    if let Some((unit, mounts)) = bound {
+        properties.extend([
+            prop("BindsTo", list(&[unit])),
+            prop("After", list(&[unit])),
+            prop("PropagatesStopTo", list(mounts)),
+        ]);
+    }
     properties.extend([
-        prop(
-            "ExecStart",
-            PropertyValue::Commands(vec![Command {
-                path: "/bin/true".into(),
-                argv: vec!["/bin/true".into()],
-                ignore_failure: false,
-            }]),
-        ),
-        prop("BindsTo", list(&[container_unit])),
-        prop("After", list(&[container_unit])),
-        prop("PropagatesStopTo", list(mounts)),
         prop("DefaultDependencies", PropertyValue::Bool(false)),
         prop("CollectMode", s("inactive-or-failed")),
     ]);
@@ -279,33 +276,6 @@ impl TransientUnit {
             .find(|p| p.name == name)
             .map(|p| &p.value)
     }
-}
-
-/// Checks a container id: what engines use (hex ids, names of letters, digits, `_.-`), plus
-/// `:@+`; 1 to 255 bytes, starting with a letter or digit. It goes into unit descriptions and
-/// records, so nothing systemd could read as a specifier, escape or line break gets through.
-pub fn validate_container_id(id: &str) -> HcResult<String> {
-    let valid = id.len() <= 255
-        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-:@+".contains(&b));
-    if !valid {
-        return Err(Error::invalid(
-            "container id",
-            id,
-            "must be 1 to 255 letters, digits and _.-:@+, starting with a letter or digit",
-        ));
-    }
-    // systemd would shorten a longer name with a hash, which two ids could share.
-    if unit_name::keeper_unit_name(id).len() > 255 {
-        return Err(Error::invalid(
-            "container id",
-            id,
-            "is too long: hostchan's unit for the container would pass systemd's 255 characters (each of -@+ counts 4)",
-        ));
-    }
-    Ok(id.to_owned())
 }
 
 #[cfg(test)]
@@ -400,29 +370,6 @@ mod tests {
                 ignore_failure: false
             }]))
         );
-    }
-
-    #[test]
-    fn container_checks() {
-        assert!(validate_container_id("4f2a-my_ctr.1").is_ok());
-        assert!(validate_container_id("4f2a1b3c".repeat(8).as_str()).is_ok());
-        for bad in [
-            "",
-            "a b",
-            "a\nWants=x.service",
-            "-x",
-            ".x",
-            "a%n",
-            "a$b",
-            "a\\x",
-            "a/b",
-            "ü",
-        ] {
-            let err = validate_container_id(bad).unwrap_err();
-            assert_eq!(err.exit_code(), 2, "{bad:?}");
-            assert!(!err.to_string().contains('\n'), "{err}");
-        }
-        assert!(validate_container_id(&"a".repeat(256)).is_err());
     }
 
     #[test]
@@ -541,7 +488,7 @@ mod tests {
             for _ in 1..len {
                 id.push(alphabet[(next() % alphabet.len() as u64) as usize] as char);
             }
-            match validate_container_id(&id) {
+            match crate::spec::validate_container_id(&id) {
                 Ok(id) => {
                     let keeper = unit_name::keeper_unit_name(&id);
                     assert!(keeper.len() <= 255, "{keeper}");
@@ -557,9 +504,9 @@ mod tests {
             "{refused} refused, {} kept",
             keepers.len()
         );
-        assert!(validate_container_id(&"a".repeat(233)).is_ok());
-        assert!(validate_container_id(&"a".repeat(234)).is_err());
-        assert!(validate_container_id(&format!("a{}", "-".repeat(58))).is_ok());
-        assert!(validate_container_id(&format!("a{}", "-".repeat(59))).is_err());
+        assert!(crate::spec::validate_container_id(&"a".repeat(233)).is_ok());
+        assert!(crate::spec::validate_container_id(&"a".repeat(234)).is_err());
+        assert!(crate::spec::validate_container_id(&format!("a{}", "-".repeat(58))).is_ok());
+        assert!(crate::spec::validate_container_id(&format!("a{}", "-".repeat(59))).is_err());
     }
 }

@@ -36,6 +36,16 @@ pub enum Created {
     Existing(Box<ChannelInfo>),
 }
 
+impl Created {
+    /// The channel made or found, for a create that was not a dry run.
+    pub fn into_channel(self) -> Option<ChannelInfo> {
+        match self {
+            Created::Channel(info) | Created::Existing(info) => Some(*info),
+            Created::DryRun(_) => None,
+        }
+    }
+}
+
 /// A create that failed: which of the requests, and why.
 #[derive(Debug)]
 pub struct CreateFailed {
@@ -175,16 +185,7 @@ impl Channels {
         }
 
         if let Some(attach) = &options.attach {
-            let ns = format!("/proc/{}/ns/mnt", attach.pid);
-            if std::fs::symlink_metadata(&ns).is_err() {
-                return Err(Error::owner(format!(
-                    "pid {} does not exist (no {ns}); give the pid of the container's init",
-                    attach.pid
-                )));
-            }
-            owner::check_container_process(attach.pid)?;
-            inject::check_other_mount_namespace(attach.pid)?;
-            inject::check_read_only_holds(attach.pid, &spec)?;
+            check_attach_target(attach, &spec)?;
         }
         let systemd = self.systemd()?;
         // A delete-lifetime owner is the unit hostchan keeps, started below once the record
@@ -414,9 +415,7 @@ impl Channels {
                 .as_ref()
                 .is_some_and(|a| inject::is_attached_in(a, attach.pid));
             if !here {
-                owner::check_container_process(attach.pid)?;
-                inject::check_other_mount_namespace(attach.pid)?;
-                inject::check_read_only_holds(attach.pid, spec)?;
+                check_attach_target(attach, spec)?;
                 let attached = attach_in_container(spec, attach)?;
                 record.attached = Some(attached);
             }
@@ -525,6 +524,21 @@ fn check_among_channels(host_path: &Path, unit: &str, records: &[Record]) -> Res
         }
     }
     Ok(shared)
+}
+
+/// Whether the channel may be attached in the container of `attach.pid`: a process that exists,
+/// is a container's, in a mount namespace of its own, where `ro` would hold.
+fn check_attach_target(attach: &AttachTo, spec: &ChannelSpec) -> Result<()> {
+    let ns = format!("/proc/{}/ns/mnt", attach.pid);
+    if std::fs::symlink_metadata(&ns).is_err() {
+        return Err(Error::owner(format!(
+            "pid {} does not exist (no {ns}); give the pid of the container's init",
+            attach.pid
+        )));
+    }
+    owner::check_container_process(attach.pid)?;
+    inject::check_other_mount_namespace(attach.pid)?;
+    inject::check_read_only_holds(attach.pid, spec)
 }
 
 /// Attaches the channel in the container of `attach.pid`, and says so in the channel's journal.

@@ -1,47 +1,13 @@
 //! The keeper: the unit hostchan keeps for a container's `delete`-lifetime channels.
 
 use super::Channels;
-use crate::config::Config;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Kind, Result};
 use crate::inject;
-use crate::model::{Lifetime, Owner, Requester};
-use crate::owner::{self, OwnerRequest};
+use crate::model::Lifetime;
 use crate::record::Record;
 use crate::systemd::Systemd;
 use crate::unit_name;
 use crate::units;
-
-/// The owner for a lifetime: `stop` resolves what the caller said; `delete` is always the unit
-/// hostchan keeps for the container (which needs the container's id, and no other owner).
-pub(super) fn owner_for_lifetime(
-    lifetime: Lifetime,
-    container: Option<&str>,
-    request: &OwnerRequest,
-    config: &Config,
-    requester: &Requester,
-) -> Result<Owner> {
-    match lifetime {
-        Lifetime::Stop | Lifetime::Pod => owner::resolve(request, config, requester),
-        Lifetime::Delete => {
-            let Some(container) = container else {
-                return Err(Error::usage(
-                    "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
-                ));
-            };
-            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
-                return Err(Error::usage(
-                    "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
-                ));
-            }
-            // The owner policy holds for every lifetime: a container it would refuse a
-            // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
-            if let OwnerRequest::Pid(_) = request {
-                owner::resolve(request, config, requester)?;
-            }
-            Ok(Owner::Unit(unit_name::keeper_unit_name(container)))
-        }
-    }
-}
 
 impl Channels {
     /// Stops the unit that keeps a container's `delete`-lifetime channels once it keeps none.

@@ -105,6 +105,19 @@ impl Target {
     }
 }
 
+/// Every operation on channels, each in its own file:
+///
+/// | operation | file |
+/// |---|---|
+/// | `create`, `create_all`, `create_all_then` (check, record, directories, units, attach) | `create.rs` |
+/// | a create request: `CreateOptions`, `Ask` | `request.rs` |
+/// | `delete`, `delete_container`, `container_stopped` | `delete.rs` |
+/// | the one teardown delete, rollback, expiry and the pods share | `teardown.rs` |
+/// | `list`, `status` | `list.rs` |
+/// | `cleanup` (the cleanup unit's), `gc` | `gc.rs` |
+/// | what a record without a live channel is (`Standing`), and clearing it away | `leftover.rs` |
+/// | the keeper unit of `delete`-lifetime channels | `keeper.rs` |
+/// | pods through the NRI plugin: binders, `pod_container_gone`, `pod_gone`, `reconcile_pods` | `pods.rs` |
 pub struct Channels {
     store: Store,
     hostchan_binary: PathBuf,

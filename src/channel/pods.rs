@@ -92,11 +92,24 @@ impl Channels {
             .filter_map(|r| r.channel.container.clone())
             .collect();
         let deleted = self.delete_records(&format!("pod {sandbox}"), records)?;
-        for container in containers {
-            self.systemd()?
-                .stop(&unit_name::binder_unit_name(&container))?;
+        match Error::all_of(self.stop_binders(containers), |n| {
+            format!("{n} binders of pod {sandbox}'s containers could not be stopped")
+        }) {
+            None => Ok(deleted),
+            Some(e) => Err(e),
         }
-        Ok(deleted)
+    }
+
+    /// Stops the binders of these containers, going on past failures; returns the failures.
+    fn stop_binders(&self, containers: HashSet<String>) -> Vec<Error> {
+        containers
+            .into_iter()
+            .filter_map(|container| {
+                self.systemd()
+                    .and_then(|s| s.stop(&unit_name::binder_unit_name(&container)))
+                    .err()
+            })
+            .collect()
     }
 
     /// Synchronize: keeps the channels of the pods and containers the runtime has, binding
@@ -144,14 +157,7 @@ impl Channels {
                 Vec::new()
             }
         };
-        for container in containers {
-            if let Err(e) = self
-                .systemd()
-                .and_then(|s| s.stop(&unit_name::binder_unit_name(&container)))
-            {
-                failed.push(e);
-            }
-        }
+        failed.extend(self.stop_binders(containers));
         for (container, unit) in to_bind {
             if let Err(e) = self.bind_to_container_unit(container, unit) {
                 failed.push(e.context(format!("container {container}")));

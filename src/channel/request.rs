@@ -4,13 +4,12 @@
 
 use std::path::PathBuf;
 
-use super::keeper;
 use crate::config::Config;
 use crate::error::Result;
 use crate::model::{Lifetime, Owner, Requester};
 use crate::owner::OwnerRequest;
+use crate::spec::validate_container_id;
 use crate::spec::RootOwner;
-use crate::units::validate_container_id;
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
@@ -69,7 +68,7 @@ impl CreateOptions {
             .transpose()?;
         let pod = ask.pod.as_deref().map(validate_container_id).transpose()?;
         let lifetime = ask.lifetime.unwrap_or(config.channels.lifetime);
-        let owner = keeper::owner_for_lifetime(
+        let owner = crate::owner::for_lifetime(
             lifetime,
             container.as_deref(),
             &ask.owner,

@@ -13,8 +13,8 @@ use crate::error::{Error, Result};
 use crate::kube;
 use crate::model::Lifetime;
 use crate::owner::OwnerRequest;
+use crate::spec::validate_container_id;
 use crate::spec::{Access, ChannelSpec};
-use crate::units::validate_container_id;
 use nri_api::api;
 
 /// Where hostchan's own annotations start; nothing else of a pod's is read.
@@ -160,21 +160,19 @@ impl Handler {
         }
         let noexec = config.tmpfs.noexec;
         Ok(created
-            .iter()
-            .filter_map(|created| match created {
-                Created::Channel(info) | Created::Existing(info) => {
-                    tracing::info!(
-                        OBJECT_SYSTEMD_UNIT = %info.channel.unit,
-                        "channel {} for container {} ({}) of pod {}/{}",
-                        info.channel.spec.host_path.display(),
-                        container.name,
-                        id,
-                        pod.namespace,
-                        pod.name
-                    );
-                    Some(bind_mount(&info.channel.spec, noexec, false))
-                }
-                Created::DryRun(_) => None,
+            .into_iter()
+            .filter_map(Created::into_channel)
+            .map(|info| {
+                tracing::info!(
+                    OBJECT_SYSTEMD_UNIT = %info.channel.unit,
+                    "channel {} for container {} ({}) of pod {}/{}",
+                    info.channel.spec.host_path.display(),
+                    container.name,
+                    id,
+                    pod.namespace,
+                    pod.name
+                );
+                bind_mount(&info.channel.spec, noexec, false)
             })
             .collect())
     }

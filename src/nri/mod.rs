@@ -14,12 +14,13 @@ mod notify;
 mod plugin;
 
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
 
+pub use crate::cli::NriArgs;
 use crate::error::{Context, Error, Result};
 use handler::Handler;
 
@@ -36,24 +37,6 @@ const RECONNECT_AT_MOST: Duration = Duration::from_secs(5);
 /// unit does not stay active while no pod's channels are looked after (systemd's Restart=
 /// brings it back, and the journal says why).
 const NOT_SERVING_AT_MOST: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct NriArgs {
-    /// The runtime's NRI socket; not used when the runtime started the plugin (NRI_PLUGIN_SOCKET).
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// The name the plugin registers with.
-    #[arg(long, env = "NRI_PLUGIN_NAME", default_value = "hostchan")]
-    pub name: String,
-    /// The plugin's index, two digits: the runtime calls plugins in ascending order.
-    #[arg(long, env = "NRI_PLUGIN_IDX", default_value = "10")]
-    pub index: String,
-    /// How long the runtime waits for an answer (containerd's plugin_request_timeout, 2 s by
-    /// default); a runtime that says it at Configure (NRI 0.7 and later) is believed instead.
-    /// The plugin answers within three quarters of it.
-    #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
-    pub request_timeout: u64,
-}
 
 /// Runs the plugin until it is stopped: connects, registers, serves, and connects again when
 /// the runtime goes away (a restart of containerd). A plugin the runtime started ends with its

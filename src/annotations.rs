@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::channel::{Ask, Channels, CreateOptions, Created};
+use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Created};
 use crate::config::{Config, DeleteLifetime};
 use crate::error::{Error, Kind, Result};
 use crate::kube;
@@ -21,7 +21,7 @@ pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
 pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
 
 /// What the runtime, not the annotations, says about the container.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Container<'a> {
     pub id: &'a str,
     pub annotations: &'a BTreeMap<String, String>,
@@ -34,6 +34,9 @@ pub struct Container<'a> {
     /// namespace); `None` when the caller cannot tell.
     pub root_mapping: Option<RootOwner>,
     pub caller: Caller,
+    /// Where to attach the channels too (the hook's container before it pivots): asked only
+    /// once the annotations asked for channels and passed every check.
+    pub attach: Option<&'a dyn Fn() -> Result<AttachTo>>,
 }
 
 /// Who asks for the container's channels, which decides the lifetimes annotations may ask for.
@@ -55,11 +58,21 @@ enum KubeLifetime {
     Pod,
 }
 
-/// The requests, each with the annotation key it came from.
+/// A container's channel requests, each keyed by the annotation it came from.
 #[derive(Debug)]
-pub struct Requests {
-    pub keys: Vec<String>,
-    pub options: Vec<CreateOptions>,
+pub struct Requests(pub Vec<Annotated>);
+
+/// One channel request and the annotation that asked for it.
+#[derive(Debug)]
+pub struct Annotated {
+    pub annotation: String,
+    pub options: CreateOptions,
+}
+
+impl AsRef<CreateOptions> for Annotated {
+    fn as_ref(&self) -> &CreateOptions {
+        &self.options
+    }
 }
 
 impl Requests {
@@ -77,7 +90,7 @@ impl Requests {
         queued: &dyn Fn(),
     ) -> Result<Vec<Created>> {
         channels
-            .create_all_then(config, &self.options, queued)
+            .create_all_then(config, &self.0, queued)
             .map_err(|failed| {
                 // A broken configuration is not about this annotation.
                 if failed.error.kind() == Kind::Config {
@@ -85,7 +98,7 @@ impl Requests {
                 } else {
                     failed
                         .error
-                        .context(format!("annotation {}", self.keys[failed.index]))
+                        .context(format!("annotation {}", self.0[failed.index].annotation))
                 }
             })
     }
@@ -177,8 +190,7 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     let parsed = parse_specs(config, &annotations, &pod, container.id)?;
     let specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
     check_container_bounds(config, container.id, &specs)?;
-    let (keys, texts): (Vec<String>, Vec<String>) =
-        parsed.into_iter().map(|one| (one.key, one.text)).unzip();
+    let attach = container.attach.map(|attach| attach()).transpose()?;
     let ask = Ask {
         requester,
         owner: container.owner.clone(),
@@ -186,19 +198,30 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
         pod: owning_pod,
         lifetime,
         root_owner,
-        attach: None,
+        attach,
         grow_memory_limit: false,
         dry_run: false,
     };
-    let base = CreateOptions::new(config, String::new(), ask)?;
-    let options = texts.into_iter().map(|text| base.for_spec(text)).collect();
-    Ok(Some(Requests { keys, options }))
+    let mut parsed = parsed.into_iter();
+    let Some(first) = parsed.next() else {
+        return Ok(None);
+    };
+    // The owner is resolved once, for the first; the others share it.
+    let base = CreateOptions::new(config, first.spec, ask)?;
+    let mut requests = vec![Annotated {
+        annotation: first.key,
+        options: base.clone(),
+    }];
+    requests.extend(parsed.map(|one| Annotated {
+        annotation: one.key,
+        options: base.for_spec(one.spec),
+    }));
+    Ok(Some(Requests(requests)))
 }
 
 /// One channel annotation, expanded and parsed.
 struct Parsed {
     key: String,
-    text: String,
     spec: ChannelSpec,
 }
 
@@ -217,7 +240,6 @@ fn parse_specs(
             let spec = ChannelSpec::parse(&text, &config.limits()).map_err(in_annotation)?;
             Ok(Parsed {
                 key: annotation.key.to_owned(),
-                text,
                 spec,
             })
         })
@@ -358,6 +380,7 @@ mod tests {
             caller: Caller::Hook {
                 engine_deletes: false,
             },
+            attach: None,
         }
     }
 
@@ -393,7 +416,7 @@ mod tests {
             engine_deletes: true,
         };
         let made = requests(&builtin, &engine).unwrap().unwrap();
-        assert_eq!(made.options[0].lifetime, Lifetime::Delete);
+        assert_eq!(made.0[0].options.lifetime, Lifetime::Delete);
         assert!(requests(&config("[hook]\ndelete_lifetime = \"allow\"\n"), &plain).is_ok());
         let never = config("[hook]\ndelete_lifetime = \"refuse\"\n");
         assert!(requests(&never, &engine).is_err());
@@ -448,7 +471,9 @@ mod tests {
                                 grow_memory_limit: false,
                                 dry_run: false,
                             };
-                            CreateOptions::new(&config, String::new(), ask).map(|o| o.lifetime)
+                            let spec =
+                                ChannelSpec::parse("/run/hostchan/x:/x", &config.limits()).unwrap();
+                            CreateOptions::new(&config, spec, ask).map(|o| o.lifetime)
                         }
                         _ => {
                             let mut asking = container(&asked_for);
@@ -464,7 +489,8 @@ mod tests {
                                     engine_deletes: false,
                                 },
                             };
-                            requests(&config, &asking).map(|made| made.unwrap().options[0].lifetime)
+                            requests(&config, &asking)
+                                .map(|made| made.unwrap().0[0].options.lifetime)
                         }
                     };
                     let allowed_delete = matches!(

@@ -119,7 +119,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 grow_memory_limit: args.grow_memory_limit,
                 dry_run: args.dry_run,
             };
-            let options = CreateOptions::new(&config, args.spec, ask)?;
+            let options = CreateOptions::new(&config, spec, ask)?;
             channels.create(&config, &options).map(Report::Created)
         }
         Command::Delete {

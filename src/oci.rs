@@ -147,7 +147,13 @@ fn create_all(
         ))
     })?;
     let container = state.container_id()?;
-    let Some(mut requests) = annotations::requests(
+    let attach = || {
+        Ok(AttachTo {
+            pid,
+            rootfs: Some(rootfs_of_bundle(&state.bundle)?),
+        })
+    };
+    let Some(requests) = annotations::requests(
         config,
         &annotations::Container {
             id: &container,
@@ -156,19 +162,12 @@ fn create_all(
             owner: OwnerRequest::Pid(pid),
             root_mapping: crate::inject::root_mapping_of(pid),
             caller: annotations::Caller::Hook { engine_deletes },
+            attach: Some(&attach),
         },
     )?
     else {
         return Ok(outcome(state, stage, Vec::new()));
     };
-    // Read only once the annotations asked for something and passed every check.
-    let attach = AttachTo {
-        pid,
-        rootfs: Some(rootfs_of_bundle(&state.bundle)?),
-    };
-    for options in &mut requests.options {
-        options.attach = Some(attach.clone());
-    }
     // Channels found made already (a delete-lifetime channel attached again, a second hook)
     // are left as they were by a failure.
     let created = requests.create_all(channels, config)?;

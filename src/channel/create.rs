@@ -90,26 +90,26 @@ impl Channels {
     /// so that PID 1 takes the mounts in as few passes over its mount table as it can); then
     /// each is attached in its container. On a failure the channels this call made are taken
     /// down again, and the error says which request failed.
-    pub fn create_all(
+    pub fn create_all<R: AsRef<CreateOptions>>(
         &self,
         config: &Config,
-        requests: &[CreateOptions],
+        requests: &[R],
     ) -> std::result::Result<Vec<Created>, CreateFailed> {
         self.create_all_then(config, requests, &|| {})
     }
 
     /// [`Channels::create_all`], calling `queued` once every unit to start has its start job
     /// queued in PID 1, before waiting for the jobs (which wait out PID 1's mount rate limit).
-    pub fn create_all_then(
+    pub fn create_all_then<R: AsRef<CreateOptions>>(
         &self,
         config: &Config,
-        requests: &[CreateOptions],
+        requests: &[R],
         queued: &dyn Fn(),
     ) -> std::result::Result<Vec<Created>, CreateFailed> {
         let mut done: Vec<(usize, Created)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
         let mut active_owners = HashSet::new();
-        for (index, options) in requests.iter().enumerate() {
+        for (index, options) in requests.iter().map(AsRef::as_ref).enumerate() {
             match self.prepare(config, options, index, &mut active_owners) {
                 Ok(Prepared::Done(created)) => done.push((index, created)),
                 Ok(Prepared::Pending(one)) => pending.push(*one),
@@ -137,7 +137,7 @@ impl Channels {
         index: usize,
         active_owners: &mut HashSet<String>,
     ) -> Result<Prepared<'a>> {
-        let spec = ChannelSpec::parse(&options.spec, &config.limits())?;
+        let spec = options.spec.clone();
         config.check_host_path(&spec.host_path, &options.requester)?;
         if config.channels.check_available_memory {
             config.check_available_memory(spec.size)?;

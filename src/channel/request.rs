@@ -9,12 +9,13 @@ use crate::error::Result;
 use crate::model::{Lifetime, Owner, Requester};
 use crate::owner::OwnerRequest;
 use crate::spec::validate_container_id;
-use crate::spec::RootOwner;
+use crate::spec::{ChannelSpec, RootOwner};
 
 /// What `create` is asked to do.
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
-    pub spec: String,
+    /// Parsed once, where the request came in, against the configuration's limits.
+    pub spec: ChannelSpec,
     pub owner: Owner,
     pub container: Option<String>,
     /// The pod sandbox the NRI plugin asks for the channel for.
@@ -30,6 +31,12 @@ pub struct CreateOptions {
     pub root_owner: Option<RootOwner>,
     /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
     pub owner_named: bool,
+}
+
+impl AsRef<CreateOptions> for CreateOptions {
+    fn as_ref(&self) -> &CreateOptions {
+        self
+    }
 }
 
 /// The container a channel is attached in.
@@ -60,7 +67,7 @@ pub struct Ask {
 impl CreateOptions {
     /// The request for `spec`, with its owner decided for its lifetime (a `delete`-lifetime
     /// channel's owner is the container's keeper).
-    pub fn new(config: &Config, spec: String, ask: Ask) -> Result<CreateOptions> {
+    pub fn new(config: &Config, spec: ChannelSpec, ask: Ask) -> Result<CreateOptions> {
         let container = ask
             .container
             .as_deref()
@@ -91,7 +98,7 @@ impl CreateOptions {
     }
 
     /// The same request for another channel of the same container.
-    pub fn for_spec(&self, spec: String) -> CreateOptions {
+    pub fn for_spec(&self, spec: ChannelSpec) -> CreateOptions {
         CreateOptions {
             spec,
             ..self.clone()

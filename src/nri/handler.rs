@@ -121,6 +121,7 @@ impl Handler {
                 // The runtime does not say how the container's user namespace maps its root.
                 root_mapping: None,
                 caller: Caller::Nri { sandbox },
+                attach: None,
             },
         )?
         else {
@@ -456,13 +457,13 @@ pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
 /// The bind mounts to answer before the channels are mounted: only when every channel is
 /// read-write (see [`Handler::create_container`]).
 fn early_bind_mounts(requests: &annotations::Requests, config: &Config) -> Option<Vec<api::Mount>> {
-    let mut mounts = Vec::with_capacity(requests.options.len());
-    for options in &requests.options {
-        let spec = ChannelSpec::parse(&options.spec, &config.limits()).ok()?;
+    let mut mounts = Vec::with_capacity(requests.0.len());
+    for asked in &requests.0 {
+        let spec = &asked.options.spec;
         if spec.access != Access::Rw {
             return None;
         }
-        mounts.push(bind_mount(&spec, config.tmpfs.noexec, true));
+        mounts.push(bind_mount(spec, config.tmpfs.noexec, true));
     }
     Some(mounts)
 }

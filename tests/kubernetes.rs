@@ -745,12 +745,9 @@ fn a_channel_queued_behind_pid1s_rate_limit_reaches_the_container_before_it_star
         )],
     );
     make_pid1_rate_limited(&node);
+    // How much sooner the answer comes is the benchmarks' to show (section 8); here, that the
+    // answer came at the queue, and that the container then has its channel.
     let container = node.create_container(&pod, "app", 0).unwrap();
-    assert_eq!(
-        node.sandbox.mount_options(host_path),
-        None,
-        "answered after PID 1's window"
-    );
     node.start_container(&container);
     assert!(
         node.plugin_journal()

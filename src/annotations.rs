@@ -164,7 +164,7 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
             let lifetime = asked_lifetime.map(parse_kube_lifetime).transpose()?;
             match lifetime.unwrap_or(KubeLifetime::Container) {
                 KubeLifetime::Container => (
-                    Some(Lifetime::Stop),
+                    Some(Lifetime::Container),
                     Some(container.id.to_owned()),
                     Some(sandbox.clone()),
                 ),
@@ -501,7 +501,7 @@ mod tests {
                         // Kubernetes knows container and pod lifetimes only; the default is
                         // the container's, bound to its stop.
                         By::Nri if asked.is_some() => assert!(got.is_err(), "{case}: {got:?}"),
-                        By::Nri => assert_eq!(got.unwrap(), Lifetime::Stop, "{case}"),
+                        By::Nri => assert_eq!(got.unwrap(), Lifetime::Container, "{case}"),
                         _ if wanted == Lifetime::Delete && !allowed_delete => {
                             let err = got.expect_err(&case);
                             assert_eq!(err.exit_code(), 2, "{case}: {err}");

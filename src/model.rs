@@ -134,6 +134,10 @@ pub enum Lifetime {
     /// plugin, which knows the pod, makes these.
     #[value(skip)]
     Pod,
+    /// With one container of a pod: bound to the pod's unit until the container has its own,
+    /// then to that (its binder). Only the NRI plugin makes these.
+    #[value(skip)]
+    Container,
 }
 
 impl fmt::Display for Lifetime {
@@ -142,6 +146,7 @@ impl fmt::Display for Lifetime {
             Lifetime::Stop => "stop",
             Lifetime::Delete => "delete",
             Lifetime::Pod => "pod",
+            Lifetime::Container => "container",
         })
     }
 }

@@ -174,7 +174,7 @@ pub fn for_lifetime(
     requester: &Requester,
 ) -> Result<Owner> {
     match lifetime {
-        Lifetime::Stop | Lifetime::Pod => resolve(request, config, requester),
+        Lifetime::Stop | Lifetime::Pod | Lifetime::Container => resolve(request, config, requester),
         Lifetime::Delete => {
             let Some(container) = container else {
                 return Err(Error::usage(

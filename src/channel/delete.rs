@@ -45,7 +45,7 @@ impl Channels {
                     record.last_seen = seconds_since_epoch();
                     self.store.replace(&record)?;
                 }
-                Lifetime::Stop | Lifetime::Pod => stopped.push(record),
+                Lifetime::Stop | Lifetime::Pod | Lifetime::Container => stopped.push(record),
             }
         }
         self.delete_records(&format!("container {container}"), stopped)

@@ -25,7 +25,7 @@ pub struct LivePods {
 }
 
 fn is_container_lifetime(record: &Record) -> bool {
-    record.channel.pod.is_some() && record.channel.lifetime == Lifetime::Stop
+    record.channel.lifetime == Lifetime::Container
 }
 
 impl Channels {

@@ -96,6 +96,11 @@ fn lifetime_stop() -> Lifetime {
 
 impl From<RecordFields> for Record {
     fn from(fields: RecordFields) -> Record {
+        let lifetime = match (fields.lifetime, &fields.pod) {
+            // Written before the container lifetime was recorded as itself.
+            (Lifetime::Stop, Some(_)) => Lifetime::Container,
+            (lifetime, _) => lifetime,
+        };
         Record {
             version: fields.version,
             channel: Channel {
@@ -112,7 +117,7 @@ impl From<RecordFields> for Record {
                 unit: fields.unit,
                 cleanup_unit: fields.cleanup_unit,
                 created: fields.created,
-                lifetime: fields.lifetime,
+                lifetime,
                 root_owner: fields.root_owner,
             },
             made: fields.made,
@@ -589,6 +594,29 @@ mod tests {
                 ino: 42,
             }],
         )
+    }
+
+    /// A pod container's channel was written as `stop` before the container lifetime was
+    /// recorded as itself; it reads as `container`, and is written so from then on.
+    #[test]
+    fn the_container_lifetime_is_itself_in_old_records_too() {
+        let mut old = record("run-chan-c1.mount");
+        old.channel.pod = Some("sandbox1".into());
+        let text = serde_json::to_string(&old).unwrap();
+        assert!(text.contains(r#""lifetime":"stop""#), "{text}");
+        let fields: RecordFields = serde_json::from_str(&text).unwrap();
+        let read = Record::from(fields);
+        assert_eq!(read.channel.lifetime, crate::model::Lifetime::Container);
+        let again = serde_json::to_string(&read).unwrap();
+        assert!(again.contains(r#""lifetime":"container""#), "{again}");
+        // Without a pod, `stop` is the hook's and the CLI's own lifetime.
+        let plain: RecordFields =
+            serde_json::from_str(&serde_json::to_string(&record("run-chan-c2.mount")).unwrap())
+                .unwrap();
+        assert_eq!(
+            Record::from(plain).channel.lifetime,
+            crate::model::Lifetime::Stop
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub enum Command {
     },
 }
 
-/// `hostchan nri`.
+/// `hostchan nri`'s arguments, handed to the plugin as [`crate::nri::NriArgs`].
 #[derive(Debug, Clone, Args)]
 pub struct NriArgs {
     /// The runtime's NRI socket; not used when the runtime started the plugin (NRI_PLUGIN_SOCKET).

@@ -30,6 +30,12 @@ pub fn main(cli: Cli) -> ExitCode {
     let unit = own_unit(&cli.command);
     if let Command::Nri(args) = cli.command {
         // A service, not a command: it logs, and says nothing on stdout.
+        let args = crate::nri::NriArgs {
+            socket: args.socket,
+            name: args.name,
+            index: args.index,
+            request_timeout: args.request_timeout,
+        };
         return match crate::nri::run(&args, &current_binary(), &config.path, config.named) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {

@@ -14,13 +14,12 @@ mod notify;
 mod plugin;
 
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
 
-pub use crate::cli::NriArgs;
 use crate::error::{Context, Error, Result};
 use handler::Handler;
 
@@ -37,6 +36,18 @@ const RECONNECT_AT_MOST: Duration = Duration::from_secs(5);
 /// unit does not stay active while no pod's channels are looked after (systemd's Restart=
 /// brings it back, and the journal says why).
 const NOT_SERVING_AT_MOST: Duration = Duration::from_secs(60);
+
+/// How the plugin connects and answers (`hostchan nri`'s arguments, cli::NriArgs).
+#[derive(Debug, Clone)]
+pub struct NriArgs {
+    /// The runtime's NRI socket, unless the runtime started the plugin (NRI_PLUGIN_SOCKET).
+    pub socket: PathBuf,
+    pub name: String,
+    /// Two digits: the runtime calls plugins in ascending order.
+    pub index: String,
+    /// The runtime's request timeout in milliseconds, unless it says its own at Configure.
+    pub request_timeout: u64,
+}
 
 /// Runs the plugin until it is stopped: connects, registers, serves, and connects again when
 /// the runtime goes away (a restart of containerd). A plugin the runtime started ends with its

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::model::MemoryChange;
-use crate::systemd::{Memory, Systemd};
+use crate::systemd::{Memory, SystemdOps};
 
 /// What to do about the owner's memory limit for a channel of `size` bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub fn memory_plan(memory: Memory, size: u64, grow: bool) -> MemoryPlan {
 
 /// Takes back what `--grow-memory-limit` added, when the channel goes before its owner: the
 /// limit as it is now, less exactly what hostchan added (the owner may have changed it since).
-pub fn undo_memory_change(systemd: &Systemd, change: &MemoryChange) -> Result<()> {
+pub fn undo_memory_change(systemd: &dyn SystemdOps, change: &MemoryChange) -> Result<()> {
     if !systemd.is_active(&change.unit)? {
         return Ok(());
     }
@@ -90,7 +90,7 @@ pub fn undo_memory_change(systemd: &Systemd, change: &MemoryChange) -> Result<()
 /// Carries out [`memory_plan`] on the owner unit. `known`: the owner's memory as read for
 /// another channel of the same create (only a raise needs it read again, right before).
 pub fn memory_headroom(
-    systemd: &Systemd,
+    systemd: &dyn SystemdOps,
     owner: &str,
     size: u64,
     grow: bool,

@@ -4,7 +4,7 @@
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
 use crate::model::{Lifetime, Owner, Requester};
-use crate::systemd::Systemd;
+use crate::systemd::SystemdOps;
 
 /// What the caller said about the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub fn systemd_cgroup(text: &str) -> Option<String> {
 /// That the owner unit runs. A unit named by the caller (`named`) is also looked up where it
 /// runs, since only its name was checked; an owner found from a process's cgroup path was
 /// checked against the same table already, and costs no further round trips.
-pub fn check_owner_active(systemd: &Systemd, owner: &str, named: bool) -> Result<()> {
+pub fn check_owner_active(systemd: &dyn SystemdOps, owner: &str, named: bool) -> Result<()> {
     let states = systemd.unit_states(&[owner])?;
     match states.get(owner) {
         Some(status) if status.is_active() => {

@@ -21,7 +21,7 @@ use crate::model::{Attached, Channel, Lifetime, Owner, Requester};
 use crate::owner;
 use crate::record::{CreatorLock, Record, StoreLock};
 use crate::spec::ChannelSpec;
-use crate::systemd::{Memory, Systemd};
+use crate::systemd::{Memory, SystemdOps};
 use crate::unit_name;
 use crate::units::{self, ChannelRequest, ChannelUnits, TransientUnit};
 
@@ -429,7 +429,7 @@ impl Channels {
     /// What it did goes into the record, for delete to undo.
     fn complete(
         &self,
-        systemd: &Systemd,
+        systemd: &dyn SystemdOps,
         spec: &ChannelSpec,
         options: &CreateOptions,
         record: &mut Record,
@@ -460,7 +460,7 @@ impl Channels {
     /// Undoes creates whose units were (or may have been) started, with the one teardown,
     /// going on past every failure; returns the error to report: the create's own, and what
     /// could not be taken back.
-    fn roll_back(&self, systemd: &Systemd, pending: &[Pending], error: Error) -> Error {
+    fn roll_back(&self, systemd: &dyn SystemdOps, pending: &[Pending], error: Error) -> Error {
         let records: Vec<&Record> = pending.iter().map(|one| &one.record).collect();
         match self.tear_down(systemd, &records, OnError::GoOn) {
             Ok(()) => error,

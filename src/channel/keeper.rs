@@ -5,7 +5,7 @@ use crate::error::{Kind, Result};
 use crate::inject;
 use crate::model::Lifetime;
 use crate::record::Record;
-use crate::systemd::Systemd;
+use crate::systemd::SystemdOps;
 use crate::unit_name;
 use crate::units;
 
@@ -38,7 +38,7 @@ pub(super) fn is_idle(record: &Record, now: u64) -> bool {
 
 /// Starts the unit that holds a container's `delete`-lifetime channels, unless it runs already
 /// (another channel of the container, or a create racing this one, started it).
-pub(super) fn ensure_keeper(systemd: &Systemd, keeper: &str, container: &str) -> Result<()> {
+pub(super) fn ensure_keeper(systemd: &dyn SystemdOps, keeper: &str, container: &str) -> Result<()> {
     if systemd.is_active(keeper)? {
         return Ok(());
     }

@@ -88,7 +88,7 @@ impl Channels {
         records.sort_by(|a, b| a.0.host_path().cmp(b.0.host_path()));
         let mut states = match asked.transpose()?.flatten() {
             Some((systemd, states)) => {
-                let _ = self.systemd.set(systemd);
+                let _ = self.systemd.set(Box::new(systemd));
                 states
             }
             None => self.systemd()?.unit_states(&as_strs(&names))?,

@@ -26,7 +26,7 @@ use crate::hostfs;
 use crate::model::{Channel, ChannelState, MemoryChange};
 use crate::record::{Record, Store};
 use crate::spec;
-use crate::systemd::Systemd;
+use crate::systemd::{Systemd, SystemdOps};
 use crate::unit_name;
 
 /// A channel as `list` and `status` show it.
@@ -122,7 +122,7 @@ pub struct Channels {
     store: Store,
     hostchan_binary: PathBuf,
     /// One connection for everything this process does, made when first needed.
-    systemd: std::cell::OnceCell<Systemd>,
+    systemd: std::cell::OnceCell<Box<dyn SystemdOps>>,
 }
 
 impl Channels {
@@ -135,12 +135,29 @@ impl Channels {
         }
     }
 
-    fn systemd(&self) -> Result<&Systemd> {
+    /// Channels over this store and this systemd (a double, in the unit tests).
+    #[cfg(test)]
+    pub(crate) fn with(
+        store: Store,
+        hostchan_binary: PathBuf,
+        systemd: Box<dyn SystemdOps>,
+    ) -> Channels {
+        let channels = Channels {
+            store,
+            hostchan_binary,
+            systemd: std::cell::OnceCell::new(),
+        };
+        let _ = channels.systemd.set(systemd);
+        channels
+    }
+
+    fn systemd(&self) -> Result<&dyn SystemdOps> {
         if self.systemd.get().is_none() {
-            let _ = self.systemd.set(Systemd::connect()?);
+            let _ = self.systemd.set(Box::new(Systemd::connect()?));
         }
         self.systemd
             .get()
+            .map(|systemd| systemd.as_ref())
             .ok_or_else(|| Error::systemd("cannot connect to systemd"))
     }
 
@@ -168,6 +185,9 @@ fn seconds_since_epoch() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod double;
 
 #[cfg(test)]
 mod tests {

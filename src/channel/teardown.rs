@@ -12,7 +12,7 @@ use crate::hostfs;
 use crate::inject::{self, Detached};
 use crate::memory;
 use crate::record::Record;
-use crate::systemd::{Job, Systemd};
+use crate::systemd::{Job, SystemdOps};
 use crate::unit_name;
 
 /// What a teardown does when a step fails.
@@ -63,7 +63,7 @@ impl Channels {
     ///    unmounted, so a limit lowered before could OOM-kill the container.
     pub(super) fn tear_down(
         &self,
-        systemd: &Systemd,
+        systemd: &dyn SystemdOps,
         records: &[&Record],
         on_error: OnError,
     ) -> Result<()> {

@@ -52,6 +52,21 @@ pub struct Job {
     path: OwnedObjectPath,
 }
 
+#[cfg(test)]
+impl Job {
+    /// Job `n`, as the test double of systemd hands them out.
+    pub(crate) fn numbered(n: usize) -> Job {
+        Job {
+            path: OwnedObjectPath::try_from(format!("/org/freedesktop/systemd1/job/{n}"))
+                .expect("a job's object path"),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.path.as_str()
+    }
+}
+
 pub(super) struct JobWatch {
     /// `JobRemoved` signals, passed on by a thread that reads them, so that a wait can stop
     /// listening now and then and look at the units instead.

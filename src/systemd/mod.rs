@@ -8,9 +8,11 @@ use serde::Deserialize;
 use zbus::zvariant::{OwnedObjectPath, Type, Value};
 
 mod jobs;
+mod ops;
 
 pub use jobs::{Job, JobOutcome};
 use jobs::{JobKind, JobWatch};
+pub use ops::SystemdOps;
 
 use crate::error::{Error, Kind, Result};
 use crate::units::{PropertyValue, TransientUnit};

@@ -1,0 +1,353 @@
+//! Unit tests of the lifecycle's logic against a double of systemd (the `SystemdOps` seam):
+//! what a reconciliation keeps and deletes, the binder a container's start makes, and a
+//! teardown that goes on past a unit it cannot stop. Records live in a scratch store; nothing
+//! is mounted, and no root is needed.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::pods::LivePods;
+use super::teardown::OnError;
+use super::Channels;
+use crate::error::{Error, Result};
+use crate::model::{tests::channel, Channel, Lifetime};
+use crate::record::{Record, Store};
+use crate::systemd::{Job, JobOutcome, Memory, SystemdOps, UnitStatus};
+use crate::test_scratch::Scratch;
+use crate::units::{PropertyValue, TransientUnit};
+
+/// systemd as far as the lifecycle sees it: units active or not, jobs that end as asked.
+#[derive(Default)]
+struct Double {
+    active: RefCell<HashSet<String>>,
+    /// Every unit started, in order.
+    started: RefCell<Vec<TransientUnit>>,
+    /// Every unit stopped, in order.
+    stopped: RefCell<Vec<String>>,
+    /// Units whose stop cannot even be asked for.
+    refuse_stop: HashSet<String>,
+    /// Queued jobs: their unit and whether they start it.
+    jobs: RefCell<HashMap<String, (String, bool)>>,
+}
+
+impl Double {
+    fn with_active(units: &[&str]) -> Double {
+        let double = Double::default();
+        double
+            .active
+            .borrow_mut()
+            .extend(units.iter().map(|u| (*u).to_owned()));
+        double
+    }
+
+    fn job(&self, unit: &str, start: bool) -> Job {
+        let mut jobs = self.jobs.borrow_mut();
+        let job = Job::numbered(jobs.len() + 1);
+        jobs.insert(job.path().to_owned(), (unit.to_owned(), start));
+        job
+    }
+
+    fn end(&self, unit: &str, start: bool) -> JobOutcome {
+        if start {
+            self.active.borrow_mut().insert(unit.to_owned());
+        } else {
+            self.active.borrow_mut().remove(unit);
+            self.stopped.borrow_mut().push(unit.to_owned());
+        }
+        JobOutcome {
+            unit: unit.to_owned(),
+            result: "done".to_owned(),
+        }
+    }
+}
+
+impl SystemdOps for Rc<Double> {
+    fn bus_name(&self) -> String {
+        ":1.42".to_owned()
+    }
+    fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>> {
+        Ok(names
+            .iter()
+            .map(|name| {
+                let active = self.active.borrow().contains(*name);
+                let status = UnitStatus {
+                    name: (*name).to_owned(),
+                    load_state: if active { "loaded" } else { "not-found" }.to_owned(),
+                    active_state: if active { "active" } else { "inactive" }.to_owned(),
+                    sub_state: if active { "mounted" } else { "dead" }.to_owned(),
+                    job_id: 0,
+                    job_type: String::new(),
+                };
+                ((*name).to_owned(), status)
+            })
+            .collect())
+    }
+    fn is_active(&self, unit: &str) -> Result<bool> {
+        Ok(self.active.borrow().contains(unit))
+    }
+    fn mount_where(&self, _: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+    fn memory(&self, _: &str) -> Result<Memory> {
+        Ok(Memory {
+            max: u64::MAX,
+            limit: u64::MAX,
+            current: 0,
+        })
+    }
+    fn control_group(&self, unit: &str) -> Result<String> {
+        Ok(format!("/system.slice/{unit}"))
+    }
+    fn set_memory_limit(&self, _: &str, _: &'static str, _: u64) -> Result<()> {
+        Ok(())
+    }
+    fn start_transient(&self, main: &TransientUnit, _: &[&TransientUnit]) -> Result<JobOutcome> {
+        self.started.borrow_mut().push(main.clone());
+        Ok(self.end(&main.name, true))
+    }
+    fn queue_start_transient_all(
+        &self,
+        units: &[(&TransientUnit, &[&TransientUnit])],
+    ) -> Result<Vec<Result<Job>>> {
+        Ok(units
+            .iter()
+            .map(|(main, _)| {
+                self.started.borrow_mut().push((*main).clone());
+                Ok(self.job(&main.name, true))
+            })
+            .collect())
+    }
+    fn stop(&self, name: &str) -> Result<Option<JobOutcome>> {
+        Ok(self.queue_stop(name)?.map(|_| self.end(name, false)))
+    }
+    fn queue_stop(&self, name: &str) -> Result<Option<Job>> {
+        if self.refuse_stop.contains(name) {
+            return Err(Error::systemd(format!("access denied to stop {name}")));
+        }
+        Ok(self
+            .active
+            .borrow()
+            .contains(name)
+            .then(|| self.job(name, false)))
+    }
+    fn wait(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>> {
+        jobs.iter()
+            .map(|job| {
+                let (unit, start) = self
+                    .jobs
+                    .borrow()
+                    .get(job.path())
+                    .cloned()
+                    .ok_or_else(|| Error::systemd("a job the double never queued"))?;
+                Ok(self.end(&unit, start))
+            })
+            .collect()
+    }
+    fn wait_until_gone(&self, _: &str, _: Duration) -> Result<bool> {
+        Ok(true)
+    }
+}
+
+/// A pod's channel at `host_path`, recorded in `store` (nothing is made on the disk).
+fn pod_channel(
+    store: &Store,
+    host_path: &str,
+    pod: &str,
+    container: Option<&str>,
+    lifetime: Lifetime,
+) -> Channel {
+    let mut made = channel(host_path, Some("cri-containerd-pod.scope"));
+    // Each channel its own id, as creates draw them.
+    let id = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        host_path.hash(&mut hasher);
+        hasher.finish()
+    };
+    made.id = format!("{id:016x}{id:016x}");
+    made.pod = Some(pod.to_owned());
+    made.container = container.map(str::to_owned);
+    made.lifetime = lifetime;
+    let record = Record::new(made.clone(), Vec::new());
+    store.create_checked(|_| Ok(record)).expect("a record");
+    made
+}
+
+fn channels(scratch: &Scratch, double: &Rc<Double>) -> (Channels, Store) {
+    let dir = scratch.0.join("channels");
+    let channels = Channels::with(
+        Store::new(dir.clone()),
+        "/usr/bin/hostchan".into(),
+        Box::new(double.clone()),
+    );
+    (channels, Store::new(dir))
+}
+
+fn units_recorded(store: &Store) -> Vec<String> {
+    store.unit_names().expect("the records")
+}
+
+#[test]
+fn reconciling_keeps_live_pods_channels_and_deletes_the_rest() {
+    let scratch = Scratch::new("double-reconcile");
+    let double = Rc::new(Double::default());
+    let (channels, store) = channels(&scratch, &double);
+    let live = pod_channel(
+        &store,
+        "/run/hostchan/ns/live",
+        "p1",
+        Some("c1"),
+        Lifetime::Container,
+    );
+    let gone_container = pod_channel(
+        &store,
+        "/run/hostchan/ns/gone-c",
+        "p1",
+        Some("c2"),
+        Lifetime::Container,
+    );
+    let gone_pod = pod_channel(&store, "/run/hostchan/ns/gone-p", "p2", None, Lifetime::Pod);
+    let pods = pod_channel(&store, "/run/hostchan/ns/pod", "p1", None, Lifetime::Pod);
+    for made in [&live, &gone_container, &gone_pod, &pods] {
+        double
+            .active
+            .borrow_mut()
+            .extend([made.unit.clone(), made.cleanup_unit.clone()]);
+    }
+    let mut view = LivePods::default();
+    view.pods.insert("p1".into());
+    view.containers
+        .insert("c1".into(), Some("cri-containerd-c1.scope".into()));
+    view.judged = Some(
+        [&live, &gone_container, &gone_pod, &pods]
+            .iter()
+            .map(|c| c.id.clone())
+            .collect(),
+    );
+    // Made after the runtime's view was taken: not judged by it, kept.
+    let late = pod_channel(&store, "/run/hostchan/ns/late", "p9", None, Lifetime::Pod);
+
+    let deleted = channels.reconcile_pods(&view).expect("reconciled");
+
+    let mut deleted: Vec<String> = deleted.into_iter().map(|c| c.channel.unit).collect();
+    deleted.sort();
+    let mut expected = vec![gone_container.unit.clone(), gone_pod.unit.clone()];
+    expected.sort();
+    assert_eq!(deleted, expected);
+    let mut kept = units_recorded(&store);
+    kept.sort();
+    let mut expected = vec![live.unit.clone(), pods.unit.clone(), late.unit.clone()];
+    expected.sort();
+    assert_eq!(kept, expected);
+    // The deleted ones' units were stopped, and the live container's channel bound to its unit.
+    let stopped = double.stopped.borrow();
+    for unit in [
+        &gone_container.unit,
+        &gone_container.cleanup_unit,
+        &gone_pod.unit,
+    ] {
+        assert!(stopped.contains(unit), "{unit} not stopped: {stopped:?}");
+    }
+    assert!(!stopped.contains(&live.unit));
+    let started = double.started.borrow();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].name, "hostchan-bind@c1.service");
+}
+
+#[test]
+fn a_binder_is_started_once_bound_to_the_containers_unit_and_stopping_its_channels() {
+    let scratch = Scratch::new("double-binder");
+    let double = Rc::new(Double::default());
+    let (channels, store) = channels(&scratch, &double);
+    let made = pod_channel(
+        &store,
+        "/run/hostchan/ns/b",
+        "p1",
+        Some("c1"),
+        Lifetime::Container,
+    );
+    pod_channel(
+        &store,
+        "/run/hostchan/ns/other",
+        "p1",
+        Some("c2"),
+        Lifetime::Container,
+    );
+
+    assert_eq!(
+        channels
+            .bind_to_container_unit("c1", "cri-containerd-c1.scope")
+            .expect("bound"),
+        1
+    );
+    assert_eq!(
+        channels
+            .bind_to_container_unit("c1", "cri-containerd-c1.scope")
+            .expect("bound again"),
+        1
+    );
+    let started = double.started.borrow();
+    assert_eq!(started.len(), 1, "started twice: {started:?}");
+    let binder = &started[0];
+    let property = |name: &str| {
+        binder
+            .properties
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.value.clone())
+    };
+    let list = |items: &[&str]| {
+        Some(PropertyValue::StrList(
+            items.iter().map(|s| (*s).to_owned()).collect(),
+        ))
+    };
+    assert_eq!(property("BindsTo"), list(&["cri-containerd-c1.scope"]));
+    assert_eq!(property("PropagatesStopTo"), list(&[made.unit.as_str()]));
+    // A container without channels gets no binder.
+    assert_eq!(channels.bind_to_container_unit("c3", "x.scope").unwrap(), 0);
+}
+
+#[test]
+fn a_teardown_that_cannot_stop_a_unit_goes_on_and_keeps_that_record() {
+    let scratch = Scratch::new("double-teardown");
+    let refused = channel("/run/hostchan/ns/refused", None);
+    let mut double = Double::with_active(&[]);
+    double.refuse_stop.insert(refused.unit.clone());
+    let double = Rc::new(double);
+    let (channels, store) = channels(&scratch, &double);
+    let refused = pod_channel(
+        &store,
+        "/run/hostchan/ns/refused",
+        "p1",
+        None,
+        Lifetime::Pod,
+    );
+    let fine = pod_channel(&store, "/run/hostchan/ns/fine", "p1", None, Lifetime::Pod);
+    for made in [&refused, &fine] {
+        double
+            .active
+            .borrow_mut()
+            .extend([made.unit.clone(), made.cleanup_unit.clone()]);
+    }
+    let records: Vec<Record> = store.all().expect("the records");
+    let records: Vec<&Record> = records.iter().collect();
+
+    let error = channels
+        .tear_down(&double.clone(), &records, OnError::GoOn)
+        .expect_err("a refused stop is reported");
+
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("cannot stop {}", refused.unit)),
+        "{text}"
+    );
+    assert!(
+        text.contains("left /run/hostchan/ns/refused and its record"),
+        "{text}"
+    );
+    // The other channel went whole; the refused one's record stays for gc.
+    assert_eq!(units_recorded(&store), vec![refused.unit.clone()]);
+    assert!(double.stopped.borrow().contains(&fine.unit));
+}

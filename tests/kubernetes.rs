@@ -137,10 +137,12 @@ impl Node {
         self.sandbox
             .run(&["systemctl", "start", "hostchan-nri.service"])
             .ok();
-        assert!(
-            self.synchronizations() > before,
-            "started before it synchronized: {}",
-            self.plugin_journal()
+        // Active (READY=1, which the plugin sends after its first Synchronize); journald
+        // stores the line a moment after it is written, and stamps it then.
+        assert_eq!(self.sandbox.unit_state("hostchan-nri.service"), "active");
+        self.sandbox.wait_for(
+            || self.synchronizations() > before,
+            "the plugin's Synchronize line in the journal",
         );
     }
 
@@ -749,11 +751,12 @@ fn a_channel_queued_behind_pid1s_rate_limit_reaches_the_container_before_it_star
     // answer came at the queue, and that the container then has its channel.
     let container = node.create_container(&pod, "app", 0).unwrap();
     node.start_container(&container);
-    assert!(
-        node.plugin_journal()
-            .contains("container team-a/hot/app: 1 channel queued in"),
-        "not answered early: {}",
-        node.plugin_journal()
+    node.sandbox.wait_for(
+        || {
+            node.plugin_journal()
+                .contains("container team-a/hot/app: 1 channel queued in")
+        },
+        "the plugin's line for a channel answered at the queue",
     );
     // Inside: the channel's tmpfs with its size, on top of the directory bound at creation.
     let (code, out) = node.exec(&container, "grep ' /data ' /proc/mounts | tail -1");

@@ -1,7 +1,7 @@
 //! Unit tests of the lifecycle's logic against a double of systemd (the `SystemdOps` seam):
-//! what a reconciliation keeps and deletes, the binder a container's start makes, and a
-//! teardown that goes on past a unit it cannot stop. Records live in a scratch store; nothing
-//! is mounted, and no root is needed.
+//! what a reconciliation keeps and deletes, the binder a container's start makes, a teardown
+//! that goes on past a unit it cannot stop, and the keeper of `delete`-lifetime channels.
+//! Records live in a scratch store; nothing is mounted, and no root is needed.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -350,4 +350,31 @@ fn a_teardown_that_cannot_stop_a_unit_goes_on_and_keeps_that_record() {
     // The other channel went whole; the refused one's record stays for gc.
     assert_eq!(units_recorded(&store), vec![refused.unit.clone()]);
     assert!(double.stopped.borrow().contains(&fine.unit));
+}
+
+#[test]
+fn the_keeper_is_started_once_and_stopped_when_it_keeps_nothing() {
+    let scratch = Scratch::new("double-keeper");
+    let double = Rc::new(Double::default());
+    let (channels, store) = channels(&scratch, &double);
+    let keeper = crate::unit_name::keeper_unit_name("c1");
+    super::keeper::ensure_keeper(&double.clone(), &keeper, "c1").expect("started");
+    super::keeper::ensure_keeper(&double.clone(), &keeper, "c1").expect("running already");
+    assert_eq!(double.started.borrow().len(), 1);
+    assert!(double.active.borrow().contains(&keeper));
+
+    // While a delete-lifetime channel of the container is recorded, the keeper stays.
+    let mut kept = channel("/run/hostchan/ns/kept", Some(&keeper));
+    kept.container = Some("c1".into());
+    kept.lifetime = Lifetime::Delete;
+    store
+        .create_checked(|_| Ok(Record::new(kept.clone(), Vec::new())))
+        .expect("a record");
+    channels.stop_keeper_if_unused("c1").expect("looked");
+    assert!(double.active.borrow().contains(&keeper));
+
+    store.remove(&kept.unit, &kept.id).expect("removed");
+    channels.stop_keeper_if_unused("c1").expect("stopped");
+    assert!(!double.active.borrow().contains(&keeper));
+    assert_eq!(*double.stopped.borrow(), vec![keeper]);
 }

@@ -207,6 +207,31 @@ fn stalled_creates(cri: &Cri, rounds: usize) -> Vec<(bool, Duration)> {
     results
 }
 
+/// The rows of `call` with a channel and without, and their ratio.
+fn side_by_side(call: &str, ratio_of: &str, what: &str, with: &[Duration], without: &[Duration]) {
+    let w = Rows::timing(
+        SECTION,
+        &format!("{call} with a channel, {what}"),
+        with,
+        String::new(),
+    );
+    let wo = Rows::timing(
+        SECTION,
+        &format!("{call} without, {what}"),
+        without,
+        "containerd alone (the plugin answers with nothing)".into(),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  with / without, {ratio_of}{what}"),
+        format!("{:.2}x", ratio(w.median, wo.median)),
+        format!(
+            "{} added at the median",
+            ms(w.median.saturating_sub(wo.median))
+        ),
+    );
+}
+
 pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let (rounds, n) = if tiny { (3, 4) } else { (20, 64) };
     sh(&format!(
@@ -307,27 +332,7 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             &without_kubelet,
         ),
     ] {
-        let w = Rows::timing(
-            SECTION,
-            &format!("CRI CreateContainer with a channel, {what}"),
-            with,
-            String::new(),
-        );
-        let wo = Rows::timing(
-            SECTION,
-            &format!("CRI CreateContainer without, {what}"),
-            without,
-            "containerd alone (the plugin answers with nothing)".into(),
-        );
-        Rows::line(
-            SECTION,
-            &format!("  with / without, {what}"),
-            format!("{:.2}x", ratio(w.median, wo.median)),
-            format!(
-                "{} added at the median",
-                ms(w.median.saturating_sub(wo.median))
-            ),
-        );
+        side_by_side("CRI CreateContainer", "", &what, with, without);
     }
     for (what, with, without) in [
         (
@@ -341,26 +346,12 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             &without_kubelet_running,
         ),
     ] {
-        let w = Rows::timing(
-            SECTION,
-            &format!("CRI Create+StartContainer with a channel, {what}"),
+        side_by_side(
+            "CRI Create+StartContainer",
+            "until running, ",
+            &what,
             with,
-            "from CreateContainer until the container runs".into(),
-        );
-        let wo = Rows::timing(
-            SECTION,
-            &format!("CRI Create+StartContainer without, {what}"),
             without,
-            String::new(),
-        );
-        Rows::line(
-            SECTION,
-            &format!("  with / without, until running, {what}"),
-            format!("{:.2}x", ratio(w.median, wo.median)),
-            format!(
-                "{} added at the median",
-                ms(w.median.saturating_sub(wo.median))
-            ),
         );
     }
     let refused = stalled.iter().filter(|(refused, _)| *refused).count();

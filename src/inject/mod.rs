@@ -324,17 +324,24 @@ fn attach_clone(host_path: &Path, process: &Process, point: &AttachPoint<'_>) ->
 
 /// Refuses a process that shares hostchan's mount namespace: it is on the host, not in a
 /// container, and its "container path" would be a host path.
-/// Whether a mount made at `host_path` reaches a container that bound the directory before it
-/// (by propagation, with `rslave`): the mount that holds the directory is shared.
-pub fn mounts_at_reach_bound_copies(host_path: &Path) -> Result<bool> {
-    let dir = crate::hostfs::open_dir_nofollow(host_path.parent().unwrap_or(host_path))
-        .with_context(|| format!("cannot look at the parent of {}", host_path.display()))?;
-    let id = mount_id_of(&dir)?;
+/// Whether mounts made at each of `host_paths` reach a container that bound the directory
+/// before them (by propagation, with `rslave`): the mount that holds each directory is shared.
+/// The mount table is read once for all of them.
+pub fn mounts_reach_bound_copies(host_paths: &[&Path]) -> Result<bool> {
     let table = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read the mount table (/proc/self/mountinfo)")?;
-    Ok(MountTable::parse(&table)
-        .by_id(id)
-        .is_some_and(|mount| mount.shared))
+    let table = MountTable::parse(&table);
+    for host_path in host_paths {
+        let dir = crate::hostfs::open_dir_nofollow(host_path.parent().unwrap_or(host_path))
+            .with_context(|| format!("cannot look at the parent of {}", host_path.display()))?;
+        if !table
+            .by_id(mount_id_of(&dir)?)
+            .is_some_and(|mount| mount.shared)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether the container of process `pid` sees, at `container_path` (resolved inside its root),

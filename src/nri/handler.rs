@@ -134,11 +134,11 @@ impl Handler {
             .create_all_then(&channels, &config, &|| {
                 // Where a mount does not propagate, the runtime would refuse the bind (containerd
                 // checks) or the container would not see the tmpfs: answered when mounted.
-                let reaches = |mount: &api::Mount| {
-                    crate::inject::mounts_at_reach_bound_copies(Path::new(&mount.source))
-                        .unwrap_or(false)
+                let reaches = |mounts: &Vec<api::Mount>| {
+                    let hosts: Vec<&Path> = mounts.iter().map(|m| Path::new(&m.source)).collect();
+                    crate::inject::mounts_reach_bound_copies(&hosts).unwrap_or(false)
                 };
-                if let Some(mounts) = early.as_ref().filter(|m| m.iter().all(reaches)) {
+                if let Some(mounts) = early.as_ref().filter(|m| reaches(m)) {
                     if race.finish() {
                         answered_early.set(true);
                         answer_early(mounts.clone());
@@ -275,20 +275,9 @@ impl Handler {
         container: &api::Container,
         limit: std::time::Duration,
     ) -> Result<usize> {
-        let asked = own_annotations(pod, container);
-        if asked.is_empty() || container.id == pod.id {
-            return Ok(0);
-        }
-        let config = self.config()?;
-        let described =
-            kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)?;
-        let specs = annotations::asked_channels(&config, &asked, &described, &container.id)?;
+        let specs = asked_channels(&self.config()?, pod, container)?;
         for spec in &specs {
-            let bound = container.mounts.iter().any(|mount| {
-                Path::new(&mount.destination) == spec.container_path
-                    && Path::new(&mount.source) == spec.host_path
-            });
-            if !bound {
+            if !bound_in_spec(container, spec) {
                 return Err(Error::runtime(format!(
                     "it was created without its channel at {} (the plugin was not serving); delete its pod so that it is made again with the channel",
                     spec.container_path.display()
@@ -349,22 +338,13 @@ impl Handler {
             let Some(pod) = pods.iter().find(|pod| pod.id == container.pod_sandbox_id) else {
                 continue;
             };
-            let asked = own_annotations(pod, container);
-            if asked.is_empty()
-                || container.id == pod.id
-                || !matches!(state, State::CONTAINER_CREATED | State::CONTAINER_RUNNING)
-            {
+            if !matches!(state, State::CONTAINER_CREATED | State::CONTAINER_RUNNING) {
                 continue;
             }
-            let Ok(described) =
-                kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)
-            else {
-                continue;
-            };
             // Annotations its create refused: the container was refused too.
-            let Ok(specs) = annotations::asked_channels(&config, &asked, &described, &container.id)
-            else {
-                continue;
+            let specs = match asked_channels(&config, pod, container) {
+                Ok(specs) if !specs.is_empty() => specs,
+                _ => continue,
             };
             checked += 1;
             let name = format!(
@@ -372,17 +352,36 @@ impl Handler {
                 pod.namespace, pod.name, container.name, container.id
             );
             for spec in specs {
-                let mounted = container.mounts.iter().any(|mount| {
-                    Path::new(&mount.destination) == spec.container_path
-                        && Path::new(&mount.source) == spec.host_path
-                });
-                if !mounted {
+                if !bound_in_spec(container, &spec) {
                     missing.push((name.clone(), spec.container_path));
                 }
             }
         }
         Ok(Checked { checked, missing })
     }
+}
+
+/// The channels a pod's container asks for (none for the sandbox), parsed as its create
+/// parses them.
+fn asked_channels(
+    config: &Config,
+    pod: &api::PodSandbox,
+    container: &api::Container,
+) -> Result<Vec<ChannelSpec>> {
+    let asked = own_annotations(pod, container);
+    if asked.is_empty() || container.id == pod.id {
+        return Ok(Vec::new());
+    }
+    let described = kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)?;
+    annotations::asked_channels(config, &asked, &described, &container.id)
+}
+
+/// Whether the runtime put the channel's bind mount in the container's spec.
+fn bound_in_spec(container: &api::Container, spec: &ChannelSpec) -> bool {
+    container.mounts.iter().any(|mount| {
+        Path::new(&mount.destination) == spec.container_path
+            && Path::new(&mount.source) == spec.host_path
+    })
 }
 
 /// What Synchronize found of the live containers that asked for channels.

@@ -158,6 +158,11 @@ pub enum Command {
         /// mounted.
         #[arg(long)]
         offline: bool,
+        /// Do nothing if another hostchan holds the record lock, instead of waiting for it:
+        /// what hostchan-prune.service runs when channels stop (a create waiting for a stopped
+        /// unit to go would otherwise wait for this gc, which waits for it).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Check or show the configuration (/etc/hostchan/config.toml, or --config).
     #[command(subcommand, after_long_help = CONFIG_FILE)]

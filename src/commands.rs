@@ -164,8 +164,16 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             oci::run_hook(&channels, &|| config.load(), &state, stage, engine_deletes)
                 .map(Report::Hook)
         }
-        Command::Gc { dry_run, offline } => channels
-            .gc(dry_run, offline)
+        Command::Gc {
+            dry_run,
+            offline,
+            no_wait,
+        } => channels
+            .gc(crate::channel::Gc {
+                dry_run,
+                offline,
+                no_wait,
+            })
             .map(|leftovers| Report::Gc { dry_run, leftovers }),
         Command::Config(ConfigCommand::Check) => {
             let loaded = config.load()?;

@@ -27,7 +27,10 @@ pub struct Channel {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     pub unit: String,
-    pub cleanup_unit: String,
+    /// The unit whose stop removes the directory; none where PID 1 removes it itself (under
+    /// /run: the mount's `RuntimeDirectory=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_unit: Option<String>,
     /// Seconds since the epoch.
     pub created: u64,
     pub lifetime: Lifetime,
@@ -51,6 +54,13 @@ pub enum ChannelState {
     Gone,
     /// `delete` just removed it.
     Deleted,
+}
+
+impl Channel {
+    /// Its units: the mount, then the cleanup unit if it has one.
+    pub fn units(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.unit.as_str()).chain(self.cleanup_unit.as_deref())
+    }
 }
 
 impl ChannelState {
@@ -236,7 +246,7 @@ pub(crate) mod tests {
             owner: owner.map(str::to_owned),
             container: Some("c0ffee".into()),
             pod: None,
-            cleanup_unit: unit_name::cleanup_unit_name(&unit),
+            cleanup_unit: Some(unit_name::cleanup_unit_name(&unit)),
             unit,
             created: 1_700_000_000,
             lifetime: Lifetime::Stop,

@@ -147,7 +147,7 @@ fn owner_text(info: &ChannelInfo) -> String {
 
 fn dry_run_text(units: &ChannelUnits) -> String {
     let mut out = String::new();
-    for unit in [&units.mount, &units.cleanup] {
+    for unit in units.all() {
         unit_text(&mut out, unit);
     }
     out
@@ -308,7 +308,15 @@ fn status_text(info: &ChannelInfo) -> String {
         used_text(info)
     );
     let _ = writeln!(out, "     Owner: {}", owner_text(info));
-    let _ = writeln!(out, "   Cleanup: {}", info.channel.cleanup_unit);
+    let _ = match &info.channel.cleanup_unit {
+        Some(unit) => writeln!(out, "   Cleanup: {unit}"),
+        None => writeln!(
+            out,
+            "   Cleanup: by systemd when {} stops (RuntimeDirectory=), the record by {}",
+            info.channel.unit,
+            crate::units::PRUNE_UNIT
+        ),
+    };
     let _ = writeln!(
         out,
         "   Created: {} (seconds since the epoch)",

@@ -58,11 +58,40 @@ fn properties_as_object<S: serde::Serializer>(
     map.end()
 }
 
-/// The units of one channel: the tmpfs mount, and the unit that removes its directory.
+/// The units of one channel: the tmpfs mount, and the unit that removes its directory where
+/// PID 1 cannot (see [`runtime_directory`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChannelUnits {
     pub mount: TransientUnit,
-    pub cleanup: TransientUnit,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<TransientUnit>,
+}
+
+impl ChannelUnits {
+    /// Every unit to start, the mount first.
+    pub fn all(&self) -> impl Iterator<Item = &TransientUnit> {
+        std::iter::once(&self.mount).chain(&self.cleanup)
+    }
+}
+
+/// The unit a channel's mount starts when it stops, once for however many stop at once: it
+/// removes the records (and the parent directories made for them) of channels whose directory
+/// PID 1 removed. Shipped in the packages (`systemd/hostchan-prune.service`).
+pub const PRUNE_UNIT: &str = "hostchan-prune.service";
+
+/// Where the channel's directory is one PID 1 removes itself when the mount stops: its path
+/// below /run as the mount's `RuntimeDirectory=`. systemd removes it once the tmpfs is
+/// unmounted, in the same step that makes the unit inactive, with no process forked for it:
+/// a storm's teardown then costs what `systemd-umount` costs. `None` outside /run (systemd has
+/// no such setting elsewhere) and under /run/private (which systemd refuses there); those
+/// channels have a cleanup unit.
+pub fn runtime_directory(host_path: &Path) -> Option<&str> {
+    let below = host_path.strip_prefix("/run").ok()?;
+    let first = below.components().next()?;
+    if first.as_os_str() == "private" {
+        return None;
+    }
+    below.to_str()
 }
 
 /// The identity of a channel: what the spec, owner and caller say about it.
@@ -149,12 +178,26 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
         // container is gone; iSulad unmounts lazily for the same reason.
         prop("LazyUnmount", PropertyValue::Bool(true)),
         prop("CollectMode", s("inactive-or-failed")),
-        prop("Wants", list(&[&cleanup_name])),
     ];
     if let Owner::Unit(owner) = request.owner {
         mount.push(prop("BindsTo", list(&[owner])));
         mount.push(prop("After", list(&[owner])));
     }
+    if let Some(directory) = runtime_directory(&spec.host_path) {
+        // hostchan made the directory (mode 0755, RuntimeDirectoryMode='s default) and checked
+        // every ancestor before; systemd finds it there at the start and removes it at the stop.
+        mount.push(prop("RuntimeDirectory", list(&[directory])));
+        mount.push(prop("OnSuccess", list(&[PRUNE_UNIT])));
+        mount.push(prop("OnFailure", list(&[PRUNE_UNIT])));
+        return ChannelUnits {
+            mount: TransientUnit {
+                name: mount_name,
+                properties: mount,
+            },
+            cleanup: None,
+        };
+    }
+    mount.push(prop("Wants", list(&[&cleanup_name])));
 
     let binary = request.hostchan_binary.display().to_string();
     let mut cleanup = oneshot_that_stays(format!("Remove host channel directory {host_path}"));
@@ -195,10 +238,10 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
             name: mount_name,
             properties: mount,
         },
-        cleanup: TransientUnit {
+        cleanup: Some(TransientUnit {
             name: cleanup_name,
             properties: cleanup,
-        },
+        }),
     }
 }
 
@@ -342,17 +385,44 @@ mod tests {
         );
         assert_eq!(mount.property("After"), Some(&list(&["libpod-abc.scope"])));
         assert_eq!(
-            mount.property("Wants"),
-            Some(&list(&["hostchan-cleanup@run-chan-c\\x2d1.service"]))
-        );
-        assert_eq!(
             mount.property("Description"),
             Some(&s(
                 "Host channel /run/chan/c-1 -> /chan (ro, 32M) of container abc, bound to libpod-abc.scope"
             ))
         );
-        let cleanup = &units.cleanup;
-        assert_eq!(cleanup.name, "hostchan-cleanup@run-chan-c\\x2d1.service");
+        // Under /run, PID 1 removes the directory itself and no cleanup unit is made.
+        assert_eq!(
+            mount.property("RuntimeDirectory"),
+            Some(&list(&["chan/c-1"]))
+        );
+        assert_eq!(mount.property("OnSuccess"), Some(&list(&[PRUNE_UNIT])));
+        assert_eq!(mount.property("OnFailure"), Some(&list(&[PRUNE_UNIT])));
+        assert_eq!(mount.property("Wants"), None);
+        assert_eq!(units.cleanup, None);
+    }
+
+    #[test]
+    fn outside_run_a_cleanup_unit_removes_the_directory() {
+        let mut spec = spec();
+        spec.host_path = "/srv/chan/c-1".into();
+        let units = channel_units(&ChannelRequest {
+            spec: &spec,
+            owner: &Owner::Unit("libpod-abc.scope".into()),
+            container: Some("abc"),
+            tmpfs: &BUILTIN_TMPFS,
+            hostchan_binary: Path::new("/usr/bin/hostchan"),
+            id: "c0ffee",
+            root_owner: None,
+        });
+        let mount = &units.mount;
+        assert_eq!(mount.property("RuntimeDirectory"), None);
+        assert_eq!(mount.property("OnSuccess"), None);
+        assert_eq!(
+            mount.property("Wants"),
+            Some(&list(&["hostchan-cleanup@srv-chan-c\\x2d1.service"]))
+        );
+        let cleanup = units.cleanup.as_ref().expect("a cleanup unit outside /run");
+        assert_eq!(cleanup.name, "hostchan-cleanup@srv-chan-c\\x2d1.service");
         assert_eq!(cleanup.property("BindsTo"), Some(&list(&[&mount.name])));
         assert_eq!(cleanup.property("Before"), None);
         assert_eq!(cleanup.property("After"), None);
@@ -365,11 +435,24 @@ mod tests {
                     "cleanup".into(),
                     "--id".into(),
                     "c0ffee".into(),
-                    "/run/chan/c-1".into()
+                    "/srv/chan/c-1".into()
                 ],
                 ignore_failure: false
             }]))
         );
+    }
+
+    #[test]
+    fn runtime_directories_are_below_run_and_not_private() {
+        assert_eq!(runtime_directory(Path::new("/run/a/b")), Some("a/b"));
+        assert_eq!(
+            runtime_directory(Path::new("/run/private-x")),
+            Some("private-x")
+        );
+        assert_eq!(runtime_directory(Path::new("/run/private/x")), None);
+        assert_eq!(runtime_directory(Path::new("/run")), None);
+        assert_eq!(runtime_directory(Path::new("/running/x")), None);
+        assert_eq!(runtime_directory(Path::new("/srv/run/x")), None);
     }
 
     #[test]
@@ -446,10 +529,16 @@ mod tests {
                 units.mount.name,
                 crate::unit_name::mount_unit_name(&spec.host_path)
             );
-            match units.cleanup.property("ExecStop") {
-                Some(PropertyValue::Commands(commands)) => {
-                    assert_eq!(commands[0].argv.last().map(String::as_str), Some(host));
+            match (&units.cleanup, units.mount.property("RuntimeDirectory")) {
+                (None, Some(PropertyValue::StrList(directories))) => {
+                    assert_eq!(format!("/run/{}", directories[0]), host);
                 }
+                (Some(cleanup), None) => match cleanup.property("ExecStop") {
+                    Some(PropertyValue::Commands(commands)) => {
+                        assert_eq!(commands[0].argv.last().map(String::as_str), Some(host));
+                    }
+                    other => panic!("{other:?}"),
+                },
                 other => panic!("{other:?}"),
             }
             // The same path as written, component for component (normalising only drops `.`,

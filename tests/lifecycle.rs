@@ -61,14 +61,23 @@ fn create_bound_to_a_live_scope() {
     assert_eq!(err.raw_os_error(), Some(libc_enospc()), "{err}");
     drop(file);
 
-    // The units: bound to the scope, described for a person, and the cleanup unit beside it.
+    // The units: bound to the scope, described for a person; under /run PID 1 removes the
+    // directory at the stop (RuntimeDirectory=), and no cleanup unit is made.
     assert_eq!(sb.property("run-chan-c1.mount", "BindsTo"), "ctr1.scope");
     assert!(sb
         .property("run-chan-c1.mount", "After")
         .contains("ctr1.scope"));
     assert_eq!(
+        sb.property("run-chan-c1.mount", "RuntimeDirectory"),
+        "chan/c1"
+    );
+    assert_eq!(
+        sb.property("run-chan-c1.mount", "OnSuccess"),
+        "hostchan-prune.service"
+    );
+    assert_eq!(
         sb.unit_state("hostchan-cleanup@run-chan-c1.service"),
-        "active"
+        "gone"
     );
     let status = sb.run(&["systemctl", "status", "--no-pager", "run-chan-c1.mount"]);
     assert!(
@@ -111,16 +120,18 @@ fn stopping_the_scope_removes_the_channel() {
     assert!(sb.path("/run").exists());
 }
 
-/// The cleanup unit stops beside the unmount and waits for it. Stopped on its own, with the
-/// mount staying, it must give up soon and touch nothing; `delete` still removes everything.
+/// Outside /run a cleanup unit removes the directory: it stops beside the unmount and waits for
+/// it. Stopped on its own, with the mount staying, it must give up soon and touch nothing;
+/// `delete` still removes everything.
 #[test]
 fn a_cleanup_stopped_without_its_mount_removes_nothing() {
     let sb = Sandbox::boot();
     sb.start_scope("ctr1.scope");
-    sb.hostchan(&["create", "--scope", "ctr1.scope", "/run/c1:/chan"])
+    sb.hostchan(&["create", "--scope", "ctr1.scope", "/tmp/c1:/chan"])
         .ok();
-    let mount = "run-c1.mount";
-    let cleanup = "hostchan-cleanup@run-c1.service";
+    let mount = "tmp-c1.mount";
+    let cleanup = "hostchan-cleanup@tmp-c1.service";
+    assert_eq!(sb.property(mount, "RuntimeDirectory"), "");
     assert_eq!(sb.unit_state(cleanup), "active");
     let started = std::time::Instant::now();
     // Fails: the cleanup refuses. --no-block would not show that it ended soon.
@@ -131,13 +142,13 @@ fn a_cleanup_stopped_without_its_mount_removes_nothing() {
         started.elapsed()
     );
     assert_eq!(sb.unit_state(mount), "active");
-    assert!(sb.mount_options("/run/c1").is_some());
+    assert!(sb.mount_options("/tmp/c1").is_some());
     assert_eq!(sb.record_files().len(), 1, "the record went");
     sb.journal_with(cleanup, &["is not stopping"]);
 
-    sb.hostchan(&["delete", "/run/c1"]).ok();
-    assert!(!sb.path("/run/c1").exists());
-    sb.assert_no_trace("/run/c1");
+    sb.hostchan(&["delete", "/tmp/c1"]).ok();
+    assert!(!sb.path("/tmp/c1").exists());
+    sb.assert_no_trace("/tmp/c1");
 }
 
 #[test]
@@ -158,6 +169,67 @@ fn killing_the_container_process_removes_the_channel() {
     );
     sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
     sb.assert_no_trace("/run/c1");
+}
+
+/// Under /run, a stop forks no process per channel: PID 1 removes each directory itself (the
+/// mount's RuntimeDirectory=), and the records and the parent directories made for them go by
+/// the prune the stops start, once for many channels.
+#[test]
+fn a_pod_of_channels_goes_without_a_process_per_channel() {
+    let sb = Sandbox::boot();
+    sb.start_scope("pod.scope");
+    let paths: Vec<String> = (0..8).map(|i| format!("/run/pod/ns/c{i}")).collect();
+    for path in &paths {
+        sb.hostchan(&[
+            "create",
+            "--scope",
+            "pod.scope",
+            &format!("{path}:/c:rw:1M"),
+        ])
+        .ok();
+    }
+    assert_eq!(sb.channel_units().len(), 8, "{:?}", sb.channel_units());
+    assert_eq!(
+        sb.units_matching("hostchan-cleanup@*"),
+        Vec::<String>::new()
+    );
+    assert_eq!(sb.record_files().len(), 8);
+    sb.run(&["systemctl", "stop", "pod.scope"]).ok();
+    sb.wait_for(
+        || paths.iter().all(|path| !sb.path(path).exists()),
+        "PID 1 to remove the directories",
+    );
+    sb.wait_for(
+        || sb.record_files().is_empty(),
+        "the prune to remove the records",
+    );
+    // The parents hostchan made for them go too, only root's /run stays.
+    sb.wait_for(|| !sb.path("/run/pod").exists(), "the made parents to go");
+    for path in &paths {
+        sb.assert_no_trace(path);
+    }
+    // Each record's removal is said by the prune run that removed it: count the runs by pid.
+    let said: Vec<String> = paths
+        .iter()
+        .map(|path| format!("removed channel directory {path} and its record"))
+        .collect();
+    let needles: Vec<&str> = said.iter().map(String::as_str).collect();
+    let lines = sb.journal_matching(&["-u", "hostchan-prune.service", "-o", "short"], &needles);
+    let runs: std::collections::HashSet<&str> = lines
+        .lines()
+        .filter(|line| line.contains("removed channel directory"))
+        .filter_map(|line| {
+            line.split_once('[')
+                .and_then(|(_, rest)| rest.split_once(']'))
+        })
+        .map(|(pid, _)| pid)
+        .collect();
+    assert!(
+        !runs.is_empty() && runs.len() < paths.len(),
+        "{} prune runs for {} channels:\n{lines}",
+        runs.len(),
+        paths.len()
+    );
 }
 
 #[test]
@@ -511,8 +583,8 @@ fn channels_survive_daemon_reload_and_reexec() {
             "after {command}"
         );
         assert_eq!(
-            sb.property("hostchan-cleanup@run-chan-c1.service", "BindsTo"),
-            "run-chan-c1.mount"
+            sb.property("run-chan-c1.mount", "RuntimeDirectory"),
+            "chan/c1"
         );
         assert!(sb.mount_options("/run/chan/c1").is_some());
         assert_eq!(

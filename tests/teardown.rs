@@ -136,8 +136,9 @@ fn a_rollback_goes_on_past_a_failure_at_each_step() {
     sb.assert_no_trace("/run/rb/c2");
     assert_eq!(memory_max(&sb, "rb1"), LIMIT);
 
-    // The leftovers cannot be looked for: the cleanup unit removed them anyway, and the limit
-    // goes back, since the mount's stop succeeded.
+    // The leftovers cannot be looked for: PID 1 removed the directory anyway (the mount's
+    // RuntimeDirectory=), the record is gc's, and the limit goes back, since the mount's stop
+    // succeeded.
     let out = create(
         &sb,
         "create-done:error,teardown-remove:error",
@@ -145,6 +146,8 @@ fn a_rollback_goes_on_past_a_failure_at_each_step() {
         "/run/rb/c3",
     );
     assert_failed_with(&out, &["fail point teardown-remove"]);
+    assert!(!sb.path("/run/rb/c3").exists());
+    sb.hostchan(&["gc"]).ok();
     sb.assert_no_trace("/run/rb/c3");
     assert_eq!(memory_max(&sb, "rb1"), LIMIT);
 

@@ -212,7 +212,7 @@ impl Channels {
             container: options.container.clone(),
             pod: options.pod.clone(),
             unit: units.mount.name.clone(),
-            cleanup_unit: units.cleanup.name.clone(),
+            cleanup_unit: units.cleanup.as_ref().map(|unit| unit.name.clone()),
             created: seconds_since_epoch(),
             lifetime: options.lifetime,
             root_owner: options.root_owner,
@@ -279,8 +279,10 @@ impl Channels {
                 return Err(failed(pending[0].index, e));
             }
         };
-        let cleanups: Vec<[&TransientUnit; 1]> =
-            pending.iter().map(|one| [&one.units.cleanup]).collect();
+        let cleanups: Vec<Vec<&TransientUnit>> = pending
+            .iter()
+            .map(|one| one.units.cleanup.iter().collect())
+            .collect();
         let starts: Vec<(&TransientUnit, &[&TransientUnit])> = pending
             .iter()
             .zip(&cleanups)

@@ -15,6 +15,9 @@ use crate::record::Record;
 use crate::spec;
 use crate::unit_name;
 
+/// How long the prune started by a stop goes on looking while channels are still stopping.
+const PRUNE_FOLLOWS_STOPS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a cleanup waits for the unmount before it asks systemd whether one is coming.
 const UNMOUNT_LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -74,16 +77,43 @@ impl Channels {
     /// hostchan made (only while empty) and the record. A path something is mounted on is never
     /// touched. `offline` (early boot, before D-Bus; a reboot has lost every transient unit):
     /// the mount alone decides.
-    pub fn gc(&self, dry_run: bool, offline: bool) -> Result<Vec<Leftover>> {
+    pub fn gc(&self, how: Gc) -> Result<Vec<Leftover>> {
+        if !how.no_wait {
+            return self.gc_pass(how).map(|(leftovers, _)| leftovers);
+        }
+        // The prune a stop starts: many channels stop together (a pod's, a storm's), and the
+        // first stop starts it while the others are still unmounting; a start asked for while
+        // it runs does nothing. So it looks again while any channel is on its way down.
+        let deadline = std::time::Instant::now() + PRUNE_FOLLOWS_STOPS_FOR;
+        let mut all = Vec::new();
+        loop {
+            let (leftovers, stopping) = self.gc_pass(how)?;
+            all.extend(leftovers);
+            if !stopping || std::time::Instant::now() >= deadline {
+                return Ok(all);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// One pass of [`Channels::gc`]; with it, whether a channel's unit was being stopped.
+    fn gc_pass(&self, how: Gc) -> Result<(Vec<Leftover>, bool)> {
+        let Gc {
+            dry_run,
+            offline,
+            no_wait,
+        } = how;
         // A dry run writes nothing, not even the lock: where no create ever made it, there is
         // nothing to report.
-        let exclusive = if dry_run {
+        let exclusive = if no_wait {
+            self.store.try_lock_exclusive()?
+        } else if dry_run {
             self.store.lock_if_made(true)?
         } else {
             Some(self.store.lock(true)?)
         };
         let Some(exclusive) = exclusive else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         };
         if !offline {
             // A creator killed half way may have sent the start of its units just before: it
@@ -99,17 +129,20 @@ impl Channels {
             }
         }
         let records = self.store.all()?;
-        let live_units = if offline || records.is_empty() {
+        let mut stopping = false;
+        let live_units: HashSet<String> = if offline || records.is_empty() {
             HashSet::new()
         } else {
-            let names: Vec<&str> = records
-                .iter()
-                .flat_map(|r| [r.unit(), r.channel.cleanup_unit.as_str()])
-                .collect();
-            self.systemd()?
-                .unit_states(&names)?
+            let names: Vec<&str> = records.iter().flat_map(|r| r.channel.units()).collect();
+            let states = self.systemd()?.unit_states(&names)?;
+            stopping = states
+                .values()
+                .any(|s| s.job_type == "stop" || s.active_state == "deactivating");
+            states
                 .into_values()
-                .filter(|status| status.exists() || status.job_id != 0)
+                // A stopped unit systemd has yet to unload is as gone as one it has: the
+                // prune that the mount's stop starts asks at that moment.
+                .filter(|status| (status.exists() && !status.is_over()) || status.job_id != 0)
                 .map(|status| status.name)
                 .collect()
         };
@@ -134,8 +167,7 @@ impl Channels {
                 continue;
             }
             if hostfs::is_mount_point(record.host_path())?
-                || live_units.contains(record.unit())
-                || live_units.contains(&record.channel.cleanup_unit)
+                || record.channel.units().any(|unit| live_units.contains(unit))
             {
                 continue;
             }
@@ -159,8 +191,19 @@ impl Channels {
                 outcome,
             });
         }
-        Ok(leftovers)
+        Ok((leftovers, stopping))
     }
+}
+
+/// How `gc` runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gc {
+    /// Say what would go, remove nothing.
+    pub dry_run: bool,
+    /// Without D-Bus: a record is a leftover when its path is not mounted.
+    pub offline: bool,
+    /// Do nothing while another hostchan holds the record lock (the prune a stop starts).
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Serialize)]

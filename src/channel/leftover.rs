@@ -61,7 +61,7 @@ impl Channels {
         if hostfs::is_mount_point(record.host_path())? {
             return Ok(Standing::Live);
         }
-        let names = [record.unit(), record.channel.cleanup_unit.as_str()];
+        let names: Vec<&str> = record.channel.units().collect();
         let live = self
             .systemd()?
             .unit_states(&names)?

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use create::Created;
-pub use gc::{Cleanup, Leftover, LeftoverOutcome};
+pub use gc::{Cleanup, Gc, Leftover, LeftoverOutcome};
 pub use pods::LivePods;
 pub use request::{Ask, AttachTo, CreateOptions};
 

@@ -48,6 +48,10 @@ impl Errors {
     }
 }
 
+/// How long a teardown waits for systemd to unload a stopped mount unit (about a millisecond
+/// on an idle PID 1).
+const UNLOADED_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Channels {
     /// Takes these channels down, each step for all of them before the next:
     ///
@@ -109,7 +113,7 @@ impl Channels {
                     }
                 }
             }
-            for unit in [record.unit(), &record.channel.cleanup_unit] {
+            for unit in record.channel.units() {
                 match fail_point::check("teardown-stop").and_then(|()| systemd.queue_stop(unit)) {
                     Ok(job) => jobs.extend(job),
                     Err(e) => {
@@ -139,6 +143,14 @@ impl Channels {
                 }
             }
             unmounted.push(stopped);
+        }
+        // What a teardown returns means that systemd has nothing of the channel left: PID 1
+        // unloads a stopped unit in its next pass, after announcing the stop job's end. Not
+        // unloaded in time is no error (it is stopped); systemd unloads it later.
+        for (record, stopped) in records.iter().zip(&unmounted) {
+            if *stopped {
+                let _ = systemd.wait_until_collected(record.unit(), UNLOADED_WITHIN);
+            }
         }
         errors.on_error = OnError::GoOn;
         for (record, unmounted) in records.iter().zip(&unmounted) {

@@ -181,7 +181,25 @@ impl Store {
         self.flock(".lock", exclusive, false)
     }
 
+    /// The exclusive [`Store::lock`] if nobody holds the lock now (`None` then, or where no
+    /// create ever made it): for the prune a channel's stop starts, which must not wait for a
+    /// create (systemd keeps the stopped mount loaded while the prune runs, and a create of
+    /// that path again waits for it to be unloaded).
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>> {
+        self.flock_with(".lock", true, false, false)
+    }
+
     fn flock(&self, name: &str, exclusive: bool, make: bool) -> Result<Option<StoreLock>> {
+        self.flock_with(name, exclusive, make, true)
+    }
+
+    fn flock_with(
+        &self,
+        name: &str,
+        exclusive: bool,
+        make: bool,
+        wait: bool,
+    ) -> Result<Option<StoreLock>> {
         use nix::fcntl::{Flock, FlockArg};
         let context = || format!("cannot lock the channel records in {}", self.dir.display());
         let Some(dir) = self.open_dir(make)? else {
@@ -207,13 +225,16 @@ impl Store {
             Err(e) => return Err(fs_error(context(), e.into())),
         };
         check_owned(&fd, &self.dir.join(name))?;
-        let mode = if exclusive {
-            FlockArg::LockExclusive
-        } else {
-            FlockArg::LockShared
+        let mode = match (exclusive, wait) {
+            (true, true) => FlockArg::LockExclusive,
+            (true, false) => FlockArg::LockExclusiveNonblock,
+            (false, true) => FlockArg::LockShared,
+            (false, false) => FlockArg::LockSharedNonblock,
         };
-        Flock::lock(fs::File::from(fd), mode)
-            .map(|lock| Some(StoreLock(lock)))
-            .map_err(|(_, errno)| Error::io(context(), errno))
+        match Flock::lock(fs::File::from(fd), mode) {
+            Ok(lock) => Ok(Some(StoreLock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
+            Err((_, errno)) => Err(Error::io(context(), errno)),
+        }
     }
 }

@@ -73,7 +73,8 @@ struct RecordFields {
     #[serde(default)]
     pod: Option<String>,
     unit: String,
-    cleanup_unit: String,
+    #[serde(default)]
+    cleanup_unit: Option<String>,
     created: u64,
     #[serde(default = "lifetime_stop")]
     lifetime: Lifetime,
@@ -583,7 +584,7 @@ mod tests {
                 container: None,
                 pod: None,
                 unit: unit.into(),
-                cleanup_unit: format!("hostchan-cleanup@{unit}.service"),
+                cleanup_unit: Some(format!("hostchan-cleanup@{unit}.service")),
                 created: 1,
                 lifetime: crate::model::Lifetime::Stop,
                 root_owner: None,

@@ -73,6 +73,15 @@ impl UnitStatus {
     pub fn is_active(&self) -> bool {
         self.exists() && self.active_state == "active"
     }
+
+    /// Stopped (or failed) with no job to start it again: what systemd has yet to collect.
+    /// A stopped transient unit stays loaded until PID 1's next pass over what it can unload;
+    /// a stop job's end is announced before that.
+    pub fn is_over(&self) -> bool {
+        self.exists()
+            && self.job_id == 0
+            && (self.active_state == "inactive" || self.active_state == "failed")
+    }
 }
 
 /// Memory figures of a unit's cgroup, in bytes; `u64::MAX` means none or unknown.
@@ -290,12 +299,57 @@ impl Systemd {
         main: &TransientUnit,
         aux: &[&TransientUnit],
     ) -> Result<Job> {
-        self.queue(
+        let started = self.queue(
             "StartTransientUnit",
             &start_transient_body(main, aux),
             &main.name,
             JobKind::Start,
-        )
+        );
+        self.again_once_collected(started, main, aux)
+    }
+
+    /// A start refused because `main`'s name is held by a stopped unit that systemd has yet
+    /// to unload is asked again once it is unloaded; any other outcome is as it was.
+    fn again_once_collected(
+        &self,
+        started: Result<Job>,
+        main: &TransientUnit,
+        aux: &[&TransientUnit],
+    ) -> Result<Job> {
+        match started {
+            Err(e)
+                if e.kind() == Kind::AlreadyExists
+                    && self.wait_until_collected(&main.name, COLLECTED_WITHIN)? =>
+            {
+                self.queue(
+                    "StartTransientUnit",
+                    &start_transient_body(main, aux),
+                    &main.name,
+                    JobKind::Start,
+                )
+            }
+            other => other,
+        }
+    }
+
+    /// Whether `name` is unloaded within `limit`, or is not a stopped unit that systemd has
+    /// yet to unload (then `false` at once). A stop job's end is announced before PID 1 unloads
+    /// the unit; a channel made again right after its delete, or after a teardown of what a
+    /// killed create left, would meet its old unit there for a moment.
+    pub fn wait_until_collected(&self, name: &str, limit: std::time::Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let states = self.unit_states(&[name])?;
+            match states.get(name) {
+                Some(status) if status.is_over() => {}
+                Some(status) if status.exists() => return Ok(false),
+                _ => return Ok(true),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     /// Stops a unit and waits for its stop job. `Ok(None)` when systemd does not know the unit.
@@ -372,7 +426,12 @@ impl Systemd {
         Ok(replies
             .into_iter()
             .zip(units)
-            .map(|(reply, (main, _))| self.register(&reply?, &main.name, JobKind::Start))
+            .map(|(reply, (main, aux))| {
+                let started = reply
+                    .map_err(Error::from)
+                    .and_then(|reply| self.register(&reply, &main.name, JobKind::Start));
+                self.again_once_collected(started, main, aux)
+            })
             .collect())
     }
 }
@@ -436,6 +495,10 @@ impl From<zbus::Error> for Error {
 }
 
 /// sd-bus's default for a call: one systemd never answers fails rather than hangs the engine.
+/// How long a stopped unit may keep its name after its stop job's end (PID 1 unloads it in
+/// its next pass, well within a millisecond when idle).
+const COLLECTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
 
 fn dbus_error(err: zbus::Error) -> Error {

@@ -27,6 +27,8 @@ pub trait SystemdOps {
     fn queue_stop(&self, name: &str) -> Result<Option<Job>>;
     fn wait(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>>;
     fn wait_until_gone(&self, name: &str, limit: Duration) -> Result<bool>;
+    /// Whether a stopped unit is unloaded within `limit` (see [`Systemd::wait_until_collected`]).
+    fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool>;
 }
 
 impl SystemdOps for Systemd {
@@ -71,5 +73,8 @@ impl SystemdOps for Systemd {
     }
     fn wait_until_gone(&self, name: &str, limit: Duration) -> Result<bool> {
         Systemd::wait_until_gone(self, name, limit)
+    }
+    fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool> {
+        Systemd::wait_until_collected(self, name, limit)
     }
 }

@@ -4,7 +4,8 @@
 sandbox_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # sandbox_boot UNIT_DIR: boots systemd as PID 1 of new PID+mount namespaces; sets SANDBOX_PID
-# (systemd's pid outside) and SANDBOX_UNSHARE_PID.
+# (systemd's pid outside) and SANDBOX_UNSHARE_PID. With SANDBOX_HOSTCHAN set to a hostchan
+# binary, the sandbox has the shipped hostchan-prune.service running it.
 sandbox_boot() {
     local unit_dir=$1
     case "$unit_dir" in
@@ -14,7 +15,7 @@ sandbox_boot() {
         ;;
     esac
     SANDBOX_ID=hostchan-sandbox-$$-$RANDOM
-    "$sandbox_repo/tests/sandbox/make-units.sh" "$unit_dir"
+    "$sandbox_repo/tests/sandbox/make-units.sh" "$unit_dir" "${SANDBOX_HOSTCHAN:-}"
     unshare --pid --fork --mount --kill-child=SIGKILL \
         "$sandbox_repo/tests/sandbox/boot.sh" "$unit_dir" "$SANDBOX_ID" </dev/null &
     SANDBOX_UNSHARE_PID=$!

@@ -1,9 +1,18 @@
 #!/bin/bash
 # Writes the minimal unit directory a sandboxed systemd boots from: stub targets, our own
-# default target, and D-Bus plus journald from the system's own units.
+# default target, and D-Bus plus journald from the system's own units; with HOSTCHAN, the
+# shipped hostchan-prune.service running that binary (a channel's mount starts it as it stops).
 set -euo pipefail
-dir=${1:?usage: make-units.sh UNIT_DIR}
+dir=${1:?usage: make-units.sh UNIT_DIR [HOSTCHAN]}
+hostchan=${2:-}
 mkdir -p "$dir"
+if [ -n "$hostchan" ]; then
+    sed "s|^ExecStart=/usr/bin/hostchan |ExecStart=$hostchan |" \
+        "$(dirname "$0")/../../systemd/hostchan-prune.service" >"$dir/hostchan-prune.service"
+    grep -q "^ExecStart=$hostchan gc --no-wait$" "$dir/hostchan-prune.service"
+else
+    rm -f "$dir/hostchan-prune.service"
+fi
 for target in sysinit sockets basic shutdown local-fs local-fs-pre umount paths timers slices \
               network network-online remote-fs; do
     printf '[Unit]\nDescription=%s (sandbox stub)\n' "$target" >"$dir/$target.target"

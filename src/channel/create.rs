@@ -60,9 +60,8 @@ pub(super) struct Pending<'a> {
     options: &'a CreateOptions,
     spec: ChannelSpec,
     units: ChannelUnits,
+    /// Names the directories this create made and the parents other channels made above it.
     pub(super) record: Record,
-    /// The directories this create made (the record also names parents other channels made).
-    made: Vec<MadeDir>,
     /// Held until the channel is up, so that a concurrent `gc` does not take it for a leftover.
     _creating: StoreLock,
     /// Held until the channel is up or taken back, so that a later create knows whether this
@@ -245,9 +244,9 @@ impl Channels {
                 return Err(e);
             }
         };
-        record.made = [shared, made.clone()].concat();
+        record.made = [shared, made].concat();
         if let Err(e) = self.store.replace(&record) {
-            let _ = hostfs::remove_made(&made);
+            let _ = hostfs::remove_made(&record.made);
             let _ = self.store.remove(record.unit(), &id);
             return Err(e);
         }
@@ -258,7 +257,6 @@ impl Channels {
             spec,
             units,
             record,
-            made,
             _creating: creating,
             _creator: creator,
         })))
@@ -475,7 +473,10 @@ impl Channels {
     /// Undoes creates whose units were never started: their directories and records.
     fn abandon(&self, pending: &[Pending]) {
         for one in pending {
-            if let Err(e) = hostfs::remove_made(&one.made) {
+            // The record's list, not only what this create made: the parents it shares with
+            // other channels are its to remove too if it is the last (each only while empty),
+            // or a parent would outlive every record that names it.
+            if let Err(e) = hostfs::remove_made(&one.record.made) {
                 tracing::warn!(OBJECT_SYSTEMD_UNIT = %one.record.unit(), "rolling back: {e}");
             }
             if let Err(e) = self.store.remove(one.record.unit(), &one.record.channel.id) {

@@ -13,6 +13,7 @@ use crate::hostfs;
 use crate::model::Channel;
 use crate::record::Record;
 use crate::spec;
+use crate::systemd::UnitStatus;
 use crate::unit_name;
 
 /// How long the prune started by a stop goes on looking while channels are still stopping.
@@ -134,15 +135,19 @@ impl Channels {
             HashSet::new()
         } else {
             let names: Vec<&str> = records.iter().flat_map(|r| r.channel.units()).collect();
-            let states = self.systemd()?.unit_states(&names)?;
+            let systemd = self.systemd()?;
+            let states = systemd.unit_states(&names)?;
             stopping = states
                 .values()
                 .any(|s| s.job_type == "stop" || s.active_state == "deactivating");
+            for status in states.values().filter(|s| s.is_over()) {
+                systemd.nudge_collection(&status.name);
+            }
             states
                 .into_values()
                 // A stopped unit systemd has yet to unload is as gone as one it has: the
                 // prune that the mount's stop starts asks at that moment.
-                .filter(|status| (status.exists() && !status.is_over()) || status.job_id != 0)
+                .filter(UnitStatus::is_live)
                 .map(|status| status.name)
                 .collect()
         };

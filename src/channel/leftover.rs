@@ -66,7 +66,9 @@ impl Channels {
             .systemd()?
             .unit_states(&names)?
             .values()
-            .any(|status| status.exists() || status.job_id != 0);
+            // A stopped unit systemd has yet to unload is gone: a create at the path then
+            // waits for it to be unloaded before it starts its own.
+            .any(|status| status.is_live());
         Ok(if live {
             Standing::Live
         } else {

@@ -74,6 +74,12 @@ impl UnitStatus {
         self.exists() && self.active_state == "active"
     }
 
+    /// What keeps a channel alive: a unit that is loaded and not [over](Self::is_over), or one
+    /// with a job queued.
+    pub fn is_live(&self) -> bool {
+        (self.exists() && !self.is_over()) || self.job_id != 0
+    }
+
     /// Stopped (or failed) with no job to start it again: what systemd has yet to collect.
     /// A stopped transient unit stays loaded until PID 1's next pass over what it can unload;
     /// a stop job's end is announced before that.
@@ -338,10 +344,16 @@ impl Systemd {
     /// killed create left, would meet its old unit there for a moment.
     pub fn wait_until_collected(&self, name: &str, limit: std::time::Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + limit;
+        let mut nudged = false;
         loop {
             let states = self.unit_states(&[name])?;
             match states.get(name) {
-                Some(status) if status.is_over() => {}
+                Some(status) if status.is_over() => {
+                    if !nudged {
+                        self.nudge_collection(name);
+                        nudged = true;
+                    }
+                }
                 Some(status) if status.exists() => return Ok(false),
                 _ => return Ok(true),
             }
@@ -349,6 +361,19 @@ impl Systemd {
                 return Ok(false);
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// Has PID 1 look again at whether a stopped unit can be unloaded. systemd 252 decides that
+    /// when the unit stops, and not again: a mount whose `OnSuccess=` unit had its start job
+    /// queued at that very moment stays loaded, inactive, until something else makes it look,
+    /// and its name cannot be used for a new channel. Dropping a reference to the unit is such
+    /// a thing (`RefUnit`, then `UnrefUnit`: systemd looks once a unit's last client is gone).
+    /// Best effort: a unit gone meanwhile is what was wanted.
+    pub fn nudge_collection(&self, name: &str) {
+        let manager = self.manager.inner();
+        if manager.call_method("RefUnit", &(name,)).is_ok() {
+            let _ = manager.call_method("UnrefUnit", &(name,));
         }
     }
 

@@ -29,6 +29,8 @@ pub trait SystemdOps {
     fn wait_until_gone(&self, name: &str, limit: Duration) -> Result<bool>;
     /// Whether a stopped unit is unloaded within `limit` (see [`Systemd::wait_until_collected`]).
     fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool>;
+    /// See [`Systemd::nudge_collection`].
+    fn nudge_collection(&self, name: &str);
 }
 
 impl SystemdOps for Systemd {
@@ -76,5 +78,8 @@ impl SystemdOps for Systemd {
     }
     fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool> {
         Systemd::wait_until_collected(self, name, limit)
+    }
+    fn nudge_collection(&self, name: &str) {
+        Systemd::nudge_collection(self, name)
     }
 }

@@ -49,6 +49,22 @@ fn plugin_times(namespace: &str) -> Vec<Duration> {
         .collect()
 }
 
+/// The plugin's own part of each CreateContainer of `namespace`'s pods: its time less the time
+/// it waited for systemd's answers (the "(systemd N ms)" of its line).
+fn plugin_own_times(namespace: &str) -> Vec<Duration> {
+    let prefix = format!("container {namespace}/");
+    sh("journalctl --no-pager -o cat -u hostchan-nri.service")
+        .lines()
+        .filter(|line| line.starts_with(&prefix) && !line.contains("refused"))
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" ms (systemd ")?;
+            let total: f64 = before.rsplit_once(" in ")?.1.parse().ok()?;
+            let waited: f64 = after.split_once(" ms)")?.0.parse().ok()?;
+            Some(Duration::from_secs_f64((total - waited).max(0.0) / 1000.0))
+        })
+        .collect()
+}
+
 /// The plugin's resident set and its peak so far, in KiB (/proc/PID/status).
 fn plugin_memory() -> (u64, u64) {
     let pid = sh("systemctl show -P MainPID hostchan-nri.service");
@@ -284,6 +300,26 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             "{} over the floor at the median",
             ms(plugin1.median.saturating_sub(floor.median))
         ),
+    );
+    let own_one = plugin_own_times("bench");
+    let own_storm = plugin_own_times("storm");
+    let own1 = Rows::timing(
+        SECTION,
+        &format!("plugin's own part (less its wait for systemd), 1 pod, {burst}"),
+        &own_one,
+        "its time less the D-Bus calls to PID 1".into(),
+    );
+    let ownn = Rows::timing(
+        SECTION,
+        &format!("plugin's own part (less its wait for systemd), {n} pods at once, {burst}"),
+        &own_storm,
+        String::new(),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  plugin's own part: {n} at once p95 / 1 pod median"),
+        format!("{:.2}x", ratio(ownn.p95, own1.median)),
+        "the rest is PID 1 answering later while it mounts other pods' channels".into(),
     );
     let pluginn = Rows::timing(
         SECTION,

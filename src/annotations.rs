@@ -10,8 +10,8 @@ use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Created};
 use crate::config::{Config, DeleteLifetime};
 use crate::error::{Error, Kind, Result};
 use crate::kube;
-use crate::model::{Lifetime, Requester};
-use crate::owner::OwnerRequest;
+use crate::model::{AskedBy, Lifetime};
+use crate::owner::AskedOwner;
 use crate::spec::{self, ChannelSpec, RootOwner};
 
 /// How long the container's channels live: `stop` or `delete` for the hook (default:
@@ -29,7 +29,7 @@ pub struct Container<'a> {
     /// into the annotations (the hook).
     pub pod: Option<kube::Pod>,
     /// Who owns the channels: the container's process (the hook), or a unit the caller found.
-    pub owner: OwnerRequest,
+    pub owner: AskedOwner,
     /// The host uid and gid the container's root is mapped to (itself when it has no user
     /// namespace); `None` when the caller cannot tell.
     pub root_mapping: Option<RootOwner>,
@@ -58,9 +58,9 @@ enum KubeLifetime {
     Pod,
 }
 
-/// A container's channel requests, each keyed by the annotation it came from.
+/// The channels a container's annotations ask for, each keyed by its annotation.
 #[derive(Debug)]
-pub struct Requests(pub Vec<Annotated>);
+pub struct AnnotatedChannels(pub Vec<Annotated>);
 
 /// One channel request and the annotation that asked for it.
 #[derive(Debug)]
@@ -75,14 +75,14 @@ impl AsRef<CreateOptions> for Annotated {
     }
 }
 
-impl Requests {
+impl AnnotatedChannels {
     /// Makes every channel asked for, all at once (one connection, every start job in flight
     /// together), or none: a failure takes back the ones made. Its error names the annotation.
     pub fn create_all(&self, channels: &Channels, config: &Config) -> Result<Vec<Created>> {
         self.create_all_then(channels, config, &|| {})
     }
 
-    /// [`Requests::create_all`], calling `queued` once every start job is queued in PID 1.
+    /// [`AnnotatedChannels::create_all`], calling `queued` once every start job is queued in PID 1.
     pub fn create_all_then(
         &self,
         channels: &Channels,
@@ -129,7 +129,7 @@ fn parse_kube_lifetime(text: &str) -> Result<KubeLifetime> {
 
 /// The container's channel requests; `None` when its annotations ask for none (a pod's
 /// sandbox, a container not named by any channel annotation, no annotations at all).
-pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Requests>> {
+pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<AnnotatedChannels>> {
     let asked = kube::channel_annotations(container.annotations)?;
     if asked.is_empty() {
         return Ok(None);
@@ -186,13 +186,13 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
     // of them is parsed.
     check_channel_count(config, container.id, annotations.len())?;
     // Every annotation is checked before anything is looked up on the machine (the owner).
-    let requester = Requester::Annotations(pod.tenant(container.id));
+    let asked_by = AskedBy::Annotations(pod.tenant(container.id));
     let parsed = parse_specs(config, &annotations, &pod, container.id)?;
     let specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
     check_container_bounds(config, container.id, &specs)?;
     let attach = container.attach.map(|attach| attach()).transpose()?;
     let ask = Ask {
-        requester,
+        asked_by,
         owner: container.owner.clone(),
         container: owning_container,
         pod: owning_pod,
@@ -216,7 +216,7 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Req
         annotation: one.key,
         options: base.for_spec(one.spec),
     }));
-    Ok(Some(Requests(requests)))
+    Ok(Some(AnnotatedChannels(requests)))
 }
 
 /// One channel annotation, expanded and parsed.
@@ -375,7 +375,7 @@ mod tests {
             id: "c1",
             annotations,
             pod: None,
-            owner: OwnerRequest::Unbound,
+            owner: AskedOwner::Unbound,
             root_mapping: Some(RootOwner { uid: 0, gid: 0 }),
             caller: Caller::Hook {
                 engine_deletes: false,
@@ -405,7 +405,7 @@ mod tests {
         ]);
         let builtin = config("");
         let mut plain = container(&asked);
-        plain.owner = OwnerRequest::Default;
+        plain.owner = AskedOwner::Default;
         let refused = refusal(&builtin, &plain);
         assert!(
             refused.contains("io.hostchan.lifetime=delete\": is not allowed here"),
@@ -461,8 +461,8 @@ mod tests {
                     let got: Result<Lifetime> = match by {
                         By::Cli => {
                             let ask = Ask {
-                                requester: Requester::Cli,
-                                owner: OwnerRequest::Default,
+                                asked_by: AskedBy::Cli,
+                                owner: AskedOwner::Default,
                                 container: Some("c1".into()),
                                 pod: None,
                                 lifetime: asked.map(|a| parse_lifetime(a).unwrap()),
@@ -477,7 +477,7 @@ mod tests {
                         }
                         _ => {
                             let mut asking = container(&asked_for);
-                            asking.owner = OwnerRequest::Default;
+                            asking.owner = AskedOwner::Default;
                             asking.caller = match by {
                                 By::HookEngineDeletes => Caller::Hook {
                                     engine_deletes: true,

@@ -163,6 +163,10 @@ pub enum Command {
         /// unit to go would otherwise wait for this gc, which waits for it).
         #[arg(long)]
         no_wait: bool,
+        /// With --no-wait: stay, and look again each time systemd unloads a unit, until none
+        /// has for SECONDS (hostchan-prune.service: its stops then fork nothing each).
+        #[arg(long, value_name = "SECONDS", requires = "no_wait")]
+        linger: Option<u64>,
     },
     /// Check or show the configuration (/etc/hostchan/config.toml, or --config).
     #[command(subcommand, after_long_help = CONFIG_FILE)]

@@ -9,10 +9,10 @@ use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Target};
 use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use crate::config::{self, Config};
 use crate::error::{cut, write_at_once, Context, Error, Result, EXIT_USAGE, QUOTE_LIMIT};
-use crate::model::Requester;
+use crate::model::AskedBy;
 use crate::oci;
 use crate::output::Report;
-use crate::owner::OwnerRequest;
+use crate::owner::AskedOwner;
 use crate::spec::validate_container_id;
 use crate::spec::ChannelSpec;
 
@@ -99,15 +99,15 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             // What needs nothing from the machine comes first: a bad spec is named as such,
             // never hidden behind a missing owner or an unreachable systemd.
             let spec = ChannelSpec::parse(&args.spec, &config.limits())?;
-            config.check_host_path(&spec.host_path, &Requester::Cli)?;
+            config.check_host_path(&spec.host_path, &AskedBy::Cli)?;
             if let Some(container) = &args.container {
                 validate_container_id(container)?;
             }
             let request = match (&args.scope, args.unbound, args.pid) {
-                (Some(unit), _, _) => OwnerRequest::Unit(unit.clone()),
-                (None, true, _) => OwnerRequest::Unbound,
-                (None, false, Some(pid)) => OwnerRequest::Pid(pid),
-                (None, false, None) => OwnerRequest::Default,
+                (Some(unit), _, _) => AskedOwner::Unit(unit.clone()),
+                (None, true, _) => AskedOwner::Unbound,
+                (None, false, Some(pid)) => AskedOwner::Pid(pid),
+                (None, false, None) => AskedOwner::Default,
             };
             let root_owner = args
                 .root_owner
@@ -115,7 +115,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 .map(crate::spec::parse_root_owner)
                 .transpose()?;
             let ask = Ask {
-                requester: Requester::Cli,
+                asked_by: AskedBy::Cli,
                 owner: request,
                 container: args.container,
                 pod: None,
@@ -168,11 +168,13 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             dry_run,
             offline,
             no_wait,
+            linger,
         } => channels
             .gc(crate::channel::Gc {
                 dry_run,
                 offline,
                 no_wait,
+                linger: linger.map(std::time::Duration::from_secs),
             })
             .map(|leftovers| Report::Gc { dry_run, leftovers }),
         Command::Config(ConfigCommand::Check) => {

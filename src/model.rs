@@ -161,11 +161,11 @@ impl fmt::Display for Lifetime {
     }
 }
 
-/// Who asks for a channel: a person or engine on the command line (trusted with any path the
+/// Where a request for a channel comes from: a person or engine on the command line (trusted with any path the
 /// configuration allows), or a container's annotations (confined to the hook's roots, and there
 /// to the tenant's own subtree).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Requester {
+pub enum AskedBy {
     Cli,
     Annotations(Tenant),
 }

@@ -10,7 +10,7 @@ use crate::annotations;
 use crate::channel::{AttachTo, ChannelInfo, Channels, Created};
 use crate::config::Config;
 use crate::error::{Context, Error, Result};
-use crate::owner::OwnerRequest;
+use crate::owner::AskedOwner;
 use crate::spec::validate_container_id;
 
 /// The state a runtime passes to hooks (runtime-spec, config.md).
@@ -159,7 +159,7 @@ fn create_all(
             id: &container,
             annotations: &state.annotations,
             pod: None,
-            owner: OwnerRequest::Pid(pid),
+            owner: AskedOwner::Pid(pid),
             root_mapping: crate::inject::root_mapping_of(pid),
             caller: annotations::Caller::Hook { engine_deletes },
             attach: Some(&attach),

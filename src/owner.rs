@@ -3,12 +3,12 @@
 
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
-use crate::model::{Lifetime, Owner, Requester};
+use crate::model::{AskedBy, Lifetime, Owner};
 use crate::systemd::SystemdOps;
 
-/// What the caller said about the owner.
+/// What the caller asked for as the owner, before it is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OwnerRequest {
+pub enum AskedOwner {
     /// A unit named: `--scope UNIT`, or the pod's unit the NRI plugin finds in the runtime's
     /// cgroups path.
     Unit(String),
@@ -133,26 +133,26 @@ pub fn check_container_process(pid: i32) -> Result<()> {
     Ok(())
 }
 
-/// The one place that turns what the caller said into an owner. `requester`: who asked, so that
+/// The one place that turns what the caller said into an owner. `asked_by`: who asked, so that
 /// a refusal's hint suits them (flags for the CLI; the operator's settings for annotations,
 /// whose author can change neither).
-pub fn resolve(request: &OwnerRequest, config: &Config, requester: &Requester) -> Result<Owner> {
+pub fn resolve(request: &AskedOwner, config: &Config, asked_by: &AskedBy) -> Result<Owner> {
     match request {
-        OwnerRequest::Unit(unit) => Ok(Owner::Unit(validate_owner_unit(unit)?)),
-        OwnerRequest::Unbound => Ok(Owner::Unbound),
-        OwnerRequest::Pid(pid) => {
+        AskedOwner::Unit(unit) => Ok(Owner::Unit(validate_owner_unit(unit)?)),
+        AskedOwner::Unbound => Ok(Owner::Unbound),
+        AskedOwner::Pid(pid) => {
             let path = systemd_cgroup_of_pid(*pid)?;
             match owner_of_cgroup(&path) {
                 PathOwner::Container(unit) => Ok(Owner::Unit(unit)),
                 PathOwner::Refused { unit, reason } => Err(Error::owner(format!(
                     "pid {pid} is in {unit}, which {reason}; give the pid of a container's process"
                 ))),
-                PathOwner::NoUnit => default_owner(config, requester).map_err(|_| {
-                    Error::owner(match requester {
-                        Requester::Cli => format!(
+                PathOwner::NoUnit => default_owner(config, asked_by).map_err(|_| {
+                    Error::owner(match asked_by {
+                        AskedBy::Cli => format!(
                             "pid {pid} is in no systemd unit (cgroup {path}; a cgroupfs-driver engine?); pass --unbound for a channel that lives until hostchan delete, or set owner.default = \"unbound\""
                         ),
-                        Requester::Annotations(_) => format!(
+                        AskedBy::Annotations(_) => format!(
                             "the container (pid {pid}) is in no systemd unit to bind its channels to (cgroup {path}; an engine on the cgroupfs driver?); {}",
                             unbound_hint(config)
                         ),
@@ -160,7 +160,7 @@ pub fn resolve(request: &OwnerRequest, config: &Config, requester: &Requester) -
                 }),
             }
         }
-        OwnerRequest::Default => default_owner(config, requester),
+        AskedOwner::Default => default_owner(config, asked_by),
     }
 }
 
@@ -169,40 +169,40 @@ pub fn resolve(request: &OwnerRequest, config: &Config, requester: &Requester) -
 pub fn for_lifetime(
     lifetime: Lifetime,
     container: Option<&str>,
-    request: &OwnerRequest,
+    request: &AskedOwner,
     config: &Config,
-    requester: &Requester,
+    asked_by: &AskedBy,
 ) -> Result<Owner> {
     match lifetime {
-        Lifetime::Stop | Lifetime::Pod | Lifetime::Container => resolve(request, config, requester),
+        Lifetime::Stop | Lifetime::Pod | Lifetime::Container => resolve(request, config, asked_by),
         Lifetime::Delete => {
             let Some(container) = container else {
                 return Err(Error::usage(
                     "--lifetime delete needs the container's id (--container ID): the channel lives until hostchan delete --container ID",
                 ));
             };
-            if matches!(request, OwnerRequest::Unit(_) | OwnerRequest::Unbound) {
+            if matches!(request, AskedOwner::Unit(_) | AskedOwner::Unbound) {
                 return Err(Error::usage(
                     "--lifetime delete binds the channel to a unit hostchan keeps for the container; leave out --scope and --unbound",
                 ));
             }
             // The owner policy holds for every lifetime: a container it would refuse a
             // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
-            if let OwnerRequest::Pid(_) = request {
-                resolve(request, config, requester)?;
+            if let AskedOwner::Pid(_) = request {
+                resolve(request, config, asked_by)?;
             }
             Ok(Owner::Unit(crate::unit_name::keeper_unit_name(container)))
         }
     }
 }
 
-fn default_owner(config: &Config, requester: &Requester) -> Result<Owner> {
-    match (config.owner.default, requester) {
+fn default_owner(config: &Config, asked_by: &AskedBy) -> Result<Owner> {
+    match (config.owner.default, asked_by) {
         (DefaultOwner::Unbound, _) => Ok(Owner::Unbound),
-        (DefaultOwner::Require, Requester::Cli) => Err(Error::usage(
+        (DefaultOwner::Require, AskedBy::Cli) => Err(Error::usage(
             "no owner given: pass --scope UNIT, --pid PID or --unbound (or set owner.default = \"unbound\" in the configuration)",
         )),
-        (DefaultOwner::Require, Requester::Annotations(_)) => Err(Error::usage(format!(
+        (DefaultOwner::Require, AskedBy::Annotations(_)) => Err(Error::usage(format!(
             "the container has no systemd unit to bind its channels to (an engine or kubelet on the cgroupfs driver?); {}",
             unbound_hint(config)
         ))),

@@ -94,9 +94,10 @@ pub fn runtime_directory(host_path: &Path) -> Option<&str> {
     below.to_str()
 }
 
-/// The identity of a channel: what the spec, owner and caller say about it.
+/// What a channel's units are made from: its spec, owner and container, the operator's tmpfs
+/// options, and what the cleanup unit runs.
 #[derive(Debug, Clone)]
-pub struct ChannelRequest<'a> {
+pub struct UnitInputs<'a> {
     pub spec: &'a ChannelSpec,
     pub owner: &'a Owner,
     pub container: Option<&'a str>,
@@ -139,8 +140,8 @@ pub fn mount_options(spec: &ChannelSpec, tmpfs: &Tmpfs, root_owner: Option<RootO
 }
 
 /// The one line `systemctl status` shows for a channel.
-pub fn description(request: &ChannelRequest<'_>) -> String {
-    let spec = request.spec;
+pub fn description(inputs: &UnitInputs<'_>) -> String {
+    let spec = inputs.spec;
     let mut text = format!(
         "Host channel {} -> {} ({}, {})",
         spec.host_path.display(),
@@ -148,38 +149,38 @@ pub fn description(request: &ChannelRequest<'_>) -> String {
         spec.access,
         format_size(spec.size)
     );
-    if let Some(container) = request.container {
+    if let Some(container) = inputs.container {
         text.push_str(&format!(" of container {container}"));
     }
-    match request.owner {
+    match inputs.owner {
         Owner::Unit(unit) => text.push_str(&format!(", bound to {unit}")),
         Owner::Unbound => text.push_str(", unbound"),
     }
     text
 }
 
-pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
-    let spec = request.spec;
+pub fn channel_units(inputs: &UnitInputs<'_>) -> ChannelUnits {
+    let spec = inputs.spec;
     let host_path = spec.host_path.display().to_string();
     let mount_name = unit_name::mount_unit_name(&spec.host_path);
     let cleanup_name = unit_name::cleanup_unit_name(&mount_name);
 
     let mut mount = vec![
-        prop("Description", s(description(request))),
+        prop("Description", s(description(inputs))),
         prop("Documentation", list(&[DOCUMENTATION])),
         prop("What", s("tmpfs")),
         prop("Where", s(&host_path)),
         prop("Type", s("tmpfs")),
         prop(
             "Options",
-            s(mount_options(spec, request.tmpfs, request.root_owner)),
+            s(mount_options(spec, inputs.tmpfs, inputs.root_owner)),
         ),
         // A host process still inside the channel must not keep the path alive once the
         // container is gone; iSulad unmounts lazily for the same reason.
         prop("LazyUnmount", PropertyValue::Bool(true)),
         prop("CollectMode", s("inactive-or-failed")),
     ];
-    if let Owner::Unit(owner) = request.owner {
+    if let Owner::Unit(owner) = inputs.owner {
         mount.push(prop("BindsTo", list(&[owner])));
         mount.push(prop("After", list(&[owner])));
     }
@@ -199,7 +200,7 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
     }
     mount.push(prop("Wants", list(&[&cleanup_name])));
 
-    let binary = request.hostchan_binary.display().to_string();
+    let binary = inputs.hostchan_binary.display().to_string();
     let mut cleanup = oneshot_that_stays(format!("Remove host channel directory {host_path}"));
     cleanup.extend([
         // Bound to the mount, so it is stopped with every unmount, whatever stopped the mount;
@@ -212,7 +213,7 @@ pub fn channel_units(request: &ChannelRequest<'_>) -> ChannelUnits {
                     binary,
                     "cleanup".into(),
                     "--id".into(),
-                    request.id.to_owned(),
+                    inputs.id.to_owned(),
                     host_path,
                 ],
                 ignore_failure: false,
@@ -361,7 +362,7 @@ mod tests {
     fn mount_bound_to_scope() {
         let spec = spec();
         let owner = Owner::Unit("libpod-abc.scope".into());
-        let units = channel_units(&ChannelRequest {
+        let units = channel_units(&UnitInputs {
             spec: &spec,
             owner: &owner,
             container: Some("abc"),
@@ -405,7 +406,7 @@ mod tests {
     fn outside_run_a_cleanup_unit_removes_the_directory() {
         let mut spec = spec();
         spec.host_path = "/srv/chan/c-1".into();
-        let units = channel_units(&ChannelRequest {
+        let units = channel_units(&UnitInputs {
             spec: &spec,
             owner: &Owner::Unit("libpod-abc.scope".into()),
             container: Some("abc"),
@@ -458,7 +459,7 @@ mod tests {
     #[test]
     fn unbound_has_no_owner_dependency() {
         let spec = spec();
-        let units = channel_units(&ChannelRequest {
+        let units = channel_units(&UnitInputs {
             spec: &spec,
             owner: &Owner::Unbound,
             container: None,
@@ -515,7 +516,7 @@ mod tests {
             assert!(!host.chars().any(char::is_control), "{text:?}");
             assert!(!host.ends_with(char::is_whitespace), "{text:?}");
             assert!(!host.contains(':'), "{text:?}");
-            let units = channel_units(&ChannelRequest {
+            let units = channel_units(&UnitInputs {
                 spec: &spec,
                 owner: &Owner::Unbound,
                 container: None,

@@ -17,13 +17,13 @@ use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
 use crate::inject::{self, AttachPoint};
 use crate::memory;
-use crate::model::{Attached, Channel, Lifetime, Owner, Requester};
+use crate::model::{AskedBy, Attached, Channel, Lifetime, Owner};
 use crate::owner;
 use crate::record::{CreatorLock, Record, StoreLock};
 use crate::spec::ChannelSpec;
 use crate::systemd::{Memory, SystemdOps};
 use crate::unit_name;
-use crate::units::{self, ChannelRequest, ChannelUnits, TransientUnit};
+use crate::units::{self, ChannelUnits, TransientUnit, UnitInputs};
 
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
@@ -137,24 +137,24 @@ impl Channels {
         active_owners: &mut HashSet<String>,
     ) -> Result<Prepared<'a>> {
         let spec = options.spec.clone();
-        config.check_host_path(&spec.host_path, &options.requester)?;
+        config.check_host_path(&spec.host_path, &options.asked_by)?;
         if config.channels.check_available_memory {
             config.check_available_memory(spec.size)?;
         }
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
-            return Err(Error::usage(match options.requester {
-                Requester::Cli => format!(
+            return Err(Error::usage(match options.asked_by {
+                AskedBy::Cli => format!(
                     "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
                     config.origin()
                 ),
-                Requester::Annotations(_) => format!(
+                AskedBy::Annotations(_) => format!(
                     "the container has no systemd unit to bind its channels to, and unbound channels are turned off in {} (owner.allow_unbound = false); run it with the systemd cgroup driver",
                     config.origin()
                 ),
             }));
         }
         let id = new_channel_id()?;
-        let request = ChannelRequest {
+        let inputs = UnitInputs {
             spec: &spec,
             owner: &options.owner,
             container: options.container.as_deref(),
@@ -163,7 +163,7 @@ impl Channels {
             id: &id,
             root_owner: options.root_owner,
         };
-        let units = units::channel_units(&request);
+        let units = units::channel_units(&inputs);
         if let Some(record) = self.store.load(&units.mount.name)? {
             match self.standing(&record)? {
                 Standing::Live if options.dry_run || record.host_path() != spec.host_path => {

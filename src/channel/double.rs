@@ -1,6 +1,7 @@
 //! Unit tests of the lifecycle's logic against a double of systemd (the `SystemdOps` seam):
 //! what a reconciliation keeps and deletes, the binder a container's start makes, a teardown
-//! that goes on past a unit it cannot stop, and the keeper of `delete`-lifetime channels.
+//! that goes on past a unit it cannot stop, the keeper of `delete`-lifetime channels, and a
+//! create that takes back what it made when systemd refuses one of its channels.
 //! Records live in a scratch store; nothing is mounted, and no root is needed.
 
 use std::cell::RefCell;
@@ -28,6 +29,8 @@ struct Double {
     stopped: RefCell<Vec<String>>,
     /// Units whose stop cannot even be asked for.
     refuse_stop: HashSet<String>,
+    /// Units whose start systemd refuses.
+    refuse_start: HashSet<String>,
     /// Queued jobs: their unit and whether they start it.
     jobs: RefCell<HashMap<String, (String, bool)>>,
 }
@@ -114,6 +117,9 @@ impl SystemdOps for Rc<Double> {
         Ok(units
             .iter()
             .map(|(main, _)| {
+                if self.refuse_start.contains(&main.name) {
+                    return Err(Error::systemd(format!("refused to start {}", main.name)));
+                }
                 self.started.borrow_mut().push((*main).clone());
                 Ok(self.job(&main.name, true))
             })
@@ -380,4 +386,82 @@ fn the_keeper_is_started_once_and_stopped_when_it_keeps_nothing() {
     channels.stop_keeper_if_unused("c1").expect("stopped");
     assert!(!double.active.borrow().contains(&keeper));
     assert_eq!(*double.stopped.borrow(), vec![keeper]);
+}
+
+/// Two channels asked for at once, systemd refusing the second's start: the create fails
+/// naming the second, and takes back the first (its mount stopped, its record and directories
+/// gone) and the second's record and directories, with nothing left in the scratch tree.
+#[test]
+fn a_create_refused_for_one_channel_takes_back_every_channel() {
+    use super::{Ask, CreateOptions};
+    use crate::config::{Config, Machine};
+    use crate::model::AskedBy;
+    use crate::owner::AskedOwner;
+    use crate::spec::{Access, ChannelSpec};
+
+    let scratch = Scratch::new("double-rollback");
+    let root = scratch.0.join("host");
+    std::fs::create_dir_all(&root).expect("the scratch host root");
+    let paths = [root.join("ns/a"), root.join("ns/b")];
+    let refused = crate::unit_name::mount_unit_name(&paths[1]);
+    let double = Rc::new(Double {
+        refuse_start: [refused.clone()].into(),
+        ..Double::with_active(&["ctr.scope"])
+    });
+    let (channels, store) = channels(&scratch, &double);
+    let config = Config::builtin(&Machine {
+        mem_total: 8 << 30,
+        page_size: 4096,
+    });
+    let requests: Vec<CreateOptions> = paths
+        .iter()
+        .map(|path| {
+            let spec = ChannelSpec {
+                host_path: path.clone(),
+                container_path: "/chan".into(),
+                access: Access::Rw,
+                size: 1 << 20,
+            };
+            let ask = Ask {
+                asked_by: AskedBy::Cli,
+                owner: AskedOwner::Unit("ctr.scope".into()),
+                container: Some("c1".into()),
+                pod: None,
+                lifetime: Some(Lifetime::Stop),
+                root_owner: None,
+                attach: None,
+                grow_memory_limit: false,
+                dry_run: false,
+            };
+            CreateOptions::new(&config, spec, ask).expect("the request")
+        })
+        .collect();
+    let failed = match channels.create_all(&config, &requests) {
+        Ok(_) => panic!("systemd refused the second channel, and the create succeeded"),
+        Err(failed) => failed,
+    };
+    assert_eq!(failed.index, 1);
+    assert!(
+        failed
+            .error
+            .to_string()
+            .contains(&format!("refused to start {refused}")),
+        "{}",
+        failed.error
+    );
+    let first = crate::unit_name::mount_unit_name(&paths[0]);
+    assert!(
+        double.stopped.borrow().contains(&first),
+        "{:?}",
+        double.stopped
+    );
+    assert!(!double.active.borrow().contains(&first));
+    assert_eq!(units_recorded(&store), Vec::<String>::new());
+    for path in &paths {
+        assert!(!path.exists(), "{} was left", path.display());
+    }
+    assert!(
+        !root.join("ns").exists(),
+        "the parent made for them was left"
+    );
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::model::{Lifetime, Owner, Requester};
-use crate::owner::OwnerRequest;
+use crate::model::{AskedBy, Lifetime, Owner};
+use crate::owner::AskedOwner;
 use crate::spec::validate_container_id;
 use crate::spec::{ChannelSpec, RootOwner};
 
@@ -25,7 +25,7 @@ pub struct CreateOptions {
     pub attach: Option<AttachTo>,
     /// Raise the owner's memory limit by the channel's size.
     pub grow_memory_limit: bool,
-    pub requester: Requester,
+    pub asked_by: AskedBy,
     pub lifetime: Lifetime,
     /// The owner of the channel's root directory; root when `None`.
     pub root_owner: Option<RootOwner>,
@@ -50,8 +50,8 @@ pub struct AttachTo {
 /// What a caller asks for, as it said it: the owner and lifetime are decided from it.
 #[derive(Debug, Clone)]
 pub struct Ask {
-    pub requester: Requester,
-    pub owner: OwnerRequest,
+    pub asked_by: AskedBy,
+    pub owner: AskedOwner,
     /// The container's id, as given (checked here).
     pub container: Option<String>,
     /// The pod sandbox's id, as given (checked here).
@@ -80,7 +80,7 @@ impl CreateOptions {
             container.as_deref(),
             &ask.owner,
             config,
-            &ask.requester,
+            &ask.asked_by,
         )?;
         Ok(CreateOptions {
             spec,
@@ -90,10 +90,10 @@ impl CreateOptions {
             dry_run: ask.dry_run,
             attach: ask.attach,
             grow_memory_limit: ask.grow_memory_limit,
-            requester: ask.requester,
+            asked_by: ask.asked_by,
             lifetime,
             root_owner: ask.root_owner,
-            owner_named: matches!(ask.owner, OwnerRequest::Unit(_)),
+            owner_named: matches!(ask.owner, AskedOwner::Unit(_)),
         })
     }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub use machine::Machine;
 
 use crate::error::{Error, Result};
-use crate::model::{Lifetime, Requester};
+use crate::model::{AskedBy, Lifetime};
 use crate::spec::{format_size, Limits, DEFAULT_SIZE};
 
 pub const DEFAULT_PATH: &str = "/etc/hostchan/config.toml";
@@ -285,19 +285,19 @@ impl Config {
         ))
     }
 
-    pub fn check_host_path(&self, host_path: &Path, requester: &Requester) -> Result<()> {
-        let (roots, key) = match requester {
-            Requester::Cli => (&self.channels.allowed_roots, "channels.allowed_roots"),
-            Requester::Annotations(_) => (&self.hook.allowed_roots, "hook.allowed_roots"),
+    pub fn check_host_path(&self, host_path: &Path, asked_by: &AskedBy) -> Result<()> {
+        let (roots, key) = match asked_by {
+            AskedBy::Cli => (&self.channels.allowed_roots, "channels.allowed_roots"),
+            AskedBy::Annotations(_) => (&self.hook.allowed_roots, "hook.allowed_roots"),
         };
         let inside = |root: &PathBuf| host_path.starts_with(root) && host_path != root;
-        if *requester == Requester::Cli && roots.is_empty() {
+        if *asked_by == AskedBy::Cli && roots.is_empty() {
             return Ok(());
         }
-        if let Requester::Annotations(_) = requester {
+        if let AskedBy::Annotations(_) = asked_by {
             self.check_path_bounds(host_path)?;
         }
-        if let (Requester::Annotations(tenant), Tenancy::Subtree) = (requester, self.hook.tenancy) {
+        if let (AskedBy::Annotations(tenant), Tenancy::Subtree) = (asked_by, self.hook.tenancy) {
             let subtrees: Vec<PathBuf> = roots
                 .iter()
                 .map(|root| root.join(tenant.subtree_name()))
@@ -471,7 +471,7 @@ allow_unbound = true
     #[test]
     fn annotations_host_paths_are_bounded_in_depth_and_length() {
         use crate::model::Tenant;
-        let shop = &Requester::Annotations(Tenant::Namespace("shop".into()));
+        let shop = &AskedBy::Annotations(Tenant::Namespace("shop".into()));
         let builtin = parse("").unwrap();
         let deep = |n: usize| PathBuf::from(format!("/run/hostchan/shop{}", "/d".repeat(n)));
         assert!(builtin.check_host_path(&deep(13), shop).is_ok());
@@ -483,7 +483,7 @@ allow_unbound = true
             "{err}"
         );
         // The command line is root's: not bounded by the hook's settings.
-        assert!(builtin.check_host_path(&deep(14), &Requester::Cli).is_ok());
+        assert!(builtin.check_host_path(&deep(14), &AskedBy::Cli).is_ok());
         let long = PathBuf::from(format!("/run/hostchan/shop/{}", "x".repeat(1010)));
         let err = builtin.check_host_path(&long, shop).unwrap_err();
         assert!(
@@ -615,9 +615,9 @@ allow_unbound = true
 
     #[test]
     fn allowed_roots() {
-        let cli = &Requester::Cli;
-        let shop = &Requester::Annotations(Tenant::Namespace("shop".into()));
-        let c1 = &Requester::Annotations(Tenant::Container("c1".into()));
+        let cli = &AskedBy::Cli;
+        let shop = &AskedBy::Annotations(Tenant::Namespace("shop".into()));
+        let c1 = &AskedBy::Annotations(Tenant::Container("c1".into()));
         let config = parse("[channels]\nallowed_roots = [\"/run/chan\"]\n").unwrap();
         assert!(config
             .check_host_path(Path::new("/run/chan/c1"), cli)

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::kube;
 use crate::model::Lifetime;
-use crate::owner::OwnerRequest;
+use crate::owner::AskedOwner;
 use crate::spec::validate_container_id;
 use crate::spec::{Access, ChannelSpec};
 use nri_api::api;
@@ -105,9 +105,9 @@ impl Handler {
         let id = validate_container_id(&container.id)?;
         let sandbox = validate_container_id(&pod.id)?;
         let owner = match unit_of_cgroups_path(pod.linux.cgroups_path.as_str()) {
-            Some(unit) => OwnerRequest::Unit(unit),
+            Some(unit) => AskedOwner::Unit(unit),
             // The cgroupfs driver: no unit to bind to; the configuration decides.
-            None => OwnerRequest::Default,
+            None => AskedOwner::Default,
         };
         let described =
             kube::Pod::of_runtime(&pod.name, &pod.namespace, &pod.uid, &container.name)?;
@@ -455,7 +455,10 @@ pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
 
 /// The bind mounts to answer before the channels are mounted: only when every channel is
 /// read-write (see [`Handler::create_container`]).
-fn early_bind_mounts(requests: &annotations::Requests, config: &Config) -> Option<Vec<api::Mount>> {
+fn early_bind_mounts(
+    requests: &annotations::AnnotatedChannels,
+    config: &Config,
+) -> Option<Vec<api::Mount>> {
     let mut mounts = Vec::with_capacity(requests.0.len());
     for asked in &requests.0 {
         let spec = &asked.options.spec;

@@ -14,6 +14,7 @@ use super::mux;
 use super::notify::notify;
 use super::{NriArgs, REGISTRATION_TIMEOUT};
 use crate::error::{Error, Result};
+use crate::systemd;
 use nri_api::api::{self, Event};
 use nri_api::api_ttrpc;
 
@@ -207,10 +208,11 @@ impl Plugin {
 }
 
 /// How a CreateContainer's work stood at its answer.
+/// What the worker came to, with the time it waited for systemd.
 enum Made {
     /// Every start job queued; the channels' bind mounts, answered before PID 1 mounts them.
-    Queued(Vec<api::Mount>),
-    Done(Result<Vec<api::Mount>>),
+    Queued(Vec<api::Mount>, Duration),
+    Done(Result<Vec<api::Mount>>, Duration),
 }
 
 fn adjusted(mounts: Vec<api::Mount>) -> api::CreateContainerResponse {
@@ -353,45 +355,59 @@ impl api_ttrpc::Plugin for Plugin {
         );
         let race = Arc::new(Race::default());
         let worker = race.clone();
-        let (early, answered_early) = tokio::sync::oneshot::channel::<Vec<api::Mount>>();
+        let (early, answered_early) =
+            tokio::sync::oneshot::channel::<(Vec<api::Mount>, Duration)>();
         let early = Mutex::new(Some(early));
         let handler = self.handler.clone();
         let work = tokio::task::spawn_blocking(move || {
-            handler.create_container(&request.pod, &request.container, &worker, &|mounts| {
-                if let Some(early) = early.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = early.send(mounts);
-                }
-            })
+            systemd::take_time_waited();
+            let made =
+                handler.create_container(&request.pod, &request.container, &worker, &|mounts| {
+                    if let Some(early) = early.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                        let _ = early.send((mounts, systemd::take_time_waited()));
+                    }
+                });
+            (made, systemd::take_time_waited())
         });
         let made = tokio::time::timeout(self.deadline(), async {
             tokio::select! {
-                joined = work => Made::Done(joined.unwrap_or_else(|e| {
-                    Err(Error::runtime(format!("the NRI plugin's worker failed: {e}")))
-                })),
-                Ok(mounts) = answered_early => Made::Queued(mounts),
+                joined = work => {
+                    let (made, waited) = joined.unwrap_or_else(|e| {
+                        (Err(Error::runtime(format!("the NRI plugin's worker failed: {e}"))), Duration::ZERO)
+                    });
+                    Made::Done(made, waited)
+                }
+                Ok((mounts, waited)) = answered_early => Made::Queued(mounts, waited),
             }
         })
         .await
         .ok();
-        let made = match made {
-            Some(Made::Queued(mounts)) => {
+        let (made, waited) = match made {
+            Some(Made::Queued(mounts, waited)) => {
                 tracing::info!(
-                    "container {name}: {} queued in {:.1} ms; its start waits until it sees them",
+                    "container {name}: {} queued in {:.1} ms (systemd {:.1} ms); its start waits until it sees them",
                     handler::count_channels(mounts.len()),
-                    started.elapsed().as_secs_f64() * 1000.0
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    waited.as_secs_f64() * 1000.0
                 );
                 return Ok(adjusted(mounts));
             }
-            Some(Made::Done(made)) => made,
+            Some(Made::Done(made, waited)) => (made, waited),
             // Still at work: the container is refused now, and the work takes back what it
             // makes when it ends, unless it ended in the meantime.
-            None if race.give_up() => Err(Error::systemd(format!(
-                "systemd did not answer within {:.1} s; the container is refused, and whatever was made for it is taken back",
-                self.deadline().as_secs_f64()
-            ))),
-            None => Err(Error::runtime(
-                "the channels were made just past the deadline and are being taken back; the kubelet will try again",
-            )),
+            None if race.give_up() => (
+                Err(Error::systemd(format!(
+                    "systemd did not answer within {:.1} s; the container is refused, and whatever was made for it is taken back",
+                    self.deadline().as_secs_f64()
+                ))),
+                self.deadline(),
+            ),
+            None => (
+                Err(Error::runtime(
+                    "the channels were made just past the deadline and are being taken back; the kubelet will try again",
+                )),
+                self.deadline(),
+            ),
         };
         let mounts = made.map_err(|e| {
             tracing::error!(
@@ -405,9 +421,10 @@ impl api_ttrpc::Plugin for Plugin {
         }
         // The time the runtime waited for us, against its request timeout (2 s by default).
         tracing::info!(
-            "container {name}: {} in {:.1} ms",
+            "container {name}: {} in {:.1} ms (systemd {:.1} ms)",
             handler::count_channels(mounts.len()),
-            started.elapsed().as_secs_f64() * 1000.0
+            started.elapsed().as_secs_f64() * 1000.0,
+            waited.as_secs_f64() * 1000.0
         );
         Ok(adjusted(mounts))
     }

@@ -175,6 +175,10 @@ impl Systemd {
 
     /// Waits until all these jobs have ended; their outcomes, in the same order.
     pub fn wait(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>> {
+        super::waited(|| self.wait_for(jobs))
+    }
+
+    fn wait_for(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>> {
         let mut watch = self.jobs.borrow_mut();
         let watch = watch
             .as_mut()

@@ -9,7 +9,7 @@ mkdir -p "$dir"
 if [ -n "$hostchan" ]; then
     sed "s|^ExecStart=/usr/bin/hostchan |ExecStart=$hostchan |" \
         "$(dirname "$0")/../../systemd/hostchan-prune.service" >"$dir/hostchan-prune.service"
-    grep -q "^ExecStart=$hostchan gc --no-wait$" "$dir/hostchan-prune.service"
+    grep -q "^ExecStart=$hostchan gc --no-wait --linger 60$" "$dir/hostchan-prune.service"
 else
     rm -f "$dir/hostchan-prune.service"
 fi

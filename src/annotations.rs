@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Created};
+use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Created, Given};
 use crate::config::{Config, DeleteLifetime};
 use crate::error::{Error, Kind, Result};
 use crate::kube;
@@ -192,15 +192,15 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
     check_container_bounds(config, container.id, &specs)?;
     let attach = container.attach.map(|attach| attach()).transpose()?;
     let ask = Ask {
-        asked_by,
         owner: container.owner.clone(),
         container: owning_container,
         pod: owning_pod,
         lifetime,
-        root_owner,
-        attach,
-        grow_memory_limit: false,
-        dry_run: false,
+        given: Given {
+            root_owner,
+            attach,
+            ..Given::by(asked_by)
+        },
     };
     let mut parsed = parsed.into_iter();
     let Some(first) = parsed.next() else {
@@ -461,15 +461,11 @@ mod tests {
                     let got: Result<Lifetime> = match by {
                         By::Cli => {
                             let ask = Ask {
-                                asked_by: AskedBy::Cli,
                                 owner: AskedOwner::Default,
                                 container: Some("c1".into()),
                                 pod: None,
                                 lifetime: asked.map(|a| parse_lifetime(a).unwrap()),
-                                root_owner: None,
-                                attach: None,
-                                grow_memory_limit: false,
-                                dry_run: false,
+                                given: Given::by(AskedBy::Cli),
                             };
                             let spec =
                                 ChannelSpec::parse("/run/hostchan/x:/x", &config.limits()).unwrap();

@@ -65,6 +65,10 @@ Configuration file:
   max_path_depth = 16      directories in a host path from annotations, at most
   max_path_length = 1024   bytes in a host path from annotations, at most
 
+[node]
+  max_total_size = \"50%\"   all channels on the node together, whoever asked: bytes, \"8G\"
+                           or % of RAM (at most half); a create past it is refused
+
 A wrong key, type or value is reported with the file, line and key, and create does nothing
 (exit 2). The hook and the NRI plugin read the file at every container; delete, gc and the
 cleanup units never read it.";

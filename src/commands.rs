@@ -5,13 +5,13 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Target};
+use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Given, Target};
 use crate::cli::{Cli, Command, ConfigCommand, OutputFormat};
 use crate::config::{self, Config};
 use crate::error::{cut, write_at_once, Context, Error, Result, EXIT_USAGE, QUOTE_LIMIT};
 use crate::model::AskedBy;
 use crate::oci;
-use crate::output::Report;
+use crate::output::{Listing, Report};
 use crate::owner::AskedOwner;
 use crate::spec::validate_container_id;
 use crate::spec::ChannelSpec;
@@ -115,15 +115,17 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 .map(crate::spec::parse_root_owner)
                 .transpose()?;
             let ask = Ask {
-                asked_by: AskedBy::Cli,
                 owner: request,
                 container: args.container,
                 pod: None,
                 lifetime: args.lifetime,
-                root_owner,
-                attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
-                grow_memory_limit: args.grow_memory_limit,
-                dry_run: args.dry_run,
+                given: Given {
+                    asked_by: AskedBy::Cli,
+                    root_owner,
+                    attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
+                    grow_memory_limit: args.grow_memory_limit,
+                    dry_run: args.dry_run,
+                },
             };
             let options = CreateOptions::new(&config, spec, ask)?;
             channels.create(&config, &options).map(Report::Created)
@@ -144,7 +146,16 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 deleted,
             }),
         Command::Delete { .. } => unreachable!("clap requires a channel or --container"),
-        Command::List => channels.list().map(Report::List),
+        Command::List => channels.list().map(|channels| {
+            Report::List(Listing {
+                channels,
+                // A configuration that cannot be read does not keep anyone from listing.
+                node_budget: config
+                    .load()
+                    .ok()
+                    .map(|loaded| loaded.node.effective_max_total_size),
+            })
+        }),
         Command::Status { channel } => channels
             .status(&Target::parse(&channel)?)
             .map(Report::Status),

@@ -10,13 +10,27 @@ use crate::oci::HookOutcome;
 use crate::spec::format_size;
 use crate::units::{ChannelUnits, PropertyValue, TransientUnit};
 
+/// Every channel, and the node's budget for them (`node.max_total_size` in bytes) when the
+/// configuration could be read. JSON: the channels alone, an array, as it has always been.
+#[derive(Debug)]
+pub struct Listing {
+    pub channels: Vec<ChannelInfo>,
+    pub node_budget: Option<u64>,
+}
+
+impl Serialize for Listing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.channels.serialize(serializer)
+    }
+}
+
 /// A command's result, ready to print in either format.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum Report {
     Created(Created),
     Deleted(ChannelInfo),
-    List(Vec<ChannelInfo>),
+    List(Listing),
     Status(ChannelInfo),
     Cleanup(Cleanup),
     Hook(HookOutcome),
@@ -78,7 +92,7 @@ impl Report {
                 info.channel.spec.host_path.display(),
                 info.channel.unit
             ),
-            Report::List(channels) => list_text(channels),
+            Report::List(listing) => list_text(listing),
             Report::Status(info) => status_text(info),
             Report::Hook(hook) => {
                 let mut text = String::new();
@@ -219,7 +233,8 @@ fn used_text(info: &ChannelInfo) -> String {
     info.used.map_or_else(|| "-".to_owned(), format_size)
 }
 
-fn list_text(channels: &[ChannelInfo]) -> String {
+fn list_text(listing: &Listing) -> String {
+    let channels = &listing.channels;
     if channels.is_empty() {
         return "No channels.\n".to_owned();
     }
@@ -268,6 +283,27 @@ fn list_text(channels: &[ChannelInfo]) -> String {
     line(&header);
     for row in &rows {
         line(&row.each_ref().map(String::as_str));
+    }
+    let size: u64 = channels.iter().map(|c| c.channel.spec.size).sum();
+    let used: u64 = channels.iter().filter_map(|c| c.used).sum();
+    let _ = write!(
+        out,
+        "{} channel{}, {} in all, {} used",
+        channels.len(),
+        if channels.len() == 1 { "" } else { "s" },
+        format_size(size),
+        format_size(used)
+    );
+    match listing.node_budget {
+        Some(budget) => {
+            let _ = writeln!(
+                out,
+                "; the node's budget (node.max_total_size) {}, {} left",
+                format_size(budget),
+                format_size(budget.saturating_sub(size))
+            );
+        }
+        None => out.push('\n'),
     }
     out
 }
@@ -358,24 +394,35 @@ mod tests {
 
     #[test]
     fn list_is_a_table_with_aligned_columns() {
-        let report = Report::List(vec![
-            info(
-                "/run/chan/web",
-                Some("libpod-1.scope"),
-                ChannelState::Active,
-                Some(8192),
-            ),
-            info("/run/c2", None, ChannelState::Gone, None),
-        ]);
+        let report = Report::List(Listing {
+            channels: vec![
+                info(
+                    "/run/chan/web",
+                    Some("libpod-1.scope"),
+                    ChannelState::Active,
+                    Some(8192),
+                ),
+                info("/run/c2", None, ChannelState::Gone, None),
+            ],
+            node_budget: Some(4 << 20),
+        });
         assert_eq!(
             report.text(),
             "\
 HOST PATH      CONTAINER PATH  MODE  SIZE  USED  OWNER           STATE
 /run/chan/web  /chan           rw    1M    8K    libpod-1.scope  active (mounted)
 /run/c2        /chan           rw    1M    -     -               gone
+2 channels, 2M in all, 8K used; the node's budget (node.max_total_size) 4M, 2M left
 "
         );
-        assert_eq!(Report::List(Vec::new()).text(), "No channels.\n");
+        assert_eq!(
+            Report::List(Listing {
+                channels: Vec::new(),
+                node_budget: None
+            })
+            .text(),
+            "No channels.\n"
+        );
     }
 
     #[test]

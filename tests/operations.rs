@@ -451,3 +451,52 @@ fn callers_without_root_are_told_so_and_change_nothing() {
     assert_eq!(sb.record_files().len(), 1);
     sb.hostchan(&["delete", "/run/chan/mine"]).ok();
 }
+
+/// `node.max_total_size` caps all channels on the node together, whoever asks: a create past it
+/// is refused with one line naming the budget, what uses it and what is left, and leaves
+/// nothing; `list` shows the total against the budget; a channel gone makes room again.
+#[test]
+fn the_node_budget_caps_all_channels_together() {
+    let sb = Sandbox::boot();
+    sb.start_scope("b.scope");
+    let dir = TempDir::new("budget");
+    let config = dir.path("config.toml");
+    let config = config.to_str().unwrap();
+    fs::write(config, "[node]\nmax_total_size = \"3M\"\n").unwrap();
+    let create =
+        |spec: &str| sb.hostchan(&["--config", config, "create", "--scope", "b.scope", spec]);
+    create("/run/budget/a:/a:rw:1M").ok();
+    create("/run/budget/b:/b:rw:1M").ok();
+    let refused = create("/run/budget/c:/c:rw:2M");
+    assert_eq!(refused.code, 1, "{refused:#?}");
+    let line = refused.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "{refused:#?}");
+    for said in [
+        "cannot create channel /run/budget/c (2M)",
+        "would come to 4M, over node.max_total_size = 3M in ",
+        "2 channels use 2M, 1M is left",
+        "raise node.max_total_size",
+    ] {
+        assert!(line.contains(said), "{said:?} not in {line}");
+    }
+    assert!(!sb.path("/run/budget/c").exists());
+    assert_eq!(sb.channel_units().len(), 2, "{:?}", sb.channel_units());
+    assert_eq!(sb.record_files().len(), 2);
+
+    let list = sb.hostchan(&["--config", config, "list"]).ok();
+    assert!(
+        list.stdout.contains(
+            "2 channels, 2M in all, 0B used; the node's budget (node.max_total_size) 3M, 1M left"
+        ),
+        "{}",
+        list.stdout
+    );
+    // What fits in what is left is made; a channel gone makes room.
+    create("/run/budget/c:/c:rw:1M").ok();
+    sb.hostchan(&["delete", "/run/budget/a"]).ok();
+    create("/run/budget/d:/d:rw:1M").ok();
+    for path in ["/run/budget/b", "/run/budget/c", "/run/budget/d"] {
+        sb.hostchan(&["delete", path]).ok();
+    }
+    sb.assert_no_trace("/run/budget/d");
+}

@@ -11,7 +11,7 @@ use super::leftover::{being_made, Standing};
 use super::request::{AttachTo, CreateOptions};
 use super::teardown::OnError;
 use super::{seconds_since_epoch, ChannelInfo, Channels};
-use crate::config::Config;
+use crate::config::{Config, MaxSize};
 use crate::error::{Context, Error, Kind, Result};
 use crate::fail_point;
 use crate::hostfs::{self, MadeDir};
@@ -20,7 +20,7 @@ use crate::memory;
 use crate::model::{AskedBy, Attached, Channel, Lifetime, Owner};
 use crate::owner;
 use crate::record::{CreatorLock, Record, StoreLock};
-use crate::spec::ChannelSpec;
+use crate::spec::{format_size, ChannelSpec};
 use crate::systemd::{Memory, SystemdOps};
 use crate::unit_name;
 use crate::units::{self, ChannelUnits, TransientUnit, UnitInputs};
@@ -137,12 +137,12 @@ impl Channels {
         active_owners: &mut HashSet<String>,
     ) -> Result<Prepared<'a>> {
         let spec = options.spec.clone();
-        config.check_host_path(&spec.host_path, &options.asked_by)?;
+        config.check_host_path(&spec.host_path, &options.given.asked_by)?;
         if config.channels.check_available_memory {
             config.check_available_memory(spec.size)?;
         }
         if options.owner == Owner::Unbound && !config.owner.allow_unbound {
-            return Err(Error::usage(match options.asked_by {
+            return Err(Error::usage(match options.given.asked_by {
                 AskedBy::Cli => format!(
                     "unbound channels are turned off in {} (owner.allow_unbound = false); bind the channel to its container with --scope or --pid",
                     config.origin()
@@ -161,29 +161,29 @@ impl Channels {
             tmpfs: &config.tmpfs,
             hostchan_binary: &self.hostchan_binary,
             id: &id,
-            root_owner: options.root_owner,
+            root_owner: options.given.root_owner,
         };
         let units = units::channel_units(&inputs);
         if let Some(record) = self.store.load(&units.mount.name)? {
             match self.standing(&record)? {
-                Standing::Live if options.dry_run || record.host_path() != spec.host_path => {
+                Standing::Live if options.given.dry_run || record.host_path() != spec.host_path => {
                     return Err(record.refuses(&spec.host_path));
                 }
                 Standing::Live => return self.reuse(record, &spec, options).map(Prepared::Done),
                 Standing::BeingMade => return Err(being_made(&record)),
                 // A dry run only says what a create would make.
-                Standing::Left(_) if options.dry_run => {}
+                Standing::Left(_) if options.given.dry_run => {}
                 Standing::Left(left) => self.clear_away(&record, left)?,
             }
         }
-        if options.dry_run {
+        if options.given.dry_run {
             // A real create makes these checks once, in its critical section below.
             hostfs::check_free(&spec.host_path)?;
             check_among_channels(&spec.host_path, &units.mount.name, &self.store.all()?)?;
             return Ok(Prepared::Done(Created::DryRun(units)));
         }
 
-        if let Some(attach) = &options.attach {
+        if let Some(attach) = &options.given.attach {
             check_attach_target(attach, &spec)?;
         }
         let systemd = self.systemd()?;
@@ -214,10 +214,11 @@ impl Channels {
             cleanup_unit: units.cleanup.as_ref().map(|unit| unit.name.clone()),
             created: seconds_since_epoch(),
             lifetime: options.lifetime,
-            root_owner: options.root_owner,
+            root_owner: options.given.root_owner,
         };
         let mut shared = Vec::new();
         let mut record = self.store.create_checked(|records| {
+            check_node_budget(config, &spec, records)?;
             shared = hostfs::still_made(check_among_channels(
                 &spec.host_path,
                 &units.mount.name,
@@ -409,7 +410,7 @@ impl Channels {
         if !same {
             return Err(record.already_a_channel());
         }
-        if let Some(attach) = &options.attach {
+        if let Some(attach) = &options.given.attach {
             let here = record
                 .attached
                 .as_ref()
@@ -435,7 +436,7 @@ impl Channels {
         record: &mut Record,
         owner_memory: Option<Memory>,
     ) -> Result<()> {
-        if let Some(attach) = &options.attach {
+        if let Some(attach) = &options.given.attach {
             fail_point::hit("before-attach");
             fail_point::check("before-attach")?;
             record.attached = Some(attach_in_container(spec, attach)?);
@@ -447,7 +448,7 @@ impl Channels {
                 systemd,
                 owner,
                 spec.size,
-                options.grow_memory_limit,
+                options.given.grow_memory_limit,
                 owner_memory,
             )?;
             if record.memory_limit.is_some() {
@@ -484,6 +485,31 @@ impl Channels {
             }
         }
     }
+}
+
+/// Refuses a channel that would take the sum of the node's channels past
+/// `node.max_total_size`. Checked with every record in hand under the records' write lock, so
+/// that creates racing each other cannot overshoot it together.
+fn check_node_budget(config: &Config, spec: &ChannelSpec, records: &[Record]) -> Result<()> {
+    let budget = config.node.effective_max_total_size;
+    let used: u64 = records.iter().map(|record| record.channel.spec.size).sum();
+    if used.saturating_add(spec.size) <= budget {
+        return Ok(());
+    }
+    let written = match config.node.max_total_size {
+        MaxSize::Bytes(bytes) => format_size(bytes),
+        percent => format!("{percent} ({})", format_size(budget)),
+    };
+    Err(Error::runtime(format!(
+        "cannot create channel {} ({}): the node's channels would come to {}, over node.max_total_size = {written} in {}; {} channels use {}, {} is left; delete a channel or raise node.max_total_size",
+        spec.host_path.display(),
+        format_size(spec.size),
+        format_size(used.saturating_add(spec.size)),
+        config.origin(),
+        records.len(),
+        format_size(used),
+        format_size(budget.saturating_sub(used)),
+    )))
 }
 
 /// Refuses a host path that is, is inside, or holds another channel, and returns the

@@ -393,7 +393,7 @@ fn the_keeper_is_started_once_and_stopped_when_it_keeps_nothing() {
 /// gone) and the second's record and directories, with nothing left in the scratch tree.
 #[test]
 fn a_create_refused_for_one_channel_takes_back_every_channel() {
-    use super::{Ask, CreateOptions};
+    use super::{Ask, CreateOptions, Given};
     use crate::config::{Config, Machine};
     use crate::model::AskedBy;
     use crate::owner::AskedOwner;
@@ -423,15 +423,11 @@ fn a_create_refused_for_one_channel_takes_back_every_channel() {
                 size: 1 << 20,
             };
             let ask = Ask {
-                asked_by: AskedBy::Cli,
                 owner: AskedOwner::Unit("ctr.scope".into()),
                 container: Some("c1".into()),
                 pod: None,
                 lifetime: Some(Lifetime::Stop),
-                root_owner: None,
-                attach: None,
-                grow_memory_limit: false,
-                dry_run: false,
+                given: Given::by(AskedBy::Cli),
             };
             CreateOptions::new(&config, spec, ask).expect("the request")
         })

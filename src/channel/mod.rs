@@ -19,7 +19,7 @@ use serde::Serialize;
 pub use create::Created;
 pub use gc::{Cleanup, Gc, Leftover, LeftoverOutcome};
 pub use pods::LivePods;
-pub use request::{Ask, AttachTo, CreateOptions};
+pub use request::{Ask, AttachTo, CreateOptions, Given};
 
 use crate::error::{Error, Result};
 use crate::hostfs;

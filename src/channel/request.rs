@@ -20,17 +20,10 @@ pub struct CreateOptions {
     pub container: Option<String>,
     /// The pod sandbox the NRI plugin asks for the channel for.
     pub pod: Option<String>,
-    pub dry_run: bool,
-    /// Also attach the channel inside this container.
-    pub attach: Option<AttachTo>,
-    /// Raise the owner's memory limit by the channel's size.
-    pub grow_memory_limit: bool,
-    pub asked_by: AskedBy,
     pub lifetime: Lifetime,
-    /// The owner of the channel's root directory; root when `None`.
-    pub root_owner: Option<RootOwner>,
     /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
     pub owner_named: bool,
+    pub given: Given,
 }
 
 impl AsRef<CreateOptions> for CreateOptions {
@@ -50,7 +43,6 @@ pub struct AttachTo {
 /// What a caller asks for, as it said it: the owner and lifetime are decided from it.
 #[derive(Debug, Clone)]
 pub struct Ask {
-    pub asked_by: AskedBy,
     pub owner: AskedOwner,
     /// The container's id, as given (checked here).
     pub container: Option<String>,
@@ -58,10 +50,33 @@ pub struct Ask {
     pub pod: Option<String>,
     /// `None`: the configuration's `channels.lifetime`.
     pub lifetime: Option<Lifetime>,
+    pub given: Given,
+}
+
+/// What the caller gave that the create takes as it is.
+#[derive(Debug, Clone)]
+pub struct Given {
+    pub asked_by: AskedBy,
+    /// The owner of the channel's root directory; root when `None`.
     pub root_owner: Option<RootOwner>,
+    /// Also attach the channel inside this container.
     pub attach: Option<AttachTo>,
+    /// Raise the owner's memory limit by the channel's size.
     pub grow_memory_limit: bool,
     pub dry_run: bool,
+}
+
+impl Given {
+    /// Nothing but who asks: no attach, no memory raise, not a dry run, root's directory.
+    pub fn by(asked_by: AskedBy) -> Given {
+        Given {
+            asked_by,
+            root_owner: None,
+            attach: None,
+            grow_memory_limit: false,
+            dry_run: false,
+        }
+    }
 }
 
 impl CreateOptions {
@@ -80,20 +95,16 @@ impl CreateOptions {
             container.as_deref(),
             &ask.owner,
             config,
-            &ask.asked_by,
+            &ask.given.asked_by,
         )?;
         Ok(CreateOptions {
             spec,
+            owner_named: matches!(ask.owner, AskedOwner::Unit(_)),
             owner,
             container,
             pod,
-            dry_run: ask.dry_run,
-            attach: ask.attach,
-            grow_memory_limit: ask.grow_memory_limit,
-            asked_by: ask.asked_by,
             lifetime,
-            root_owner: ask.root_owner,
-            owner_named: matches!(ask.owner, AskedOwner::Unit(_)),
+            given: ask.given,
         })
     }
 

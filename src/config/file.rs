@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::machine::Machine;
 use super::{
-    Config, DefaultOwner, DeleteLifetime, Hook, MaxSize, OwnerPolicy, Tenancy, Tmpfs,
+    Config, DefaultOwner, DeleteLifetime, Hook, MaxSize, Node, OwnerPolicy, Tenancy, Tmpfs,
     MAX_PERCENT_OF_MEMORY,
 };
 use crate::error::{Error, Result};
@@ -120,6 +120,12 @@ impl Config {
                     .error("0", format!("would refuse every annotation; {instead}")));
             }
             *value = *given.get_ref();
+        }
+        if let Some(max) = &file.node.max_total_size {
+            let location = at(max.span(), "node.max_total_size");
+            let (max_size, effective) = max_size_of(max.get_ref(), &location, machine)?;
+            config.node.max_total_size = max_size;
+            config.node.effective_max_total_size = effective;
         }
         if let Some(max) = &file.hook.max_total_size {
             let location = at(max.span(), "hook.max_total_size");
@@ -273,6 +279,13 @@ struct File {
     tmpfs: TmpfsIn,
     owner: OwnerIn,
     hook: HookIn,
+    node: NodeIn,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NodeIn {
+    max_total_size: Option<Spanned<SizeValue>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -370,6 +383,7 @@ struct FileOut {
     tmpfs: Tmpfs,
     owner: OwnerPolicy,
     hook: Hook,
+    node: Node,
 }
 
 #[derive(Serialize)]
@@ -399,6 +413,7 @@ impl From<&Config> for FileOut {
             tmpfs: config.tmpfs.clone(),
             owner: config.owner.clone(),
             hook: config.hook.clone(),
+            node: config.node.clone(),
         }
     }
 }

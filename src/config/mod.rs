@@ -40,6 +40,19 @@ pub struct Config {
     pub tmpfs: Tmpfs,
     pub owner: OwnerPolicy,
     pub hook: Hook,
+    pub node: Node,
+}
+
+/// What every channel on the node may come to together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// The sum of the sizes of all channels on the node, as written: a create past it is
+    /// refused, whoever asks. Many containers' channels, each within its own bounds, could
+    /// otherwise promise more memory than the node has.
+    pub max_total_size: MaxSize,
+    /// `max_total_size` in bytes on this machine.
+    #[serde(skip)]
+    pub effective_max_total_size: u64,
 }
 
 /// `/run/hostchan/<namespace>/<pod>/<container>/<name>` is 6 deep; templates and an operator's
@@ -216,6 +229,10 @@ impl Config {
                 max_channels_per_container: 16,
                 max_path_depth: DEFAULT_MAX_PATH_DEPTH,
                 max_path_length: DEFAULT_MAX_PATH_LENGTH,
+                max_total_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
+                effective_max_total_size: half,
+            },
+            node: Node {
                 max_total_size: MaxSize::PercentOfMemory(MAX_PERCENT_OF_MEMORY),
                 effective_max_total_size: half,
             },

@@ -233,6 +233,26 @@ fn used_text(info: &ChannelInfo) -> String {
     info.used.map_or_else(|| "-".to_owned(), format_size)
 }
 
+/// A size for a person to read: exact when it is a whole number of a unit, else to a tenth of
+/// the largest unit it reaches (half of a machine's memory is seldom round).
+fn rounded_size(bytes: u64) -> String {
+    let exact = format_size(bytes);
+    if !exact.ends_with('B') && exact.len() <= 5 {
+        return exact;
+    }
+    for (unit, name) in [
+        (1u64 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ] {
+        if bytes >= unit {
+            return format!("{:.1}{name}", bytes as f64 / unit as f64);
+        }
+    }
+    exact
+}
+
 fn list_text(listing: &Listing) -> String {
     let channels = &listing.channels;
     if channels.is_empty() {
@@ -299,8 +319,8 @@ fn list_text(listing: &Listing) -> String {
             let _ = writeln!(
                 out,
                 "; the node's budget (node.max_total_size) {}, {} left",
-                format_size(budget),
-                format_size(budget.saturating_sub(size))
+                rounded_size(budget),
+                rounded_size(budget.saturating_sub(size))
             );
         }
         None => out.push('\n'),
@@ -390,6 +410,14 @@ mod tests {
             state,
             memory_limit: None,
         }
+    }
+
+    #[test]
+    fn sizes_for_people_are_exact_when_round() {
+        assert_eq!(rounded_size(3 << 20), "3M");
+        assert_eq!(rounded_size(12_341_886 << 10), "11.8G");
+        assert_eq!(rounded_size(1536), "1.5K");
+        assert_eq!(rounded_size(100), "100B");
     }
 
     #[test]

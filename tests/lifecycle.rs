@@ -250,7 +250,13 @@ fn delete_list_and_status() {
 
     let list = sb.hostchan(&["list"]).ok().stdout;
     let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 3, "{list}");
+    assert_eq!(lines.len(), 4, "{list}");
+    assert!(
+        lines[3].starts_with(
+            "2 channels, 66M in all, 8K used; the node's budget (node.max_total_size) "
+        ),
+        "{list}"
+    );
     assert!(lines[0].starts_with("HOST PATH"), "{list}");
     let a: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(

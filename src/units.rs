@@ -358,19 +358,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn mount_bound_to_scope() {
-        let spec = spec();
-        let owner = Owner::Unit("libpod-abc.scope".into());
-        let units = channel_units(&UnitInputs {
-            spec: &spec,
-            owner: &owner,
-            container: Some("abc"),
+    /// The units of `spec` for `owner` and `container`, with the built-in tmpfs options.
+    fn units_of(spec: &ChannelSpec, owner: &Owner, container: Option<&str>) -> ChannelUnits {
+        channel_units(&UnitInputs {
+            spec,
+            owner,
+            container,
             tmpfs: &BUILTIN_TMPFS,
             hostchan_binary: Path::new("/usr/bin/hostchan"),
             id: "c0ffee",
             root_owner: None,
-        });
+        })
+    }
+
+    #[test]
+    fn mount_bound_to_scope() {
+        let spec = spec();
+        let owner = Owner::Unit("libpod-abc.scope".into());
+        let units = units_of(&spec, &owner, Some("abc"));
         let mount = &units.mount;
         assert_eq!(mount.name, "run-chan-c\\x2d1.mount");
         assert_eq!(mount.property("Where"), Some(&s("/run/chan/c-1")));
@@ -406,15 +411,7 @@ mod tests {
     fn outside_run_a_cleanup_unit_removes_the_directory() {
         let mut spec = spec();
         spec.host_path = "/srv/chan/c-1".into();
-        let units = channel_units(&UnitInputs {
-            spec: &spec,
-            owner: &Owner::Unit("libpod-abc.scope".into()),
-            container: Some("abc"),
-            tmpfs: &BUILTIN_TMPFS,
-            hostchan_binary: Path::new("/usr/bin/hostchan"),
-            id: "c0ffee",
-            root_owner: None,
-        });
+        let units = units_of(&spec, &Owner::Unit("libpod-abc.scope".into()), Some("abc"));
         let mount = &units.mount;
         assert_eq!(mount.property("RuntimeDirectory"), None);
         assert_eq!(mount.property("OnSuccess"), None);
@@ -459,15 +456,7 @@ mod tests {
     #[test]
     fn unbound_has_no_owner_dependency() {
         let spec = spec();
-        let units = channel_units(&UnitInputs {
-            spec: &spec,
-            owner: &Owner::Unbound,
-            container: None,
-            tmpfs: &BUILTIN_TMPFS,
-            hostchan_binary: Path::new("/usr/bin/hostchan"),
-            id: "c0ffee",
-            root_owner: None,
-        });
+        let units = units_of(&spec, &Owner::Unbound, None);
         assert_eq!(units.mount.property("BindsTo"), None);
         assert_eq!(units.mount.property("After"), None);
         assert!(units
@@ -516,15 +505,7 @@ mod tests {
             assert!(!host.chars().any(char::is_control), "{text:?}");
             assert!(!host.ends_with(char::is_whitespace), "{text:?}");
             assert!(!host.contains(':'), "{text:?}");
-            let units = channel_units(&UnitInputs {
-                spec: &spec,
-                owner: &Owner::Unbound,
-                container: None,
-                tmpfs: &BUILTIN_TMPFS,
-                hostchan_binary: Path::new("/usr/bin/hostchan"),
-                id: "c0ffee",
-                root_owner: None,
-            });
+            let units = units_of(&spec, &Owner::Unbound, None);
             assert_eq!(units.mount.property("Where"), Some(&s(host)));
             assert_eq!(
                 units.mount.name,

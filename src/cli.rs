@@ -121,6 +121,9 @@ pub enum Command {
     },
     /// List every channel with its state and usage.
     List,
+    /// Print the node's channels as Prometheus metrics (text format), for a scrape or
+    /// node_exporter's textfile collector.
+    Metrics,
     /// Show one channel in detail.
     Status {
         /// The channel's host path or its .mount unit name.

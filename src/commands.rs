@@ -156,6 +156,17 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                     .map(|loaded| loaded.node.effective_max_total_size),
             })
         }),
+        Command::Metrics => channels.list().map(|listed| {
+            let mut usage = crate::hostfs::Usage::default();
+            Report::Metrics(crate::metrics::render(
+                &listed,
+                &mut |path| usage.of(path),
+                config
+                    .load()
+                    .ok()
+                    .map(|loaded| loaded.node.effective_max_total_size),
+            ))
+        }),
         Command::Status { channel } => channels
             .status(&Target::parse(&channel)?)
             .map(Report::Status),

@@ -542,6 +542,12 @@ impl Usage {
     /// Bytes in use on the file system at `path`, reached without symlinks; `None` where it
     /// cannot be reached that way.
     pub fn used_bytes(&mut self, path: &Path) -> Option<u64> {
+        self.of(path).map(|usage| usage.used_bytes)
+    }
+
+    /// Bytes and inodes in use on the file system at `path` (a channel's tmpfs), reached
+    /// without symlinks.
+    pub fn of(&mut self, path: &Path) -> Option<FsUsage> {
         let (parent_path, name) = (path.parent()?, path.file_name()?);
         let parent = match &self.parent {
             Some((kept, fd)) if kept == parent_path => fd,
@@ -568,8 +574,20 @@ impl Usage {
         .ok()?;
         let stat = rustix::fs::fstatvfs(dir).ok()?;
         let blocks = stat.f_blocks.saturating_sub(stat.f_bfree);
-        Some(blocks * stat.f_frsize)
+        Some(FsUsage {
+            used_bytes: blocks * stat.f_frsize,
+            inodes_used: stat.f_files.saturating_sub(stat.f_ffree),
+            inodes_total: stat.f_files,
+        })
     }
+}
+
+/// What a file system has in use, from `statvfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsUsage {
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+    pub inodes_total: u64,
 }
 
 #[cfg(test)]

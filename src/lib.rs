@@ -23,6 +23,7 @@ mod inject;
 mod kube;
 mod logging;
 mod memory;
+mod metrics;
 mod model;
 mod nri;
 mod oci;

@@ -42,6 +42,8 @@ pub enum Report {
         dry_run: bool,
         leftovers: Vec<Leftover>,
     },
+    /// Prometheus's text format, printed as it is.
+    Metrics(String),
     ConfigChecked {
         /// `None`: there is no file and the built-in defaults apply.
         config: Option<std::path::PathBuf>,
@@ -130,6 +132,7 @@ impl Report {
                 text
             }
             Report::Gc { dry_run, leftovers } => gc_text(*dry_run, leftovers),
+            Report::Metrics(text) => text.clone(),
             Report::ConfigChecked { config, .. } => match config {
                 Some(path) => format!("{}: valid\n", path.display()),
                 None => format!(

@@ -500,3 +500,70 @@ fn the_node_budget_caps_all_channels_together() {
     }
     sb.assert_no_trace("/run/budget/d");
 }
+
+/// `hostchan metrics` is Prometheus's text format (`promtool check metrics` from Debian's
+/// prometheus package finds no fault in it), with each channel's size and what its tmpfs has in
+/// use seen from the host, the channels by state and lifetime, and the node's total.
+#[test]
+fn metrics_are_what_promtool_accepts_and_tell_the_truth() {
+    let sb = Sandbox::boot();
+    sb.start_scope("m.scope");
+    sb.hostchan(&["create", "--scope", "m.scope", "/run/metrics/a:/a:rw:1M"])
+        .ok();
+    sb.hostchan(&["create", "--scope", "m.scope", "/run/metrics/b:/b:rw:2M"])
+        .ok();
+    fs::write(sb.path("/run/metrics/a/x"), vec![7u8; 64 << 10]).unwrap();
+    let text = sb.hostchan(&["metrics"]).ok().stdout;
+    let check = |text: &str| {
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian's prometheus package; tests/run installs it)");
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = promtool.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    check(&text);
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find(|line| line.starts_with(prefix))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert_eq!(
+        value("hostchan_channels{state=\"active\",lifetime=\"stop\"}"),
+        2
+    );
+    let a = "{unit=\"run-metrics-a.mount\",host_path=\"/run/metrics/a\",container=\"\"}";
+    assert_eq!(value(&format!("hostchan_channel_size_bytes{a}")), 1 << 20);
+    assert_eq!(value(&format!("hostchan_channel_used_bytes{a}")), 64 << 10);
+    assert!(value(&format!("hostchan_channel_inodes_used{a}")) >= 2);
+    assert_eq!(value("hostchan_node_channels_size_bytes"), 3 << 20);
+    assert!(value("hostchan_node_budget_bytes") > 0);
+
+    for path in ["/run/metrics/a", "/run/metrics/b"] {
+        sb.hostchan(&["delete", path]).ok();
+    }
+    let text = sb.hostchan(&["metrics"]).ok().stdout;
+    check(&text);
+    assert!(!text.contains("hostchan_channel_size_bytes{"), "{text}");
+    assert!(
+        text.contains("hostchan_node_channels_size_bytes 0\n"),
+        "{text}"
+    );
+}

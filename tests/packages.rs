@@ -56,6 +56,7 @@ const MAN_PAGES: &[&str] = &[
     "hostchan-delete",
     "hostchan-gc",
     "hostchan-list",
+    "hostchan-metrics",
     "hostchan-nri",
     "hostchan-oci-hook",
     "hostchan-status",

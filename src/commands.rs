@@ -149,11 +149,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
         Command::List => channels.list().map(|channels| {
             Report::List(Listing {
                 channels,
-                // A configuration that cannot be read does not keep anyone from listing.
-                node_budget: config
-                    .load()
-                    .ok()
-                    .map(|loaded| loaded.node.effective_max_total_size),
+                node_budget: node_budget(config),
             })
         }),
         Command::Metrics => channels.list().map(|listed| {
@@ -161,10 +157,7 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             Report::Metrics(crate::metrics::render(
                 &listed,
                 &mut |path| usage.of(path),
-                config
-                    .load()
-                    .ok()
-                    .map(|loaded| loaded.node.effective_max_total_size),
+                node_budget(config),
             ))
         }),
         Command::Status { channel } => channels
@@ -213,6 +206,15 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
             .map(Report::Cleanup),
         Command::Nri(_) => unreachable!("run as a service above"),
     }
+}
+
+/// `node.max_total_size` in bytes, as `list` and `metrics` show it: a configuration that
+/// cannot be read keeps nobody from looking at the channels.
+fn node_budget(config: &ConfigSource) -> Option<u64> {
+    config
+        .load()
+        .ok()
+        .map(|loaded| loaded.node.effective_max_total_size)
 }
 
 /// The unit this process runs as, when it is one of hostchan's own (the cleanup unit's

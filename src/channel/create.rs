@@ -2,25 +2,25 @@
 //! them in their container; all or none.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use serde::Serialize;
 
 use super::keeper::ensure_keeper;
 use super::leftover::{being_made, Standing};
+use super::neighbours::{check_among_channels, check_node_budget};
 use super::request::{AttachTo, CreateOptions};
 use super::teardown::OnError;
 use super::{seconds_since_epoch, ChannelInfo, Channels};
-use crate::config::{Config, MaxSize};
+use crate::config::Config;
 use crate::error::{Context, Error, Kind, Result};
 use crate::fail_point;
-use crate::hostfs::{self, MadeDir};
+use crate::hostfs;
 use crate::inject::{self, AttachPoint};
 use crate::memory;
 use crate::model::{AskedBy, Attached, Channel, Lifetime, Owner};
 use crate::owner;
 use crate::record::{CreatorLock, Record, StoreLock};
-use crate::spec::{format_size, ChannelSpec};
+use crate::spec::ChannelSpec;
 use crate::systemd::{Memory, SystemdOps};
 use crate::unit_name;
 use crate::units::{self, ChannelUnits, TransientUnit, UnitInputs};
@@ -487,74 +487,6 @@ impl Channels {
     }
 }
 
-/// Refuses a channel that would take the sum of the node's channels past
-/// `node.max_total_size`. Checked with every record in hand under the records' write lock, so
-/// that creates racing each other cannot overshoot it together.
-fn check_node_budget(config: &Config, spec: &ChannelSpec, records: &[Record]) -> Result<()> {
-    let budget = config.node.effective_max_total_size;
-    let used: u64 = records.iter().map(|record| record.channel.spec.size).sum();
-    if used.saturating_add(spec.size) <= budget {
-        return Ok(());
-    }
-    let written = match config.node.max_total_size {
-        MaxSize::Bytes(bytes) => format_size(bytes),
-        percent => format!("{percent} ({})", format_size(budget)),
-    };
-    Err(Error::runtime(format!(
-        "cannot create channel {} ({}): the node's channels would come to {}, over node.max_total_size = {written} in {}; {} channels use {}, {} is left; delete a channel or raise node.max_total_size",
-        spec.host_path.display(),
-        format_size(spec.size),
-        format_size(used.saturating_add(spec.size)),
-        config.origin(),
-        records.len(),
-        format_size(used),
-        format_size(budget.saturating_sub(used)),
-    )))
-}
-
-/// Refuses a host path that is, is inside, or holds another channel, and returns the
-/// directories other channels' creation made above it: recorded with this channel too, so that
-/// whichever channel goes last removes them (each goes only while empty).
-fn check_among_channels(host_path: &Path, unit: &str, records: &[Record]) -> Result<Vec<MadeDir>> {
-    let mut shared: Vec<MadeDir> = Vec::new();
-    for record in records {
-        // A racing create for the same path (or unit name) wrote its record since ours was
-        // looked for.
-        if host_path == record.host_path() || unit == record.unit() {
-            return Err(record.refuses(host_path));
-        }
-        if record.host_path().starts_with(host_path) {
-            return Err(Error::invalid(
-                "host path",
-                host_path.display().to_string(),
-                format!(
-                    "holds the channel {}, which a channel here would cover; choose another path",
-                    record.host_path().display()
-                ),
-            ));
-        }
-        if host_path.starts_with(record.host_path()) {
-            return Err(Error::invalid(
-                "host path",
-                host_path.display().to_string(),
-                format!(
-                    "is inside the channel {}; choose a path outside it",
-                    record.host_path().display()
-                ),
-            ));
-        }
-        for made in &record.made {
-            if made.path != record.host_path()
-                && host_path.starts_with(&made.path)
-                && !shared.contains(made)
-            {
-                shared.push(made.clone());
-            }
-        }
-    }
-    Ok(shared)
-}
-
 /// Whether the channel may be attached in the container of `attach.pid`: a process that exists,
 /// is a container's, in a mount namespace of its own, where `ro` would hold.
 fn check_attach_target(attach: &AttachTo, spec: &ChannelSpec) -> Result<()> {
@@ -606,9 +538,10 @@ fn new_channel_id() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::hostfs::MadeDir;
     use crate::model::tests::channel;
 
     fn made(paths: &[&str]) -> Vec<MadeDir> {

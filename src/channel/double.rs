@@ -401,7 +401,7 @@ fn a_create_refused_for_one_channel_takes_back_every_channel() {
 
     let scratch = Scratch::new("double-rollback");
     let root = scratch.0.join("host");
-    std::fs::create_dir_all(&root).expect("the scratch host root");
+    crate::hostfs::make_dir_nofollow(&root, 0o755).expect("the scratch host root");
     let paths = [root.join("ns/a"), root.join("ns/b")];
     let refused = crate::unit_name::mount_unit_name(&paths[1]);
     let double = Rc::new(Double {

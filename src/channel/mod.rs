@@ -8,6 +8,7 @@ mod gc;
 mod keeper;
 mod leftover;
 mod list;
+mod neighbours;
 mod pods;
 mod request;
 mod teardown;

@@ -94,6 +94,9 @@ impl Channels {
             None => None,
         };
         let mut all = Vec::new();
+        // How long the mount table has been still: a minute of it ends the prune, whatever it
+        // keeps finding.
+        let mut still = std::time::Duration::ZERO;
         loop {
             let deadline = std::time::Instant::now() + PRUNE_FOLLOWS_STOPS_FOR;
             loop {
@@ -109,12 +112,21 @@ impl Channels {
             };
             // Looks only when a recorded channel's path is not mounted (a delete removes its
             // own record a moment after its unmount): one look for a burst of changes.
+            // It also looks once a second while a recorded channel is unmounted, so that a
+            // change it missed (one during a pass that found a channel still going) cannot
+            // leave a record for the next gc.
             loop {
-                if !changes.wait(linger)? {
-                    return Ok(all);
+                let step = linger.min(std::time::Duration::from_secs(1));
+                if changes.wait(step)? {
+                    still = std::time::Duration::ZERO;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    while changes.wait(std::time::Duration::ZERO)? {}
+                } else {
+                    still += step;
+                    if still >= linger {
+                        return Ok(all);
+                    }
                 }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                while changes.wait(std::time::Duration::ZERO)? {}
                 let records = self.store.all()?;
                 if records
                     .iter()

@@ -49,20 +49,38 @@ fn plugin_times(namespace: &str) -> Vec<Duration> {
         .collect()
 }
 
-/// The plugin's own part of each CreateContainer of `namespace`'s pods: its time less the time
-/// it waited for systemd's answers (the "(systemd N ms)" of its line).
-fn plugin_own_times(namespace: &str) -> Vec<Duration> {
+/// The parts of each CreateContainer of `namespace`'s pods the plugin gave a channel, from
+/// its journal line `... in T ms (systemd S ms, waiting for a CPU C ms)`: (T less S, T less C).
+/// The first is its own part; the second its time had a CPU always been free for it.
+fn plugin_parts(namespace: &str) -> (Vec<Duration>, Vec<Duration>) {
     let prefix = format!("container {namespace}/");
+    let millis = |text: &str| text.parse::<f64>().ok().map(|m| m / 1000.0);
     sh("journalctl --no-pager -o cat -u hostchan-nri.service")
         .lines()
         .filter(|line| line.starts_with(&prefix) && !line.contains("refused"))
         .filter_map(|line| {
             let (before, after) = line.split_once(" ms (systemd ")?;
-            let total: f64 = before.rsplit_once(" in ")?.1.parse().ok()?;
-            let waited: f64 = after.split_once(" ms)")?.0.parse().ok()?;
-            Some(Duration::from_secs_f64((total - waited).max(0.0) / 1000.0))
+            let total = millis(before.rsplit_once(" in ")?.1)?;
+            let (waited, after) = after.split_once(" ms, waiting for a CPU ")?;
+            let cpu = millis(after.split_once(" ms)")?.0)?;
+            let waited = millis(waited)?;
+            Some((
+                Duration::from_secs_f64((total - waited).max(0.0)),
+                Duration::from_secs_f64((total - cpu).max(0.0)),
+            ))
         })
-        .collect()
+        .unzip()
+}
+
+/// How long the sandbox's PID 1 has waited for a CPU in all (/proc/1/schedstat).
+fn pid1_cpu_queue_time() -> Duration {
+    let line = std::fs::read_to_string("/proc/1/schedstat").unwrap_or_default();
+    Duration::from_nanos(
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// The plugin's resident set and its peak so far, in KiB (/proc/PID/status).
@@ -161,25 +179,33 @@ fn floor_one_at_a_time(cri: &Cri, rounds: usize) -> Vec<Duration> {
 
 /// `n` pods started at once as the kubelet starts them (each sandbox, then its container
 /// created and started right after): the CRI client's CreateContainer time for each, and the
-/// time from CreateContainer until StartContainer has returned (the container runs).
+/// time from CreateContainer until StartContainer has returned (the container runs), and how
+/// many CreateContainers were refused (the plugin fails closed when PID 1 does not answer
+/// within its deadline; the kubelet would ask again).
 fn kubelet_storm(
     cri: &Cri,
     namespace: &str,
     n: usize,
     channel: bool,
-) -> (Vec<Duration>, Vec<Duration>) {
+) -> (Vec<Duration>, Vec<Duration>, usize) {
     let started = cri.pods_started_at_once(namespace, n, &annotations(channel));
-    let creates = started
-        .iter()
-        .map(|(_, created)| created.as_ref().expect("CreateContainer").1)
-        .collect();
-    let runs = started
-        .iter()
-        .map(|(_, created)| created.as_ref().expect("CreateContainer").2)
-        .collect();
+    let mut refused = 0;
+    let (mut creates, mut runs) = (Vec::new(), Vec::new());
+    for (_, created) in &started {
+        match created {
+            Ok(created) => {
+                creates.push(created.1);
+                runs.push(created.2);
+            }
+            Err(e) => {
+                eprintln!("{namespace}: CreateContainer refused: {e}");
+                refused += 1;
+            }
+        }
+    }
     let pods: Vec<Pod> = started.into_iter().map(|(pod, _)| pod).collect();
     remove_pods(cri, &pods);
-    (creates, runs)
+    (creates, runs, refused)
 }
 
 /// CreateContainer for a pod with a channel while PID 1 is stopped for 3 s (bench/run's
@@ -269,11 +295,15 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let (with_one, with_one_running) = one_at_a_time(&cri, "bench", rounds, true);
     let plugin_one = plugin_times("bench");
     let without_storm = storm(&cri, "plainstorm", n, false);
+    let pid1_queued_before = pid1_cpu_queue_time();
     let with_storm = storm(&cri, "storm", n, true);
+    let pid1_queued = pid1_cpu_queue_time().saturating_sub(pid1_queued_before);
     let plugin_storm = plugin_times("storm");
     let floor_one = floor_one_at_a_time(&cri, rounds);
-    let (without_kubelet, without_kubelet_running) = kubelet_storm(&cri, "plainkubelet", n, false);
-    let (with_kubelet, with_kubelet_running) = kubelet_storm(&cri, "kubelet", n, true);
+    let (without_kubelet, without_kubelet_running, _) =
+        kubelet_storm(&cri, "plainkubelet", n, false);
+    let (with_kubelet, with_kubelet_running, kubelet_refused) =
+        kubelet_storm(&cri, "kubelet", n, true);
     let plugin_kubelet = plugin_times("kubelet");
     let stalled = stalled_creates(&cri, if tiny { 1 } else { 3 });
     let (after_rss, peak_rss) = plugin_memory();
@@ -301,8 +331,8 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             ms(plugin1.median.saturating_sub(floor.median))
         ),
     );
-    let own_one = plugin_own_times("bench");
-    let own_storm = plugin_own_times("storm");
+    let (own_one, cpu_free_one) = plugin_parts("bench");
+    let (own_storm, cpu_free_storm) = plugin_parts("storm");
     let own1 = Rows::timing(
         SECTION,
         &format!("plugin's own part (less its wait for systemd), 1 pod, {burst}"),
@@ -320,6 +350,27 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         &format!("  plugin's own part: {n} at once p95 / 1 pod median"),
         format!("{:.2}x", ratio(ownn.p95, own1.median)),
         "the rest is PID 1 answering later while it mounts other pods' channels".into(),
+    );
+    let cpu_free1 = Rows::timing(
+        SECTION,
+        &format!("plugin less its wait for a CPU, 1 pod, {burst}"),
+        &cpu_free_one,
+        "its time less its worker's run-queue delay (schedstat)".into(),
+    );
+    let cpu_freen = Rows::timing(
+        SECTION,
+        &format!("plugin less its wait for a CPU, {n} pods at once, {burst}"),
+        &cpu_free_storm,
+        format!(
+            "PID 1 waited {} for a CPU over these creates",
+            ms(pid1_queued)
+        ),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  plugin less its wait for a CPU: {n} at once p95 / 1 pod median"),
+        format!("{:.2}x", ratio(cpu_freen.p95, cpu_free1.median)),
+        "what is left once the wait for a CPU is taken out".into(),
     );
     let pluginn = Rows::timing(
         SECTION,
@@ -343,7 +394,7 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             "plugin, CreateContainer with a channel, {n} pods started as the kubelet does, {burst}"
         ),
         &plugin_kubelet,
-        "each sandbox, then its container right after".into(),
+        format!("each sandbox, then its container right after; {kubelet_refused} refused"),
     );
     Rows::line(
         SECTION,

@@ -449,7 +449,7 @@ fn a_killed_create_never_blocks_a_retry() {
         // A create killed before it wrote its record leaves only its empty lock file, and one
         // killed while replacing a record its staged copy: they block nothing, and gc removes
         // them.
-        assert!(sb.channel_units().is_empty(), "round {round}");
+        sb.wait_for(|| sb.channel_units().is_empty(), "the channel unit to go");
         assert!(sb.mount_options(&path).is_none(), "round {round}");
         assert!(!sb.path(&path).exists(), "round {round}");
         let records: Vec<String> = sb

@@ -516,7 +516,7 @@ fn bad_specs_and_owners_leave_nothing_behind() {
     );
     assert!(!sb.path("/run/jf").exists(), "made directories left");
 
-    assert_eq!(sb.channel_units(), Vec::<String>::new());
+    sb.wait_for(|| sb.channel_units().is_empty(), "the failed unit to go");
     assert_eq!(sb.record_files(), Vec::<String>::new());
     assert!(!sb.path("/run/x").exists() && !sb.path("/run/chan").exists());
     assert!(!sb.path("/run/ro/x").exists());

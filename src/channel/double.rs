@@ -154,9 +154,6 @@ impl SystemdOps for Rc<Double> {
     fn wait_until_gone(&self, _: &str, _: Duration) -> Result<bool> {
         Ok(true)
     }
-    fn wait_until_collected(&self, _: &str, _: Duration) -> Result<bool> {
-        Ok(true)
-    }
     fn nudge_collection(&self, _: &str) {}
 }
 

@@ -48,10 +48,6 @@ impl Errors {
     }
 }
 
-/// How long a teardown waits for systemd to unload a stopped mount unit (about a millisecond
-/// on an idle PID 1).
-const UNLOADED_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
-
 impl Channels {
     /// Takes these channels down, each step for all of them before the next:
     ///
@@ -144,12 +140,13 @@ impl Channels {
             }
             unmounted.push(stopped);
         }
-        // What a teardown returns means that systemd has nothing of the channel left: PID 1
-        // unloads a stopped unit in its next pass, after announcing the stop job's end. Not
-        // unloaded in time is no error (it is stopped); systemd unloads it later.
+        // PID 1 unloads a stopped unit in a pass after announcing its stop job's end, but
+        // systemd 252 may forget to when the mount's OnSuccess= unit was queued at that moment:
+        // a nudge has it look again. Not waited for, as systemd-umount does not wait: a create
+        // of the same path meanwhile waits for the old unit to go (`again_once_collected`).
         for (record, stopped) in records.iter().zip(&unmounted) {
             if *stopped {
-                let _ = systemd.wait_until_collected(record.unit(), UNLOADED_WITHIN);
+                systemd.nudge_collection(record.unit());
             }
         }
         errors.on_error = OnError::GoOn;

@@ -211,8 +211,38 @@ impl Plugin {
 /// What the worker came to, with the time it waited for systemd.
 enum Made {
     /// Every start job queued; the channels' bind mounts, answered before PID 1 mounts them.
-    Queued(Vec<api::Mount>, Duration),
-    Done(Result<Vec<api::Mount>>, Duration),
+    Queued(Vec<api::Mount>, Waits),
+    Done(Result<Vec<api::Mount>>, Waits),
+}
+
+/// What a request's worker waited for, beside its own work: systemd's answers, and a CPU (the
+/// time it was runnable but not running, which the journal line shows so that a slow answer
+/// on a busy node can be told from a slow plugin).
+#[derive(Debug, Clone, Copy, Default)]
+struct Waits {
+    systemd: Duration,
+    cpu: Duration,
+}
+
+impl Waits {
+    /// What the calling thread waited since `cpu_queue_before` ([`cpu_queue_time`]) and
+    /// for systemd since it last asked.
+    fn since(cpu_queue_before: Duration) -> Waits {
+        Waits {
+            systemd: systemd::take_time_waited(),
+            cpu: cpu_queue_time().saturating_sub(cpu_queue_before),
+        }
+    }
+}
+
+/// How long the calling thread has waited on a run queue in all, as the scheduler counts it
+/// (the second field of /proc/thread-self/schedstat, in ns); zero where the kernel does not say.
+fn cpu_queue_time() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
 }
 
 fn adjusted(mounts: Vec<api::Mount>) -> api::CreateContainerResponse {
@@ -355,25 +385,25 @@ impl api_ttrpc::Plugin for Plugin {
         );
         let race = Arc::new(Race::default());
         let worker = race.clone();
-        let (early, answered_early) =
-            tokio::sync::oneshot::channel::<(Vec<api::Mount>, Duration)>();
+        let (early, answered_early) = tokio::sync::oneshot::channel::<(Vec<api::Mount>, Waits)>();
         let early = Mutex::new(Some(early));
         let handler = self.handler.clone();
         let work = tokio::task::spawn_blocking(move || {
             systemd::take_time_waited();
+            let cpu_queue_before = cpu_queue_time();
             let made =
                 handler.create_container(&request.pod, &request.container, &worker, &|mounts| {
                     if let Some(early) = early.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                        let _ = early.send((mounts, systemd::take_time_waited()));
+                        let _ = early.send((mounts, Waits::since(cpu_queue_before)));
                     }
                 });
-            (made, systemd::take_time_waited())
+            (made, Waits::since(cpu_queue_before))
         });
         let made = tokio::time::timeout(self.deadline(), async {
             tokio::select! {
                 joined = work => {
                     let (made, waited) = joined.unwrap_or_else(|e| {
-                        (Err(Error::runtime(format!("the NRI plugin's worker failed: {e}"))), Duration::ZERO)
+                        (Err(Error::runtime(format!("the NRI plugin's worker failed: {e}"))), Waits::default())
                     });
                     Made::Done(made, waited)
                 }
@@ -385,10 +415,11 @@ impl api_ttrpc::Plugin for Plugin {
         let (made, waited) = match made {
             Some(Made::Queued(mounts, waited)) => {
                 tracing::info!(
-                    "container {name}: {} queued in {:.1} ms (systemd {:.1} ms); its start waits until it sees them",
+                    "container {name}: {} queued in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms); its start waits until it sees them",
                     handler::count_channels(mounts.len()),
                     started.elapsed().as_secs_f64() * 1000.0,
-                    waited.as_secs_f64() * 1000.0
+                    waited.systemd.as_secs_f64() * 1000.0,
+                    waited.cpu.as_secs_f64() * 1000.0
                 );
                 return Ok(adjusted(mounts));
             }
@@ -400,13 +431,13 @@ impl api_ttrpc::Plugin for Plugin {
                     "systemd did not answer within {:.1} s; the container is refused, and whatever was made for it is taken back",
                     self.deadline().as_secs_f64()
                 ))),
-                self.deadline(),
+                Waits::default(),
             ),
             None => (
                 Err(Error::runtime(
                     "the channels were made just past the deadline and are being taken back; the kubelet will try again",
                 )),
-                self.deadline(),
+                Waits::default(),
             ),
         };
         let mounts = made.map_err(|e| {
@@ -421,10 +452,11 @@ impl api_ttrpc::Plugin for Plugin {
         }
         // The time the runtime waited for us, against its request timeout (2 s by default).
         tracing::info!(
-            "container {name}: {} in {:.1} ms (systemd {:.1} ms)",
+            "container {name}: {} in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms)",
             handler::count_channels(mounts.len()),
             started.elapsed().as_secs_f64() * 1000.0,
-            waited.as_secs_f64() * 1000.0
+            waited.systemd.as_secs_f64() * 1000.0,
+            waited.cpu.as_secs_f64() * 1000.0
         );
         Ok(adjusted(mounts))
     }

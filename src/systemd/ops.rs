@@ -27,8 +27,6 @@ pub trait SystemdOps {
     fn queue_stop(&self, name: &str) -> Result<Option<Job>>;
     fn wait(&self, jobs: &[Job]) -> Result<Vec<JobOutcome>>;
     fn wait_until_gone(&self, name: &str, limit: Duration) -> Result<bool>;
-    /// Whether a stopped unit is unloaded within `limit` (see [`Systemd::wait_until_collected`]).
-    fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool>;
     /// See [`Systemd::nudge_collection`].
     fn nudge_collection(&self, name: &str);
 }
@@ -75,9 +73,6 @@ impl SystemdOps for Systemd {
     }
     fn wait_until_gone(&self, name: &str, limit: Duration) -> Result<bool> {
         Systemd::wait_until_gone(self, name, limit)
-    }
-    fn wait_until_collected(&self, name: &str, limit: Duration) -> Result<bool> {
-        Systemd::wait_until_collected(self, name, limit)
     }
     fn nudge_collection(&self, name: &str) {
         Systemd::nudge_collection(self, name)

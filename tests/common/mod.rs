@@ -397,11 +397,15 @@ impl Sandbox {
 
     /// Asserts that nothing of a channel is left: no directory, mount, unit or record. A record
     /// of a channel under /run whose owner stopped goes a moment after its unit, by the prune
-    /// the mount's stop starts: that is waited for (a delete removes it before it returns).
+    /// the mount's stop starts, and PID 1 unloads a stopped unit in a pass after its stop job
+    /// ended (a delete returns at the job's end, as systemd-umount does): both are waited for,
+    /// up to 10 s (a unit systemd forgot to unload stays for good, and fails this).
     #[track_caller]
     pub fn assert_no_trace(&self, host_path: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.record_files().is_empty() && Instant::now() < deadline {
+        while (!self.record_files().is_empty() || !self.channel_units().is_empty())
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!self.path(host_path).exists(), "{host_path} still exists");

@@ -10,7 +10,7 @@ use crate::channel::{Ask, AttachTo, Channels, CreateOptions, Created, Given};
 use crate::config::{Config, DeleteLifetime};
 use crate::error::{Error, Kind, Result};
 use crate::kube;
-use crate::model::{AskedBy, Lifetime};
+use crate::model::{AskedBy, Lifetime, Tenant};
 use crate::owner::AskedOwner;
 use crate::spec::{self, ChannelSpec, RootOwner};
 
@@ -19,6 +19,11 @@ use crate::spec::{self, ChannelSpec, RootOwner};
 pub const LIFETIME_ANNOTATION: &str = "io.hostchan.lifetime";
 /// `UID:GID`: the owner of the channels' root directories (a user-namespaced container's root).
 pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
+/// A size: the container gets a channel of that size at `/dev/shm`, in place of the runtime's
+/// (see [`shm_spec`] for where it lives and whose it is).
+pub const SHM_SIZE_ANNOTATION: &str = "io.hostchan.shm-size";
+/// The container path of the channel [`SHM_SIZE_ANNOTATION`] asks for.
+const SHM: &str = "/dev/shm";
 
 /// What the runtime, not the annotations, says about the container.
 #[derive(Clone)]
@@ -131,7 +136,7 @@ fn parse_kube_lifetime(text: &str) -> Result<KubeLifetime> {
 /// sandbox, a container not named by any channel annotation, no annotations at all).
 pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<AnnotatedChannels>> {
     let asked = kube::channel_annotations(container.annotations)?;
-    if asked.is_empty() {
+    if asked.is_empty() && !container.annotations.contains_key(SHM_SIZE_ANNOTATION) {
         return Ok(None);
     }
     let pod = match &container.pod {
@@ -139,7 +144,9 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
         None => kube::Pod::of(container.annotations)?,
     };
     let annotations = kube::for_this_container(asked, &pod);
-    if annotations.is_empty() {
+    let for_pod = matches!(container.caller, Caller::Nri { .. });
+    let shm = shm_spec(config, container.annotations, &pod, container.id, for_pod)?;
+    if annotations.is_empty() && shm.is_none() {
         return Ok(None);
     }
     let asked_lifetime = container
@@ -184,11 +191,17 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
         .map_err(|e: Error| e.context(format!("annotation {ROOT_OWNER_ANNOTATION}")))?;
     // The count first, so that a container asking for 100,000 channels is refused before one
     // of them is parsed.
-    check_channel_count(config, container.id, annotations.len())?;
+    check_channel_count(
+        config,
+        container.id,
+        annotations.len() + usize::from(shm.is_some()),
+    )?;
     // Every annotation is checked before anything is looked up on the machine (the owner).
     let asked_by = AskedBy::Annotations(pod.tenant(container.id));
     let parsed = parse_specs(config, &annotations, &pod, container.id)?;
-    let specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
+    let mut specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
+    specs.extend(shm.clone());
+    check_shm_once(&parsed, shm.is_some())?;
     check_container_bounds(config, container.id, &specs)?;
     let attach = container.attach.map(|attach| attach()).transpose()?;
     let ask = Ask {
@@ -202,21 +215,117 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
             ..Given::by(asked_by)
         },
     };
+    // Through the plugin, /dev/shm is the pod's, whatever the lifetime of the other channels.
+    let shm_ask = match &container.caller {
+        Caller::Nri { sandbox } => Ask {
+            container: None,
+            pod: Some(sandbox.clone()),
+            lifetime: Some(Lifetime::Pod),
+            ..ask.clone()
+        },
+        Caller::Hook { .. } => ask.clone(),
+    };
+    let mut requests = Vec::new();
     let mut parsed = parsed.into_iter();
-    let Some(first) = parsed.next() else {
+    if let Some(first) = parsed.next() {
+        // The owner is resolved once, for the first; the others share it.
+        let base = CreateOptions::new(config, first.spec, ask)?;
+        requests.push(Annotated {
+            annotation: first.key,
+            options: base.clone(),
+        });
+        requests.extend(parsed.map(|one| Annotated {
+            annotation: one.key,
+            options: base.for_spec(one.spec),
+        }));
+    }
+    if let Some(shm) = shm {
+        requests.push(Annotated {
+            annotation: SHM_SIZE_ANNOTATION.to_owned(),
+            options: CreateOptions::new(config, shm, shm_ask)?,
+        });
+    }
+    Ok(Some(AnnotatedChannels(requests)))
+}
+
+/// The `/dev/shm` channel [`SHM_SIZE_ANNOTATION`] asks for, if it does; `None` for a pod's
+/// sandbox. It lies in the tenant's subtree of the first of `hook.allowed_roots`, so that a host
+/// daemon finds it by name:
+/// - for the NRI plugin (`for_pod`), one for the whole pod, shared by its containers and gone
+///   with the pod: `<root>/<namespace>/<pod uid>/shm`;
+/// - for the hook, one per container, with the container's lifetime:
+///   `<root>/<namespace>/<container id>/shm`, or `<root>/<container id>/shm` outside a pod.
+///
+/// Its size is bounded as any channel's.
+fn shm_spec(
+    config: &Config,
+    annotations: &BTreeMap<String, String>,
+    pod: &kube::Pod,
+    container_id: &str,
+    for_pod: bool,
+) -> Result<Option<ChannelSpec>> {
+    let Some(size) = annotations.get(SHM_SIZE_ANNOTATION) else {
         return Ok(None);
     };
-    // The owner is resolved once, for the first; the others share it.
-    let base = CreateOptions::new(config, first.spec, ask)?;
-    let mut requests = vec![Annotated {
-        annotation: first.key,
-        options: base.clone(),
-    }];
-    requests.extend(parsed.map(|one| Annotated {
-        annotation: one.key,
-        options: base.for_spec(one.spec),
-    }));
-    Ok(Some(AnnotatedChannels(requests)))
+    if pod.sandbox {
+        return Ok(None);
+    }
+    let in_annotation = |e: Error| e.context(format!("annotation {SHM_SIZE_ANNOTATION}"));
+    // Checked alone first: a size with a ':' in it is a bad size, not a spec with more fields.
+    spec::parse_size(size).map_err(in_annotation)?;
+    let Some(root) = config.hook.allowed_roots.first() else {
+        return Err(Error::config(format!(
+            "hook.allowed_roots in {} is empty: a /dev/shm channel has nowhere to go",
+            config.origin()
+        )));
+    };
+    let tenant = pod.tenant(container_id);
+    let mut host = root.join(tenant.subtree_name());
+    let holder = if for_pod {
+        match (&pod.namespace, &pod.uid) {
+            (Some(_), Some(uid)) => Some(uid.as_str()),
+            _ => {
+                return Err(in_annotation(Error::invalid(
+                    "pod",
+                    container_id,
+                    "the runtime did not say the pod's namespace and uid, which name its /dev/shm channel",
+                )))
+            }
+        }
+    } else {
+        matches!(tenant, Tenant::Namespace(_)).then_some(container_id)
+    };
+    if let Some(holder) = holder {
+        if !kube::is_plain_value(holder) {
+            return Err(in_annotation(Error::invalid(
+                "name",
+                holder,
+                "cannot name a directory of the /dev/shm channel: only letters, digits and _.- may",
+            )));
+        }
+        host.push(holder);
+    }
+    host.push("shm");
+    let text = format!("{}:{SHM}:rw:{size}", host.display());
+    ChannelSpec::parse(&text, &config.limits())
+        .map(Some)
+        .map_err(in_annotation)
+}
+
+/// A container gets one `/dev/shm`: a channel annotation for it and the size annotation would
+/// mount two channels there.
+fn check_shm_once(parsed: &[Parsed], shm_asked: bool) -> Result<()> {
+    match parsed
+        .iter()
+        .find(|one| one.spec.container_path == std::path::Path::new(SHM))
+    {
+        Some(one) if shm_asked => Err(Error::invalid(
+            "annotation",
+            &one.key,
+            format!("also asks for {SHM}, which {SHM_SIZE_ANNOTATION} gives; keep one of them"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One channel annotation, expanded and parsed.
@@ -255,11 +364,18 @@ pub fn asked_channels(
     container_id: &str,
 ) -> Result<Vec<ChannelSpec>> {
     let asked = kube::for_this_container(kube::channel_annotations(annotations)?, pod);
-    check_channel_count(config, container_id, asked.len())?;
-    Ok(parse_specs(config, &asked, pod, container_id)?
+    let shm = shm_spec(config, annotations, pod, container_id, true)?;
+    check_channel_count(
+        config,
+        container_id,
+        asked.len() + usize::from(shm.is_some()),
+    )?;
+    let mut specs: Vec<ChannelSpec> = parse_specs(config, &asked, pod, container_id)?
         .into_iter()
         .map(|one| one.spec)
-        .collect())
+        .collect();
+    specs.extend(shm);
+    Ok(specs)
 }
 
 /// Whether a hook's channels may outlive the container's stops: only where the operator allows
@@ -569,5 +685,145 @@ mod tests {
             ("io.hostchan.channel.b", "/run/hostchan/c1/b:/b:rw:4k"),
         ]);
         assert!(requests(&small, &container(&two)).is_err());
+    }
+
+    fn pod_container<'a>(annotations: &'a BTreeMap<String, String>) -> Container<'a> {
+        Container {
+            id: "c1",
+            annotations,
+            pod: Some(kube::Pod::of_runtime("web", "shop", "u-1", "app").unwrap()),
+            owner: AskedOwner::Unit("cri-containerd-pod1.scope".into()),
+            root_mapping: None,
+            caller: Caller::Nri {
+                sandbox: "pod1".into(),
+            },
+            attach: None,
+        }
+    }
+
+    #[test]
+    fn shm_size_gives_the_pod_one_dev_shm_channel() {
+        let asked = annotations(&[
+            (SHM_SIZE_ANNOTATION, "2G"),
+            (
+                "io.hostchan.channel",
+                "/run/hostchan/shop/{pod_uid}/a:/a:rw:1M",
+            ),
+        ]);
+        let made = requests(&config(""), &pod_container(&asked))
+            .unwrap()
+            .unwrap();
+        let shm = &made.0[1];
+        assert_eq!(shm.annotation, SHM_SIZE_ANNOTATION);
+        let options = &shm.options;
+        assert_eq!(
+            options.spec.host_path,
+            Path::new("/run/hostchan/shop/u-1/shm")
+        );
+        assert_eq!(options.spec.container_path, Path::new("/dev/shm"));
+        assert_eq!(options.spec.size, 2 << 30);
+        assert_eq!(options.spec.access, spec::Access::Rw);
+        // The pod's, whatever the other channels' lifetime (here the container's).
+        assert_eq!(options.lifetime, Lifetime::Pod);
+        assert_eq!(options.container, None);
+        assert_eq!(options.pod.as_deref(), Some("pod1"));
+        assert_eq!(made.0[0].options.lifetime, Lifetime::Container);
+
+        // Alone, too.
+        let alone = annotations(&[(SHM_SIZE_ANNOTATION, "64M")]);
+        let made = requests(&config(""), &pod_container(&alone))
+            .unwrap()
+            .unwrap();
+        assert_eq!(made.0.len(), 1);
+        assert_eq!(made.0[0].options.spec.size, 64 << 20);
+        let specs = asked_channels(
+            &config(""),
+            &alone,
+            &kube::Pod::of_runtime("web", "shop", "u-1", "app").unwrap(),
+            "c1",
+        )
+        .unwrap();
+        assert_eq!(specs, vec![made.0[0].options.spec.clone()]);
+    }
+
+    #[test]
+    fn shm_size_through_the_hook_is_the_containers() {
+        let asked = annotations(&[(SHM_SIZE_ANNOTATION, "16M")]);
+        let made = requests(&config(""), &container(&asked)).unwrap().unwrap();
+        let options = &made.0[0].options;
+        assert_eq!(options.spec.host_path, Path::new("/run/hostchan/c1/shm"));
+        assert_eq!(options.lifetime, Lifetime::Stop);
+        assert_eq!(options.container.as_deref(), Some("c1"));
+        // In a pod (CRI-O's annotations): the namespace's subtree, one per container.
+        let in_pod = annotations(&[
+            (SHM_SIZE_ANNOTATION, "16M"),
+            ("io.kubernetes.pod.namespace", "shop"),
+            ("io.kubernetes.pod.name", "web"),
+        ]);
+        let made = requests(&config(""), &container(&in_pod)).unwrap().unwrap();
+        assert_eq!(
+            made.0[0].options.spec.host_path,
+            Path::new("/run/hostchan/shop/c1/shm")
+        );
+        // Not the sandbox's.
+        let sandbox = annotations(&[
+            (SHM_SIZE_ANNOTATION, "16M"),
+            ("io.kubernetes.cri-o.ContainerType", "sandbox"),
+        ]);
+        assert!(requests(&config(""), &container(&sandbox))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn shm_size_is_bounded_and_checked_like_any_channel() {
+        let refused = |pairs: &[(&str, &str)], config_text: &str| {
+            let asked = annotations(pairs);
+            requests(&config(config_text), &pod_container(&asked))
+                .unwrap_err()
+                .to_string()
+        };
+        let text = refused(&[(SHM_SIZE_ANNOTATION, "9G")], "");
+        assert!(
+            text.contains(SHM_SIZE_ANNOTATION) && text.contains("9G"),
+            "{text}"
+        );
+        let text = refused(&[(SHM_SIZE_ANNOTATION, "1G:/x")], "");
+        assert!(text.contains("size"), "{text}");
+        let text = refused(
+            &[(SHM_SIZE_ANNOTATION, "2M")],
+            "[channels]\nmax_size = \"1M\"\n",
+        );
+        assert!(text.contains(SHM_SIZE_ANNOTATION), "{text}");
+        let text = refused(
+            &[
+                (SHM_SIZE_ANNOTATION, "2M"),
+                (
+                    "io.hostchan.channel.mine",
+                    "/run/hostchan/shop/x:/dev/shm:rw:1M",
+                ),
+            ],
+            "",
+        );
+        assert!(
+            text.contains("io.hostchan.channel.mine") && text.contains("keep one"),
+            "{text}"
+        );
+        let text = refused(
+            &[
+                (SHM_SIZE_ANNOTATION, "2M"),
+                ("io.hostchan.channel", "/run/hostchan/shop/x:/x:rw:1M"),
+            ],
+            "[hook]\nmax_channels_per_container = 1\n",
+        );
+        assert!(text.contains("max_channels_per_container"), "{text}");
+        // A pod uid that would climb out of the subtree names nothing.
+        let asked = annotations(&[(SHM_SIZE_ANNOTATION, "2M")]);
+        let mut odd = pod_container(&asked);
+        odd.pod = Some(kube::Pod::of_runtime("web", "shop", "..", "app").unwrap());
+        let text = requests(&config(""), &odd).unwrap_err().to_string();
+        assert!(text.contains("cannot name a directory"), "{text}");
+        odd.pod = Some(kube::Pod::of_runtime("web", "", "u-1", "app").unwrap());
+        assert!(requests(&config(""), &odd).is_err());
     }
 }

@@ -267,11 +267,7 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
                 ),
             ));
         };
-        let plain = value.len() <= 253
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !plain || value.is_empty() || value == "." || value == ".." {
+        if !is_plain_value(value) {
             return Err(Error::invalid(
                 "host path",
                 host,
@@ -289,6 +285,18 @@ pub fn expand(spec: &str, pod: &Pod, container_id: &str) -> Result<String> {
         Some(rest) => format!("{expanded}:{rest}"),
         None => expanded,
     })
+}
+
+/// Whether a value from the runtime may be one path component: 1 to 253 letters, digits and
+/// `_.-`, not `.` or `..` (so that it never adds a component or climbs out of one).
+pub fn is_plain_value(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 253
+        && value != "."
+        && value != ".."
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// `{pod_uid}, {pod_namespace}, ...`, for messages.

@@ -213,6 +213,49 @@ fn runc_with_the_hook_gets_its_channels_without_calling_hostchan() {
     assert!(!sb.path("/run/hostchan/hk1").exists());
 }
 
+/// `io.hostchan.shm-size` through the hook: the container's /dev/shm is a channel of that size
+/// (over the runtime's 64 MiB one), for engines without a --shm-size of their own.
+#[test]
+fn the_hook_gives_a_dev_shm_of_the_size_asked() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("runc-shm");
+    let bundle = runc_bundle(&dir.0, "shm1", |c| {
+        with_hooks(c, &[("io.hostchan.shm-size", "8M")])
+    });
+    sb.runc_start(&bundle, "shm1").ok();
+    let host_path = "/run/hostchan/shm1/shm";
+    let options = sb.mount_options(host_path).expect("mounted on the host");
+    assert!(options.contains("size=8192k"), "{options}");
+    let out = sb
+        .runc_exec(
+            "shm1",
+            "grep ' /dev/shm ' /proc/self/mountinfo | tail -1; df -k /dev/shm | tail -1",
+        )
+        .ok()
+        .stdout;
+    let (top, df) = out.split_once('\n').expect("two lines");
+    assert!(
+        top.contains(" - tmpfs ") && top.contains("size=8192k"),
+        "{out}"
+    );
+    assert_eq!(df.split_whitespace().nth(1), Some("8192"), "{out}");
+    sb.runc_exec("shm1", "echo seg > /dev/shm/s").ok();
+    assert_eq!(
+        fs::read_to_string(sb.path(&format!("{host_path}/s"))).unwrap(),
+        "seg\n"
+    );
+    let out = sb.runc_exec("shm1", "dd if=/dev/zero of=/dev/shm/big bs=1M count=16");
+    assert!(out.stderr.contains("No space left on device"), "{out:#?}");
+
+    sb.runc(&["kill", "shm1", "KILL"]).ok();
+    sb.wait_for(
+        || sb.runc(&["state", "shm1"]).stdout.contains("stopped"),
+        "shm1 to stop",
+    );
+    sb.runc(&["delete", "shm1"]).ok();
+    sb.assert_no_trace(host_path);
+}
+
 #[test]
 fn a_bad_annotation_fails_the_container_and_leaves_nothing() {
     let sb = Sandbox::boot();
@@ -541,6 +584,30 @@ fn podman_with_the_shipped_hook_file_on(runtime: &str) {
     sb.assert_no_trace(&format!("/run/hostchan/{id}/a"));
     sb.assert_no_trace(&format!("/run/hostchan/{id}/b"));
     assert!(!sb.path(&format!("/run/hostchan/{id}")).exists());
+
+    // The shipped file runs the hook for a /dev/shm size alone too: podman's own --shm-size
+    // has no host path to share and no place in systemd.
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--annotation",
+        "io.hostchan.shm-size=8M",
+        "--rootfs",
+        &rootfs,
+        "sh",
+        "-c",
+        "df -k /dev/shm | tail -1",
+    ])
+    .ok()
+    .stdout;
+    assert_eq!(out.split_whitespace().nth(1), Some("8192"), "{out}");
+    sb.wait_for(|| sb.channel_units().is_empty(), "the channel units to go");
+    sb.wait_for(
+        || sb.record_files().is_empty(),
+        "the /dev/shm channel's record to go",
+    );
 
     // A bad spec: podman run fails with hostchan's message, and nothing is left.
     let out = podman(&[

@@ -261,6 +261,82 @@ fn a_pod_lifetime_channel_outlives_a_container_restart_and_goes_with_the_pod() {
 }
 
 #[test]
+fn shm_size_gives_every_container_of_the_pod_one_dev_shm_of_that_size() {
+    let node = Node::start();
+    // The pod's own /dev/shm, in its namespace's subtree under its uid.
+    let host_path = "/run/hostchan/team-a/uid-team-a-ml/shm";
+    let pod = node.run_pod("team-a", "ml", &[("io.hostchan.shm-size", "8M")]);
+    let trainer = node.run_container(&pod, "trainer", 0);
+    let loader = node.run_container(&pod, "loader", 0);
+
+    let options = node
+        .sandbox
+        .mount_options(host_path)
+        .expect("the pod's /dev/shm channel is mounted on the host");
+    assert!(options.contains("size=8192k"), "{options}");
+    let unit = hostchan::mount_unit_name(std::path::Path::new(host_path));
+    assert_eq!(
+        node.sandbox.property(&unit, "BindsTo"),
+        format!("cri-containerd-{}.scope", pod.id),
+        "the pod's, bound to its sandbox"
+    );
+    for container in [&trainer, &loader] {
+        // containerd's 64 MiB /dev/shm is replaced: what is at /dev/shm is the channel (under
+        // it, only the bind of the channel's host directory that the tmpfs reached by
+        // propagation when the plugin answered before PID 1 mounted it).
+        let (code, out) = node.exec(
+            container,
+            "grep ' /dev/shm ' /proc/self/mountinfo; df -k /dev/shm | tail -1",
+        );
+        assert_eq!(code, 0, "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        let (df, mounts) = lines.split_last().expect("output");
+        assert!(
+            !out.contains("size=65536k"),
+            "the runtime's /dev/shm is left: {out}"
+        );
+        let top = mounts.last().copied().unwrap_or_default();
+        assert!(
+            top.contains(" - tmpfs ") && top.contains("size=8192k"),
+            "{out}"
+        );
+        assert!(
+            mounts
+                .iter()
+                .all(|line| line.contains("/hostchan/team-a/uid-team-a-ml/shm ")
+                    || line.contains("size=8192k")),
+            "only the channel at /dev/shm: {out}"
+        );
+        assert_eq!(df.split_whitespace().nth(1), Some("8192"), "{out}");
+    }
+    // Written by one, read by the other and by the host.
+    assert_eq!(node.exec(&trainer, "echo batch-1 > /dev/shm/b").0, 0);
+    let (code, out) = node.exec(&loader, "cat /dev/shm/b");
+    assert_eq!((code, out.as_str()), (0, "batch-1\n"));
+    assert_eq!(node.host(&format!("cat {host_path}/b")), "batch-1\n");
+    // The size holds.
+    let (code, out) = node.exec(&loader, "dd if=/dev/zero of=/dev/shm/big bs=1M count=16");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+
+    // A container's end leaves the pod's /dev/shm; the pod's end takes it.
+    node.remove_container(&trainer);
+    assert!(node.sandbox.mount_options(host_path).is_some());
+    node.remove_container(&loader);
+    node.remove_pod(&pod);
+    node.sandbox.assert_no_trace(host_path);
+
+    // A pod without the annotation keeps containerd's own 64 MiB /dev/shm.
+    let plain = node.run_pod("team-a", "plain", &[]);
+    let container = node.run_container(&plain, "app", 0);
+    let (code, out) = node.exec(&container, "df -k /dev/shm | tail -1");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.split_whitespace().nth(1), Some("65536"), "{out}");
+    node.remove_container(&container);
+    node.remove_pod(&plain);
+}
+
+#[test]
 fn a_bad_annotation_fails_the_containers_creation_and_leaves_nothing() {
     let node = Node::start();
     let pod = node.run_pod(

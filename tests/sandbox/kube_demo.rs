@@ -1,7 +1,7 @@
 //! The Kubernetes half of the demo (`./demo kubernetes` runs it inside the sandboxed systemd,
 //! beside containerd and `hostchan nri`): a pod asks for a channel in its annotations, the
 //! CRI calls a kubelet would make run it, and the channel is seen from both sides, refused to
-//! another namespace, and gone with the container.
+//! another namespace, and gone with the container; and a pod gets a 1 GiB /dev/shm.
 
 #[path = "../common/cri.rs"]
 mod cri;
@@ -82,6 +82,33 @@ fn main() {
     say("The size holds inside the container");
     let (_, out) = cri.exec(&app, "dd if=/dev/zero of=/logs/big bs=1M count=64 2>&1");
     print!("app$ dd if=/dev/zero of=/logs/big bs=1M count=64\n{out}");
+
+    say("A pod asks for a 1 GiB /dev/shm, which containerd alone gives at 64 MiB, whatever asked");
+    let shm = ("io.hostchan.shm-size", "1G");
+    println!("  annotations: {}: \"{}\"", shm.0, shm.1);
+    let trainer = cri.run_pod("team-a", "trainer", &[shm]);
+    let torch = cri.run_container(&trainer, "torch", 0);
+    let loader = cri.run_container(&trainer, "loader", 0);
+    let (_, out) = cri.exec(&torch, "df -h /dev/shm; echo batch-1 > /dev/shm/ring");
+    print!("torch$ df -h /dev/shm\n{out}");
+    let (_, out) = cri.exec(&loader, "cat /dev/shm/ring");
+    print!("loader$ cat /dev/shm/ring\n{out}");
+    let (_, out) = cri.exec(&sidecar, "df -h /dev/shm");
+    print!("(pod web, no annotation) sidecar$ df -h /dev/shm\n{out}");
+    let shm_path = "/run/hostchan/team-a/uid-team-a-trainer/shm";
+    show(&["findmnt", shm_path]);
+    show(&["cat", &format!("{shm_path}/ring")]);
+    cri.remove_container(&torch);
+    cri.remove_container(&loader);
+    cri.remove_pod(&trainer);
+    for _ in 0..100 {
+        if !std::path::Path::new(shm_path).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    println!("(the pod removed)");
+    show(&["ls", "-d", shm_path]);
 
     say("A pod in namespace team-b names team-a's directory: its container is not created");
     let intruder = cri.run_pod(

@@ -22,6 +22,9 @@ pub const ROOT_OWNER_ANNOTATION: &str = "io.hostchan.root-owner";
 /// A size: the container gets a channel of that size at `/dev/shm`, in place of the runtime's
 /// (see [`shm_spec`] for where it lives and whose it is).
 pub const SHM_SIZE_ANNOTATION: &str = "io.hostchan.shm-size";
+/// `clear` or `keep` (the default): whether the container's channels that outlive its runs (the
+/// `pod` and `delete` lifetimes) start empty when it is started again.
+pub const ON_RESTART_ANNOTATION: &str = "io.hostchan.on-restart";
 /// The container path of the channel [`SHM_SIZE_ANNOTATION`] asks for.
 const SHM: &str = "/dev/shm";
 
@@ -198,6 +201,21 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
     )?;
     // Every annotation is checked before anything is looked up on the machine (the owner).
     let asked_by = AskedBy::Annotations(pod.tenant(container.id));
+    let clear_on_restart = match container
+        .annotations
+        .get(ON_RESTART_ANNOTATION)
+        .map(String::as_str)
+    {
+        None | Some("keep") => false,
+        Some("clear") => true,
+        Some(other) => {
+            return Err(Error::invalid(
+                "annotation",
+                format!("{ON_RESTART_ANNOTATION}={other}"),
+                "must be clear or keep",
+            ))
+        }
+    };
     let parsed = parse_specs(config, &annotations, &pod, container.id)?;
     let mut specs: Vec<ChannelSpec> = parsed.iter().map(|one| one.spec.clone()).collect();
     specs.extend(shm.clone());
@@ -212,6 +230,11 @@ pub fn requests(config: &Config, container: &Container<'_>) -> Result<Option<Ann
         given: Given {
             root_owner,
             attach,
+            clear_on_restart,
+            pod_container: match container.caller {
+                Caller::Nri { .. } => pod.container.clone(),
+                Caller::Hook { .. } => None,
+            },
             ..Given::by(asked_by)
         },
     };
@@ -825,5 +848,28 @@ mod tests {
         assert!(text.contains("cannot name a directory"), "{text}");
         odd.pod = Some(kube::Pod::of_runtime("web", "", "u-1", "app").unwrap());
         assert!(requests(&config(""), &odd).is_err());
+    }
+
+    #[test]
+    fn on_restart_is_clear_or_keep() {
+        let ask = |value: &str| {
+            let asked = annotations(&[
+                ("io.hostchan.channel", "/run/hostchan/shop/a:/a:rw:1M"),
+                (LIFETIME_ANNOTATION, "pod"),
+                (ON_RESTART_ANNOTATION, value),
+            ]);
+            requests(&config(""), &pod_container(&asked)).map(|made| {
+                let given = &made.unwrap().0[0].options.given;
+                (given.clear_on_restart, given.pod_container.clone())
+            })
+        };
+        assert_eq!(ask("clear").unwrap(), (true, Some("app".into())));
+        assert_eq!(ask("keep").unwrap(), (false, Some("app".into())));
+        let refused = ask("wipe").unwrap_err();
+        assert_eq!(refused.exit_code(), 2);
+        assert!(
+            refused.to_string().contains("io.hostchan.on-restart=wipe"),
+            "{refused}"
+        );
     }
 }

@@ -120,11 +120,11 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 pod: None,
                 lifetime: args.lifetime,
                 given: Given {
-                    asked_by: AskedBy::Cli,
                     root_owner,
                     attach: args.pid.map(|pid| AttachTo { pid, rootfs: None }),
                     grow_memory_limit: args.grow_memory_limit,
                     dry_run: args.dry_run,
+                    ..Given::by(AskedBy::Cli)
                 },
             };
             let options = CreateOptions::new(&config, spec, ask)?;

@@ -336,6 +336,70 @@ fn shm_size_gives_every_container_of_the_pod_one_dev_shm_of_that_size() {
     node.remove_pod(&plain);
 }
 
+/// `io.hostchan.on-restart=clear` on pod-lifetime channels (and the pod's /dev/shm): a container
+/// created again in the pod under a name the channel has served finds it empty; another
+/// container's first start does not empty it (kubernetes/kubernetes#128339).
+#[test]
+fn on_restart_clear_gives_a_restarted_container_empty_channels() {
+    let node = Node::start();
+    let host_path = "/run/hostchan/team-a/cache2";
+    let shm = "/run/hostchan/team-a/uid-team-a-cache2/shm";
+    let pod = node.run_pod(
+        "team-a",
+        "cache2",
+        &[
+            (
+                "io.hostchan.channel",
+                "/run/hostchan/team-a/cache2:/cache:rw:4M",
+            ),
+            ("io.hostchan.lifetime", "pod"),
+            ("io.hostchan.shm-size", "4M"),
+            ("io.hostchan.on-restart", "clear"),
+        ],
+    );
+    let first = node.run_container(&pod, "app", 0);
+    assert_eq!(
+        node.exec(
+            &first,
+            "echo old > /cache/f && mkdir /cache/d && echo seg > /dev/shm/s"
+        )
+        .0,
+        0
+    );
+    // Another container's first start: the contents stay.
+    let side = node.run_container(&pod, "side", 0);
+    let (code, out) = node.exec(&side, "cat /cache/f /dev/shm/s");
+    assert_eq!((code, out.as_str()), (0, "old\nseg\n"));
+    node.remove_container(&side);
+
+    // The kubelet's restart of app: empty, both the channel and /dev/shm.
+    node.remove_container(&first);
+    assert_eq!(node.host(&format!("cat {host_path}/f")), "old\n");
+    let second = node.run_container(&pod, "app", 1);
+    let (code, out) = node.exec(&second, "ls -A /cache /dev/shm");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "/cache:\n\n/dev/shm:\n", "{out}");
+    assert_eq!(
+        node.host(&format!("ls -A {host_path} {shm}")),
+        format!("{host_path}:\n\n{shm}:\n")
+    );
+    node.remove_container(&second);
+    node.remove_pod(&pod);
+    node.sandbox.assert_no_trace(host_path);
+    node.sandbox.assert_no_trace(shm);
+
+    // Without it, a restart keeps what was there (the pod lifetime's promise).
+    let kept = node.run_pod("team-a", "kept", &[("io.hostchan.shm-size", "4M")]);
+    let first = node.run_container(&kept, "app", 0);
+    assert_eq!(node.exec(&first, "echo seg > /dev/shm/s").0, 0);
+    node.remove_container(&first);
+    let second = node.run_container(&kept, "app", 1);
+    let (code, out) = node.exec(&second, "cat /dev/shm/s");
+    assert_eq!((code, out.as_str()), (0, "seg\n"));
+    node.remove_container(&second);
+    node.remove_pod(&kept);
+}
+
 #[test]
 fn a_bad_annotation_fails_the_containers_creation_and_leaves_nothing() {
     let node = Node::start();

@@ -103,6 +103,86 @@ fn delete_lifetime_survives_stop_and_start() {
 
 /// An engine that never says "delete": gc removes a channel whose container has not been seen
 /// within the idle limit, and keeps one whose container runs.
+/// `io.hostchan.on-restart=clear`: the channel starts empty at the container's next start
+/// (its pages no longer charged to anyone), and a link the container left pointing out of it
+/// takes nothing with it; without the annotation the contents stay (above).
+#[test]
+fn on_restart_clear_empties_the_channel_at_the_next_start() {
+    let sb = Sandbox::boot();
+    let dir = TempDir::new("lifetime-clear");
+    let bundle = isulad_bundle(
+        &dir,
+        "k3",
+        &[
+            ("io.hostchan.channel", "/run/hostchan/k3/c:/chan:rw:4M"),
+            ("io.hostchan.lifetime", "delete"),
+            ("io.hostchan.on-restart", "clear"),
+        ],
+    );
+    fs::write(sb.path("/run/outside"), "host file").unwrap();
+    sb.runc_start(&bundle, "k3").ok();
+    sb.runc_exec(
+        "k3",
+        "mkdir -p /chan/d/e && dd if=/dev/zero of=/chan/d/e/big bs=1M count=2 && ln -s /run/outside /chan/link && ln -s / /chan/root",
+    )
+    .ok();
+    assert!(sb.path("/run/hostchan/k3/c/d/e/big").exists());
+    sb.runc(&["kill", "k3", "KILL"]).ok();
+    sb.wait_for(
+        || sb.runc(&["state", "k3"]).stdout.contains("stopped"),
+        "the container to stop",
+    );
+    sb.runc(&["delete", "k3"]).ok();
+    // Kept while stopped: a host daemon may still read it.
+    assert!(sb.path("/run/hostchan/k3/c/d/e/big").exists());
+
+    sb.runc_start(&bundle, "k3").ok();
+    assert_eq!(sb.runc_exec("k3", "ls -A /chan").ok().stdout, "");
+    assert_eq!(
+        fs::read_dir(sb.path("/run/hostchan/k3/c")).unwrap().count(),
+        0
+    );
+    assert_eq!(
+        fs::read_to_string(sb.path("/run/outside")).unwrap(),
+        "host file"
+    );
+    let options = sb
+        .mount_options("/run/hostchan/k3/c")
+        .expect("still mounted");
+    assert!(options.contains("size=4096k"), "{options}");
+    let journal = sb
+        .run(&[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "run-hostchan-k3-c.mount",
+        ])
+        .stdout;
+    assert!(
+        journal
+            .contains("emptied /run/hostchan/k3/c for the container's restart (5 entries removed)"),
+        "{journal}"
+    );
+    // A second hook in the same start (hooks.d and CDI) is no restart: nothing is emptied.
+    sb.runc_exec("k3", "echo second > /chan/s").ok();
+    let out = sb.sh(&format!(
+        "runc state k3 | {HOSTCHAN} oci-hook --stage prestart --engine-deletes"
+    ));
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(sb.runc_exec("k3", "cat /chan/s").ok().stdout, "second\n");
+
+    sb.runc(&["kill", "k3", "KILL"]).ok();
+    sb.wait_for(
+        || sb.runc(&["state", "k3"]).stdout.contains("stopped"),
+        "the container to stop",
+    );
+    sb.runc(&["delete", "k3"]).ok();
+    sb.hostchan(&["delete", "--container", "k3"]).ok();
+    sb.assert_no_trace("/run/hostchan/k3/c");
+}
+
 #[test]
 fn the_idle_limit_removes_a_forgotten_channel() {
     let sb = Sandbox::boot();

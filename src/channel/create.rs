@@ -227,6 +227,11 @@ impl Channels {
             let planned = hostfs::plan_host_path(&spec.host_path)?;
             let mut record = Record::new(channel, [shared.clone(), planned].concat());
             record.idle_limit = config.channels.idle_limit;
+            if options.lifetime == Lifetime::Pod {
+                record
+                    .pod_containers
+                    .extend(options.given.pod_container.clone());
+            }
             Ok(record)
         })?;
         fail_point::hit("after-record");
@@ -409,6 +414,34 @@ impl Channels {
             && hostfs::is_mount_point(record.host_path())?;
         if !same {
             return Err(record.already_a_channel());
+        }
+        let restarted = match (options.lifetime, &options.given.attach) {
+            // Attached in an earlier run of the container, not in this one.
+            (Lifetime::Delete, Some(attach)) => record
+                .attached
+                .as_ref()
+                .is_some_and(|a| !inject::is_attached_in(a, attach.pid)),
+            (Lifetime::Pod, _) => options
+                .given
+                .pod_container
+                .as_ref()
+                .is_some_and(|name| record.pod_containers.contains(name)),
+            _ => false,
+        };
+        if restarted && options.given.clear_on_restart {
+            let removed = hostfs::empty_mount(record.host_path())?;
+            tracing::info!(
+                OBJECT_SYSTEMD_UNIT = %record.unit(),
+                "emptied {} for the container's restart ({removed} entries removed)",
+                record.host_path().display()
+            );
+        }
+        if record.channel.lifetime == Lifetime::Pod {
+            if let Some(name) = &options.given.pod_container {
+                if !record.pod_containers.contains(name) {
+                    record.pod_containers.push(name.clone());
+                }
+            }
         }
         if let Some(attach) = &options.given.attach {
             let here = record

@@ -64,6 +64,13 @@ pub struct Given {
     /// Raise the owner's memory limit by the channel's size.
     pub grow_memory_limit: bool,
     pub dry_run: bool,
+    /// Empty the channel when its container is started again (`io.hostchan.on-restart=clear`):
+    /// a `delete`-lifetime channel at the container's next start, a `pod`-lifetime one when a
+    /// container of a name it has served is created again in the pod.
+    pub clear_on_restart: bool,
+    /// The container's name in its pod (the NRI plugin), which a `pod`-lifetime channel records
+    /// so that it knows a restart of that container from another container's first start.
+    pub pod_container: Option<String>,
 }
 
 impl Given {
@@ -75,6 +82,8 @@ impl Given {
             attach: None,
             grow_memory_limit: false,
             dry_run: false,
+            clear_on_restart: false,
+            pod_container: None,
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Record {
     /// Seconds after `last_seen` that gc removes a `delete`-lifetime channel whose container
     /// is not running; 0: never. Taken from the configuration at create.
     pub idle_limit: u64,
+    /// The names of the pod's containers a `pod`-lifetime channel has been given to, so that a
+    /// container created again under one of them is known as a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_containers: Vec<String>,
 }
 
 /// A record's fields as they are on disk, one flat map: what a record is read as. serde
@@ -89,6 +93,8 @@ struct RecordFields {
     last_seen: u64,
     #[serde(default)]
     idle_limit: u64,
+    #[serde(default)]
+    pod_containers: Vec<String>,
 }
 
 fn lifetime_stop() -> Lifetime {
@@ -126,6 +132,7 @@ impl From<RecordFields> for Record {
             memory_limit: fields.memory_limit,
             last_seen: fields.last_seen,
             idle_limit: fields.idle_limit,
+            pod_containers: fields.pod_containers,
         }
     }
 }
@@ -140,6 +147,7 @@ impl Record {
             attached: None,
             memory_limit: None,
             idle_limit: 0,
+            pod_containers: Vec::new(),
         }
     }
 

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 
+mod clear;
+pub use clear::empty_mount;
+
 /// A directory hostchan made for a channel, as it was made; or, with device and inode 0, one
 /// it is about to make (the record is written first, so that a crash leaves nothing unknown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

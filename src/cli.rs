@@ -206,6 +206,15 @@ pub struct NriArgs {
     /// The plugin answers within three quarters of it.
     #[arg(long, value_name = "MILLISECONDS", default_value_t = 2000)]
     pub request_timeout: u64,
+    /// Serve the metrics (`/metrics`) and a health check (`/healthz`: 200 only while registered
+    /// with the runtime and synchronized) over HTTP at unix:PATH (a socket only root can use) or
+    /// IP:PORT (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_listen: Option<String>,
+    /// Write the metrics to this file every 15 s, for node_exporter's textfile collector (on
+    /// Debian: /var/lib/prometheus/node-exporter/hostchan.prom).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]

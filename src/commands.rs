@@ -30,13 +30,23 @@ pub fn main(cli: Cli) -> ExitCode {
     let unit = own_unit(&cli.command);
     if let Command::Nri(args) = cli.command {
         // A service, not a command: it logs, and says nothing on stdout.
-        let args = crate::nri::NriArgs {
-            socket: args.socket,
-            name: args.name,
-            index: args.index,
-            request_timeout: args.request_timeout,
-        };
-        return match crate::nri::run(&args, &current_binary(), &config.path, config.named) {
+        let metrics_listen = args
+            .metrics_listen
+            .as_deref()
+            .map(crate::nri::MetricsAddress::parse)
+            .transpose();
+        let ran = metrics_listen.and_then(|metrics_listen| {
+            let args = crate::nri::NriArgs {
+                socket: args.socket,
+                name: args.name,
+                index: args.index,
+                request_timeout: args.request_timeout,
+                metrics_listen,
+                metrics_textfile: args.metrics_textfile,
+            };
+            crate::nri::run(&args, &current_binary(), &config.path, config.named)
+        });
+        return match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(target: crate::logging::FAILURE, "{err}");

@@ -55,7 +55,7 @@ struct Node {
     sandbox: Sandbox,
     cri: Cri,
     /// The plugin's unit, removed after the sandbox is gone.
-    _units: common::TempDir,
+    units: common::TempDir,
 }
 
 /// A unit directory with the shipped hostchan-nri.service, its ExecStart this build's binary
@@ -109,7 +109,7 @@ impl Node {
         Node {
             cri: Cri::connect(sandbox.path("/run/hc-containerd/containerd.sock")),
             sandbox,
-            _units: units,
+            units,
         }
     }
 
@@ -398,6 +398,133 @@ fn on_restart_clear_gives_a_restarted_container_empty_channels() {
     assert_eq!((code, out.as_str()), (0, "seg\n"));
     node.remove_container(&second);
     node.remove_pod(&kept);
+}
+
+/// The plugin serves its metrics and health on a unix socket and writes them for node_exporter's
+/// textfile collector, as an operator turns them on (a drop-in over the shipped unit); they
+/// pass `promtool check metrics` while pods come and go and say what happened, and `/healthz`
+/// is 200 only while the plugin serves the runtime.
+#[test]
+fn the_plugin_serves_metrics_and_health_while_pods_come_and_go() {
+    let node = Node::without_plugin();
+    let socket = "/run/hostchan-metrics.sock";
+    let textfile = "/run/node-exporter/hostchan.prom";
+    node.host("mkdir -p /run/node-exporter");
+    // Beside the shipped unit, in the directory the sandbox's systemd loads it from.
+    let drop_in = node.units.path("hostchan-nri.service.d");
+    std::fs::create_dir_all(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("metrics.conf"),
+        format!(
+            "[Service]\nExecStart=\nExecStart={HOSTCHAN} nri --socket {NRI_SOCKET} --metrics-listen unix:{socket} --metrics-textfile {textfile}\n"
+        ),
+    )
+    .unwrap();
+    node.sandbox.run(&["systemctl", "daemon-reload"]).ok();
+    node.start_plugin();
+    let get = |path: &str| {
+        node.sandbox
+            .run(&[
+                "curl",
+                "-s",
+                "-o",
+                "/run/scraped",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+                socket,
+                &format!("http://localhost{path}"),
+            ])
+            .stdout
+    };
+    assert_eq!(
+        get("/healthz"),
+        "200",
+        "{}\n{}",
+        node.host("systemctl cat hostchan-nri.service"),
+        node.plugin_journal()
+    );
+    assert_eq!(node.host(&format!("stat -c %a {socket}")), "600\n");
+
+    let pod = node.run_pod(
+        "team-a",
+        "scraped",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/scraped/{container}:/data:rw:2M",
+        )],
+    );
+    let container = node.run_container(&pod, "app", 0);
+    assert_eq!(
+        node.exec(&container, "dd if=/dev/zero of=/data/f bs=1k count=512")
+            .0,
+        0
+    );
+    let bad = node.run_pod(
+        "team-a",
+        "bad",
+        &[(
+            "io.hostchan.channel",
+            "/run/hostchan/team-a/bad:/data:rw:lots",
+        )],
+    );
+    assert!(node.create_container(&bad, "app", 0).is_err());
+
+    assert_eq!(get("/metrics"), "200");
+    let scraped = node.host("cat /run/scraped");
+    let checked = node.sandbox.sh("promtool check metrics < /run/scraped");
+    assert_eq!(checked.code, 0, "{checked:#?}\n{scraped}");
+    for line in [
+        "hostchan_nri_serving 1",
+        "hostchan_nri_request_timeout_seconds 2",
+        "hostchan_channels{state=\"active\",lifetime=\"container\"} 1",
+        "hostchan_nri_create_container_seconds_count 2",
+        "hostchan_nri_refusals_total{reason=\"invalid\"} 1",
+        "hostchan_nri_orphans_removed_total 0",
+        "hostchan_dbus_errors_total 0",
+    ] {
+        assert!(
+            scraped.lines().any(|l| l == line),
+            "{line} not in:\n{scraped}"
+        );
+    }
+    let used = scraped
+        .lines()
+        .find(|l| l.starts_with("hostchan_channel_used_bytes{") && l.contains("/scraped/app"))
+        .unwrap_or_else(|| panic!("no used bytes:\n{scraped}"));
+    assert!(used.ends_with(" 524288"), "{used}");
+
+    // The textfile, written at start and every 15 s, is what node_exporter reads.
+    node.sandbox.wait_for(
+        || {
+            node.host(&format!("cat {textfile} 2>/dev/null"))
+                .contains("hostchan_nri_serving 1")
+        },
+        "the textfile",
+    );
+    let checked = node
+        .sandbox
+        .sh(&format!("promtool check metrics < {textfile}"));
+    assert_eq!(checked.code, 0, "{checked:#?}");
+
+    node.remove_container(&container);
+    node.remove_pod(&pod);
+    node.remove_pod(&bad);
+    node.sandbox.wait_for(
+        || {
+            get("/metrics");
+            node.host("cat /run/scraped")
+                .contains("hostchan_nri_teardown_seconds_count 1")
+        },
+        "the teardown in the metrics",
+    );
+    // Without the runtime, the plugin is not healthy.
+    node.sandbox
+        .run(&["systemctl", "stop", "hc-containerd"])
+        .ok();
+    node.sandbox
+        .wait_for(|| get("/healthz") == "503", "/healthz to say 503");
+    node.stop_plugin();
 }
 
 #[test]

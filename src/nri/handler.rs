@@ -61,6 +61,8 @@ pub struct Handler {
     pub config_path: PathBuf,
     /// The configuration file was named on the command line: it must exist.
     pub config_named: bool,
+    /// What the plugin counts, for its metrics.
+    pub stats: super::stats::Stats,
 }
 
 impl Handler {
@@ -218,9 +220,27 @@ impl Handler {
         Ok(())
     }
 
+    /// `hostchan metrics` for the node's channels, then the plugin's own counters.
+    pub fn metrics_text(&self) -> Result<String> {
+        let listed = self.channels().list()?;
+        let budget = self
+            .config()
+            .ok()
+            .map(|config| config.node.effective_max_total_size);
+        let mut usage = crate::hostfs::Usage::default();
+        let mut text = crate::metrics::render(&listed, &mut |path| usage.of(path), budget);
+        text.push_str(&self.stats.render());
+        Ok(text)
+    }
+
     /// StopContainer, RemoveContainer.
     pub fn container_gone(&self, container: &api::Container) -> Result<()> {
-        for info in self.channels().pod_container_gone(&container.id)? {
+        let started = std::time::Instant::now();
+        let gone = self.channels().pod_container_gone(&container.id)?;
+        if !gone.is_empty() {
+            self.stats.torn_down(started.elapsed());
+        }
+        for info in gone {
             tracing::info!(
                 OBJECT_SYSTEMD_UNIT = %info.channel.unit,
                 "removed channel {}: container {} is gone",
@@ -233,7 +253,12 @@ impl Handler {
 
     /// StopPodSandbox, RemovePodSandbox.
     pub fn pod_gone(&self, pod: &api::PodSandbox) -> Result<()> {
-        for info in self.channels().pod_gone(&pod.id)? {
+        let started = std::time::Instant::now();
+        let gone = self.channels().pod_gone(&pod.id)?;
+        if !gone.is_empty() {
+            self.stats.torn_down(started.elapsed());
+        }
+        for info in gone {
             tracing::info!(
                 OBJECT_SYSTEMD_UNIT = %info.channel.unit,
                 "removed channel {}: pod {}/{} is gone",
@@ -247,7 +272,9 @@ impl Handler {
 
     /// Synchronize: what the runtime has now, after a (re)connection.
     pub fn synchronize(&self, live: &LivePods) -> Result<()> {
-        for info in self.channels().reconcile_pods(live)? {
+        let orphans = self.channels().reconcile_pods(live)?;
+        self.stats.orphans_removed(orphans.len());
+        for info in orphans {
             tracing::info!(
                 OBJECT_SYSTEMD_UNIT = %info.channel.unit,
                 "removed channel {}: its {} is gone",

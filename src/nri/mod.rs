@@ -8,10 +8,14 @@
 //! The wire is containerd's: ttrpc (its own Rust crate, async API, one thread) over NRI's
 //! connection multiplexer ([`mux`]), with code generated from NRI's api.proto ([`api`]).
 
+mod exporter;
 mod handler;
 mod mux;
 mod notify;
 mod plugin;
+mod stats;
+
+pub use exporter::Address as MetricsAddress;
 
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,10 @@ pub struct NriArgs {
     pub index: String,
     /// The runtime's request timeout in milliseconds, unless it says its own at Configure.
     pub request_timeout: u64,
+    /// Where to serve `/metrics` and `/healthz`.
+    pub metrics_listen: Option<MetricsAddress>,
+    /// Where to write the metrics for node_exporter's textfile collector.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Runs the plugin until it is stopped: connects, registers, serves, and connects again when
@@ -63,7 +71,11 @@ pub fn run(
         hostchan_binary: hostchan_binary.to_owned(),
         config_path: config_path.to_owned(),
         config_named,
+        stats: stats::Stats::default(),
     });
+    handler
+        .stats
+        .set_request_timeout(Duration::from_millis(args.request_timeout));
     // Work that outlives its request (a create answered once queued, waiting out PID 1's
     // mount rate limit; a teardown past the deadline) holds a thread until systemd answers:
     // enough of them for a node's worth of pods started at once, so that no request waits for
@@ -74,6 +86,20 @@ pub fn run(
         .build()
         .context("cannot start the NRI plugin's runtime")?;
     runtime.block_on(async {
+        if let Some(address) = &args.metrics_listen {
+            let (address, handler) = (address.clone(), handler.clone());
+            // Bound before the runtime is asked: an address that cannot be used fails the start.
+            let serving = tokio::spawn(exporter::serve(address, handler));
+            tokio::task::yield_now().await;
+            if serving.is_finished() {
+                return serving
+                    .await
+                    .unwrap_or_else(|e| Err(Error::runtime(e.to_string())));
+            }
+        }
+        if let Some(path) = &args.metrics_textfile {
+            tokio::spawn(exporter::write_textfile(path.clone(), handler.clone()));
+        }
         if let Some(every) = notify::watchdog_interval() {
             tokio::spawn(async move {
                 loop {

@@ -52,7 +52,8 @@ fn event_mask(events: &[Event]) -> i32 {
 /// Serves one connection to the runtime until it closes.
 pub async fn serve(stream: UnixStream, args: &NriArgs, handler: Arc<Handler>) -> Served {
     let synchronized = Arc::new(AtomicBool::new(false));
-    let ended = serve_until_closed(stream, args, handler, synchronized.clone()).await;
+    let ended = serve_until_closed(stream, args, handler.clone(), synchronized.clone()).await;
+    handler.stats.serving.store(false, Ordering::Relaxed);
     Served {
         synchronized: synchronized.load(Ordering::SeqCst),
         ended,
@@ -280,6 +281,9 @@ impl api_ttrpc::Plugin for Plugin {
             });
         if let Some(ms) = said {
             self.request_timeout_ms.store(ms, Ordering::Relaxed);
+            self.handler
+                .stats
+                .set_request_timeout(Duration::from_millis(ms));
         }
         tracing::info!(
             "configured by {} {}; answering within {} ms (the runtime's request timeout is {} ms{})",
@@ -362,6 +366,7 @@ impl api_ttrpc::Plugin for Plugin {
         })
         .await;
         tracing::info!("synchronized with {pods} pods and {containers} live containers");
+        self.handler.stats.serving.store(true, Ordering::Relaxed);
         if !self.synchronized.swap(true, Ordering::SeqCst) {
             notify("READY=1\nSTATUS=serving the runtime");
         }
@@ -412,6 +417,7 @@ impl api_ttrpc::Plugin for Plugin {
         })
         .await
         .ok();
+        let past_deadline = made.is_none();
         let (made, waited) = match made {
             Some(Made::Queued(mounts, waited)) => {
                 tracing::info!(
@@ -421,6 +427,7 @@ impl api_ttrpc::Plugin for Plugin {
                     waited.systemd.as_secs_f64() * 1000.0,
                     waited.cpu.as_secs_f64() * 1000.0
                 );
+                self.handler.stats.created(started.elapsed());
                 return Ok(adjusted(mounts));
             }
             Some(Made::Done(made, waited)) => (made, waited),
@@ -445,11 +452,14 @@ impl api_ttrpc::Plugin for Plugin {
                 "container {name}: refused in {:.1} ms: {e}",
                 started.elapsed().as_secs_f64() * 1000.0
             );
+            self.handler.stats.refused(&e, past_deadline);
+            self.handler.stats.created(started.elapsed());
             refused(&e)
         })?;
         if mounts.is_empty() {
             return Ok(api::CreateContainerResponse::default());
         }
+        self.handler.stats.created(started.elapsed());
         // The time the runtime waited for us, against its request timeout (2 s by default).
         tracing::info!(
             "container {name}: {} in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms)",
@@ -584,6 +594,7 @@ mod tests {
                     hostchan_binary: "/nonexistent/hostchan".into(),
                     config_path: "/nonexistent/config.toml".into(),
                     config_named: false,
+                    stats: Default::default(),
                 }),
                 request_timeout_ms: AtomicU64::new(2000),
                 synchronized: Arc::new(AtomicBool::new(false)),

@@ -550,7 +550,24 @@ const COLLECTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// sd-bus's default for a call: one systemd never answers fails rather than hangs the engine.
 const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
 
+/// D-Bus calls to systemd that failed in this process, but for the answers that are part of
+/// the work (no such unit, a name still taken): for the plugin's metrics.
+static DBUS_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many D-Bus calls to systemd failed in this process (see [`DBUS_ERRORS`]).
+pub fn dbus_errors() -> u64 {
+    DBUS_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn dbus_error(err: zbus::Error) -> Error {
+    let error = dbus_error_of(err);
+    if error.kind() == Kind::Systemd {
+        DBUS_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    error
+}
+
+fn dbus_error_of(err: zbus::Error) -> Error {
     if let zbus::Error::MethodError(name, detail, _) = &err {
         return method_error(name.as_str(), detail.as_deref().unwrap_or_default());
     }

@@ -139,11 +139,15 @@ pub fn mount_options(spec: &ChannelSpec, tmpfs: &Tmpfs, root_owner: Option<RootO
     options
 }
 
+/// How every channel mount's description begins: how hostchan knows its mounts among what
+/// systemd has loaded.
+pub const CHANNEL_DESCRIPTION_PREFIX: &str = "Host channel ";
+
 /// The one line `systemctl status` shows for a channel.
 pub fn description(inputs: &UnitInputs<'_>) -> String {
     let spec = inputs.spec;
     let mut text = format!(
-        "Host channel {} -> {} ({}, {})",
+        "{CHANNEL_DESCRIPTION_PREFIX}{} -> {} ({}, {})",
         spec.host_path.display(),
         spec.container_path.display(),
         spec.access,

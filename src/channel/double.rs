@@ -70,6 +70,9 @@ impl SystemdOps for Rc<Double> {
     fn bus_name(&self) -> String {
         ":1.42".to_owned()
     }
+    fn settling_channel_mounts(&self) -> Result<(Vec<String>, bool)> {
+        Ok((Vec::new(), false))
+    }
     fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>> {
         Ok(names
             .iter()

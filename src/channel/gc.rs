@@ -97,6 +97,13 @@ impl Channels {
         // How long the mount table has been still: a minute of it ends the prune, whatever it
         // keeps finding.
         let mut still = std::time::Duration::ZERO;
+        if !how.dry_run && !how.offline {
+            self.settle_stopped_mounts()?;
+        }
+        let units_of = |records: &[Record]| -> HashSet<String> {
+            records.iter().map(|r| r.unit().to_owned()).collect()
+        };
+        let mut known = units_of(&self.store.all()?);
         loop {
             let deadline = std::time::Instant::now() + PRUNE_FOLLOWS_STOPS_FOR;
             loop {
@@ -128,6 +135,12 @@ impl Channels {
                     }
                 }
                 let records = self.store.all()?;
+                // A delete removes its record itself: the unit it stopped is seen to.
+                let now = units_of(&records);
+                if !how.dry_run && known.iter().any(|unit| !now.contains(unit)) {
+                    self.settle_stopped_mounts()?;
+                }
+                known = now;
                 if records
                     .iter()
                     .any(|record| !matches!(hostfs::is_mount_point(record.host_path()), Ok(true)))
@@ -135,6 +148,26 @@ impl Channels {
                     break;
                 }
             }
+        }
+    }
+
+    /// Has systemd look again at every channel mount it stopped and has yet to unload, until
+    /// none is left or stopping (at most [`PRUNE_FOLLOWS_STOPS_FOR`]): systemd 252 may forget
+    /// one whose `OnSuccess=` start (this prune's) was queued as it stopped (see
+    /// `Systemd::nudge_collection`), and a `delete`, which nudges it once as it returns, does
+    /// not wait for the unload.
+    fn settle_stopped_mounts(&self) -> Result<()> {
+        let systemd = self.systemd()?;
+        let deadline = std::time::Instant::now() + PRUNE_FOLLOWS_STOPS_FOR;
+        loop {
+            let (over, stopping) = systemd.settling_channel_mounts()?;
+            for name in &over {
+                systemd.nudge_collection(name);
+            }
+            if (over.is_empty() && !stopping) || std::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

@@ -52,7 +52,7 @@ pub struct UnitStatus {
 #[derive(Deserialize, Type)]
 struct UnitRow<'a> {
     name: &'a str,
-    _description: &'a str,
+    description: &'a str,
     load_state: &'a str,
     active_state: &'a str,
     sub_state: &'a str,
@@ -156,6 +156,37 @@ impl Systemd {
                 (row.name.to_owned(), status)
             })
             .collect())
+    }
+
+    /// hostchan's channel mounts on their way out, found by the description hostchan gives
+    /// them (one `ListUnitsFiltered`): the ones stopped that systemd has yet to unload, and
+    /// whether any is still stopping.
+    pub fn settling_channel_mounts(&self) -> Result<(Vec<String>, bool)> {
+        let reply = waited(|| {
+            self.manager.inner().call_method(
+                "ListUnitsFiltered",
+                &(&["inactive", "failed", "deactivating"][..],),
+            )
+        })?;
+        let body = reply.body();
+        let rows: Vec<UnitRow<'_>> = body.deserialize()?;
+        let mut over = Vec::new();
+        let mut stopping = false;
+        for row in rows {
+            if !row.name.ends_with(".mount")
+                || !row
+                    .description
+                    .starts_with(crate::units::CHANNEL_DESCRIPTION_PREFIX)
+            {
+                continue;
+            }
+            if row.active_state == "deactivating" || row.job_type == "stop" {
+                stopping = true;
+            } else if row.job_id == 0 {
+                over.push(row.name.to_owned());
+            }
+        }
+        Ok((over, stopping))
     }
 
     /// The properties of a unit's type interface (`org.freedesktop.systemd1.Scope`, ...), in

@@ -13,6 +13,8 @@ pub trait SystemdOps {
     /// The connection's unique name on the bus (a creator lock names its creator by it).
     fn bus_name(&self) -> String;
     fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>>;
+    /// See [`Systemd::settling_channel_mounts`].
+    fn settling_channel_mounts(&self) -> Result<(Vec<String>, bool)>;
     fn is_active(&self, unit: &str) -> Result<bool>;
     fn mount_where(&self, unit: &str) -> Result<Option<String>>;
     fn memory(&self, unit: &str) -> Result<Memory>;
@@ -37,6 +39,9 @@ impl SystemdOps for Systemd {
     }
     fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>> {
         Systemd::unit_states(self, names)
+    }
+    fn settling_channel_mounts(&self) -> Result<(Vec<String>, bool)> {
+        Systemd::settling_channel_mounts(self)
     }
     fn is_active(&self, unit: &str) -> Result<bool> {
         Systemd::is_active(self, unit)

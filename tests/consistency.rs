@@ -435,15 +435,19 @@ fn a_killed_create_never_blocks_a_retry() {
         if retry.code == 0 {
             retried_after_a_kill += u32::from(!first.status.success());
         } else {
-            // The first made its channel whole before the kill (perhaps while it was exiting):
-            // the retry meets a live channel, and names it.
+            // The first had its units started before the kill (perhaps while it was exiting):
+            // the retry meets a live channel, and names it; its mount is there once PID 1 has
+            // run the start job it queued (under the mount rate limit, up to a second later).
             assert!(
                 retry
                     .stderr
                     .contains(&format!("host path {path} is already a channel")),
                 "round {round}: the retry was blocked: {retry:#?}"
             );
-            assert!(sb.mount_options(&path).is_some(), "round {round}");
+            sb.wait_for(
+                || sb.mount_options(&path).is_some(),
+                "the killed create's queued mount",
+            );
         }
         sb.hostchan(&["delete", &path]).ok();
         // A create killed before it wrote its record leaves only its empty lock file, and one

@@ -89,13 +89,15 @@ impl Clear {
         if depth > MAX_DEPTH {
             return Err(Stop::TooDeep);
         }
-        let names: Vec<std::ffi::CString> = rustix::fs::Dir::read_from(dir)?
-            .filter_map(|entry| entry.ok())
-            .map(|entry| entry.file_name().to_owned())
-            .filter(|name| name.as_bytes() != b"." && name.as_bytes() != b"..")
-            .collect();
-        for name in names {
-            self.entry(dir, &name, depth)?;
+        // Streamed, not gathered first: a container may have left millions of names. Entries
+        // removed while the directory is read may make it skip some: the next pass sees them.
+        for entry in rustix::fs::Dir::read_from(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            self.entry(dir, name, depth)?;
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 //! `hostchan metrics` (the node's channels) and the plugin's own counters.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -71,10 +70,14 @@ pub async fn serve(address: Address, handler: Arc<Handler>) -> Result<()> {
         }
         Address::Unix(path) => {
             remove_stale_socket(&path)?;
-            let listener = tokio::net::UnixListener::bind(&path)
+            // Made 0600 by bind itself, never changed by path afterwards (where a swapped path
+            // would have the mode land on whatever it points to). The plugin does nothing
+            // else yet, and everything else it makes sets its own mode.
+            let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+            let bound = tokio::net::UnixListener::bind(&path);
+            rustix::process::umask(umask);
+            let listener = bound
                 .with_context(|| format!("cannot listen for metrics on {}", path.display()))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("cannot make {} root's alone", path.display()))?;
             tracing::info!("serving metrics on unix:{} (/metrics)", path.display());
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

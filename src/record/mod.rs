@@ -249,8 +249,11 @@ impl Store {
     /// against other writers: the checks `make` does (not inside another channel, no channel
     /// inside this one) hold when the record lands. Fails with `AlreadyExists` if the channel
     /// already has one, which makes the record the arbiter between creates racing for a path.
-    /// The file is written unnamed (O_TMPFILE), synced and linked in whole: a kill leaves no
-    /// temporary file.
+    /// The file is written unnamed (O_TMPFILE) and linked in whole: a kill leaves no
+    /// temporary file. It is synced first where a power loss would leave something for it to
+    /// name: a channel whose directories lie on a disk (a cleanup unit removes them). One under
+    /// /run is not: after a power loss no tmpfs, directory or unit of it is left, and syncing
+    /// under the lock had every create of a pod storm wait for the disk in turn.
     pub fn create_checked(&self, make: impl FnOnce(&[Record]) -> Result<Record>) -> Result<Record> {
         let _writing = self.write_lock()?;
         let record = make(&self.all()?)?;
@@ -259,7 +262,8 @@ impl Store {
         if rustix::fs::statat(&dir, older.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             return Err(self.refusal(record.unit(), record.host_path()));
         }
-        match self.link_new(&dir, &record, &Store::file_name(record.unit()), true) {
+        let durable = record.channel.cleanup_unit.is_some();
+        match self.link_new(&dir, &record, &Store::file_name(record.unit()), durable) {
             Ok(()) => Ok(record),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(self.refusal(record.unit(), record.host_path()))

@@ -50,26 +50,50 @@ fn plugin_times(namespace: &str) -> Vec<Duration> {
 }
 
 /// The parts of each CreateContainer of `namespace`'s pods the plugin gave a channel, from
-/// its journal line `... in T ms (systemd S ms, waiting for a CPU C ms)`: (T less S, T less C).
-/// The first is its own part; the second its time had a CPU always been free for it.
-fn plugin_parts(namespace: &str) -> (Vec<Duration>, Vec<Duration>) {
+/// its journal line `... in T ms (systemd S ms, waiting for a CPU C ms, for the record lock L
+/// ms)`.
+struct Parts {
+    /// T less S: its own part.
+    own: Vec<Duration>,
+    /// T less C: its time had a CPU always been free for it.
+    cpu_free: Vec<Duration>,
+    /// L: its wait for the records' lock.
+    lock: Vec<Duration>,
+}
+
+fn plugin_parts(namespace: &str) -> Parts {
     let prefix = format!("container {namespace}/");
     let millis = |text: &str| text.parse::<f64>().ok().map(|m| m / 1000.0);
-    sh("journalctl --no-pager -o cat -u hostchan-nri.service")
+    let mut parts = Parts {
+        own: Vec::new(),
+        cpu_free: Vec::new(),
+        lock: Vec::new(),
+    };
+    let journal = sh("journalctl --no-pager -o cat -u hostchan-nri.service");
+    for line in journal
         .lines()
         .filter(|line| line.starts_with(&prefix) && !line.contains("refused"))
-        .filter_map(|line| {
+    {
+        let parsed = (|| {
             let (before, after) = line.split_once(" ms (systemd ")?;
             let total = millis(before.rsplit_once(" in ")?.1)?;
             let (waited, after) = after.split_once(" ms, waiting for a CPU ")?;
-            let cpu = millis(after.split_once(" ms)")?.0)?;
-            let waited = millis(waited)?;
-            Some((
-                Duration::from_secs_f64((total - waited).max(0.0)),
-                Duration::from_secs_f64((total - cpu).max(0.0)),
-            ))
-        })
-        .unzip()
+            let (cpu, after) = after.split_once(" ms, for the record lock ")?;
+            let lock = millis(after.split_once(" ms)")?.0)?;
+            Some((total, millis(waited)?, millis(cpu)?, lock))
+        })();
+        let Some((total, waited, cpu, lock)) = parsed else {
+            continue;
+        };
+        parts
+            .own
+            .push(Duration::from_secs_f64((total - waited).max(0.0)));
+        parts
+            .cpu_free
+            .push(Duration::from_secs_f64((total - cpu).max(0.0)));
+        parts.lock.push(Duration::from_secs_f64(lock));
+    }
+    parts
 }
 
 /// How long the sandbox's PID 1 has waited for a CPU in all (/proc/1/schedstat).
@@ -331,8 +355,16 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
             ms(plugin1.median.saturating_sub(floor.median))
         ),
     );
-    let (own_one, cpu_free_one) = plugin_parts("bench");
-    let (own_storm, cpu_free_storm) = plugin_parts("storm");
+    let Parts {
+        own: own_one,
+        cpu_free: cpu_free_one,
+        lock: lock_one,
+    } = plugin_parts("bench");
+    let Parts {
+        own: own_storm,
+        cpu_free: cpu_free_storm,
+        lock: lock_storm,
+    } = plugin_parts("storm");
     let own1 = Rows::timing(
         SECTION,
         &format!("plugin's own part (less its wait for systemd), 1 pod, {burst}"),
@@ -371,6 +403,18 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         &format!("  plugin less its wait for a CPU: {n} at once p95 / 1 pod median"),
         format!("{:.2}x", ratio(cpu_freen.p95, cpu_free1.median)),
         "what is left once the wait for a CPU is taken out".into(),
+    );
+    Rows::timing(
+        SECTION,
+        &format!("plugin's wait for the record lock, 1 pod, {burst}"),
+        &lock_one,
+        String::new(),
+    );
+    Rows::timing(
+        SECTION,
+        &format!("plugin's wait for the record lock, {n} pods at once, {burst}"),
+        &lock_storm,
+        "held by earlier pods' work finishing after their answer".into(),
     );
     let pluginn = Rows::timing(
         SECTION,

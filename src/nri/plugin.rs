@@ -223,6 +223,9 @@ enum Made {
 struct Waits {
     systemd: Duration,
     cpu: Duration,
+    /// For the records' locks, held by other requests' work (theirs finishes after their
+    /// answer) or by a `hostchan` command.
+    lock: Duration,
 }
 
 impl Waits {
@@ -232,6 +235,7 @@ impl Waits {
         Waits {
             systemd: systemd::take_time_waited(),
             cpu: cpu_queue_time().saturating_sub(cpu_queue_before),
+            lock: crate::record::take_lock_waited(),
         }
     }
 }
@@ -395,6 +399,7 @@ impl api_ttrpc::Plugin for Plugin {
         let handler = self.handler.clone();
         let work = tokio::task::spawn_blocking(move || {
             systemd::take_time_waited();
+            crate::record::take_lock_waited();
             let cpu_queue_before = cpu_queue_time();
             let made =
                 handler.create_container(&request.pod, &request.container, &worker, &|mounts| {
@@ -421,11 +426,12 @@ impl api_ttrpc::Plugin for Plugin {
         let (made, waited) = match made {
             Some(Made::Queued(mounts, waited)) => {
                 tracing::info!(
-                    "container {name}: {} queued in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms); its start waits until it sees them",
+                    "container {name}: {} queued in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms, for the record lock {:.1} ms); its start waits until it sees them",
                     handler::count_channels(mounts.len()),
                     started.elapsed().as_secs_f64() * 1000.0,
                     waited.systemd.as_secs_f64() * 1000.0,
-                    waited.cpu.as_secs_f64() * 1000.0
+                    waited.cpu.as_secs_f64() * 1000.0,
+                    waited.lock.as_secs_f64() * 1000.0
                 );
                 self.handler.stats.created(started.elapsed());
                 return Ok(adjusted(mounts));
@@ -462,11 +468,12 @@ impl api_ttrpc::Plugin for Plugin {
         self.handler.stats.created(started.elapsed());
         // The time the runtime waited for us, against its request timeout (2 s by default).
         tracing::info!(
-            "container {name}: {} in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms)",
+            "container {name}: {} in {:.1} ms (systemd {:.1} ms, waiting for a CPU {:.1} ms, for the record lock {:.1} ms)",
             handler::count_channels(mounts.len()),
             started.elapsed().as_secs_f64() * 1000.0,
             waited.systemd.as_secs_f64() * 1000.0,
-            waited.cpu.as_secs_f64() * 1000.0
+            waited.cpu.as_secs_f64() * 1000.0,
+            waited.lock.as_secs_f64() * 1000.0
         );
         Ok(adjusted(mounts))
     }

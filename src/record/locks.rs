@@ -231,10 +231,25 @@ impl Store {
             (false, true) => FlockArg::LockShared,
             (false, false) => FlockArg::LockSharedNonblock,
         };
-        match Flock::lock(fs::File::from(fd), mode) {
+        let asked = std::time::Instant::now();
+        let locked = Flock::lock(fs::File::from(fd), mode);
+        LOCK_WAITED.with(|waited| waited.set(waited.get() + asked.elapsed()));
+        match locked {
             Ok(lock) => Ok(Some(StoreLock(lock))),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
             Err((_, errno)) => Err(Error::io(context(), errno)),
         }
     }
+}
+
+thread_local! {
+    /// How long this thread has waited for the records' locks since it last asked.
+    static LOCK_WAITED: std::cell::Cell<std::time::Duration> =
+        const { std::cell::Cell::new(std::time::Duration::ZERO) };
+}
+
+/// How long this thread has waited for the records' locks since the last call (the NRI
+/// plugin's journal line says it per request).
+pub fn take_lock_waited() -> std::time::Duration {
+    LOCK_WAITED.with(|waited| waited.replace(std::time::Duration::ZERO))
 }

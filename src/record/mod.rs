@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod locks;
 
-pub use locks::{Creator, CreatorLock, StoreLock};
+pub use locks::{take_lock_waited, Creator, CreatorLock, StoreLock};
 
 use crate::error::{Context, Error, Result};
 use crate::hostfs::{make_dir_nofollow, open_dir_nofollow, MadeDir};

@@ -167,18 +167,53 @@ fn one_at_a_time(
     (times, running)
 }
 
-/// `n` pods made first, then one container in each asked for at once.
-fn storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> Vec<Duration> {
+/// `n` pods made first, then one container in each asked for at once; and how long PID 1 took
+/// to answer a `ListUnitsByNames` (the call the plugin makes most), asked every 10 ms while the
+/// containers were being created.
+fn storm(cri: &Cri, namespace: &str, n: usize, channel: bool) -> (Vec<Duration>, Vec<Duration>) {
     let pods: Vec<Pod> = (0..n)
         .map(|i| cri.run_pod(namespace, &format!("p{i}"), &annotations(channel)))
         .collect();
-    let times = cri
-        .create_containers_at_once(&pods, "app")
-        .into_iter()
-        .map(|result| result.expect("CreateContainer").1)
-        .collect();
+    let (times, answers) = pid1_answers_while(|| {
+        cri.create_containers_at_once(&pods, "app")
+            .into_iter()
+            .map(|result| result.expect("CreateContainer").1)
+            .collect()
+    });
     remove_pods(cri, &pods);
-    times
+    (times, answers)
+}
+
+/// Runs `work`, asking PID 1 for one unit's state every 10 ms meanwhile (seldom enough not to
+/// slow PID 1 for the plugin much): what it returns, and
+/// how long each answer took.
+fn pid1_answers_while<T>(work: impl FnOnce() -> T) -> (T, Vec<Duration>) {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            let bus = zbus::blocking::Connection::system().expect("the system bus");
+            let mut answers = Vec::new();
+            // At least once, should the work end before this thread begins.
+            loop {
+                let asked = std::time::Instant::now();
+                let _ = bus.call_method(
+                    Some("org.freedesktop.systemd1"),
+                    "/org/freedesktop/systemd1",
+                    Some("org.freedesktop.systemd1.Manager"),
+                    "ListUnitsByNames",
+                    &(&["init.scope"][..],),
+                );
+                answers.push(asked.elapsed());
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return answers;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let result = work();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (result, asking.join().expect("the asking thread"))
+    })
 }
 
 /// PID 1's own window for one pod start: right after each pod's RunPodSandbox, where the
@@ -318,9 +353,10 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
     let (without_one, without_one_running) = one_at_a_time(&cri, "plain", rounds, false);
     let (with_one, with_one_running) = one_at_a_time(&cri, "bench", rounds, true);
     let plugin_one = plugin_times("bench");
-    let without_storm = storm(&cri, "plainstorm", n, false);
+    let ((), pid1_idle) = pid1_answers_while(|| std::thread::sleep(Duration::from_millis(500)));
+    let (without_storm, _) = storm(&cri, "plainstorm", n, false);
     let pid1_queued_before = pid1_cpu_queue_time();
-    let with_storm = storm(&cri, "storm", n, true);
+    let (with_storm, pid1_busy) = storm(&cri, "storm", n, true);
     let pid1_queued = pid1_cpu_queue_time().saturating_sub(pid1_queued_before);
     let plugin_storm = plugin_times("storm");
     let floor_one = floor_one_at_a_time(&cri, rounds);
@@ -415,6 +451,27 @@ pub fn run(hostchan: &str, containerd_dir: &str, tiny: bool) {
         &format!("plugin's wait for the record lock, {n} pods at once, {burst}"),
         &lock_storm,
         "held by earlier pods' work finishing after their answer".into(),
+    );
+    let idle = Rows::timing(
+        SECTION,
+        &format!("PID 1's answer to one ListUnitsByNames, idle, {burst}"),
+        &pid1_idle,
+        "asked every 10 ms".into(),
+    );
+    let busy = Rows::timing(
+        SECTION,
+        &format!("PID 1's answer to one ListUnitsByNames, during the {n} pods at once, {burst}"),
+        &pid1_busy,
+        "the same, while the plugin's storm above ran".into(),
+    );
+    Rows::line(
+        SECTION,
+        &format!("  PID 1's answer: during the {n} pods p95 / idle median"),
+        format!("{:.2}x", ratio(busy.p95, idle.median)),
+        format!(
+            "{} added at p95: what each of the plugin's calls to PID 1 can wait",
+            ms(busy.p95.saturating_sub(idle.median))
+        ),
     );
     let pluginn = Rows::timing(
         SECTION,

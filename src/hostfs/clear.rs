@@ -160,30 +160,31 @@ impl Clear {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
-
     use super::*;
+    use crate::test_scratch::Scratch;
 
     /// What a clear does below the mount root, on a scratch directory: files, directories,
     /// a fifo and symlinks out of it go; what the symlinks point at stays.
     #[test]
     fn empties_only_what_is_inside() {
-        let scratch = crate::test_scratch::Scratch::new("clear");
-        let outside = scratch.0.join("outside");
+        let scratch = Scratch::new("clear");
+        let outside = scratch.make_dirs("outside");
+        scratch.write("outside/keep", "kept");
+        scratch.make_dirs("inside/a/b/c");
         let inside = scratch.0.join("inside");
-        std::fs::create_dir_all(&outside).unwrap();
-        std::fs::write(outside.join("keep"), "kept").unwrap();
-        std::fs::create_dir_all(inside.join("a/b/c")).unwrap();
-        std::fs::write(inside.join("a/b/c/f"), "x").unwrap();
-        std::fs::write(inside.join("top"), "y").unwrap();
-        symlink(&outside, inside.join("link")).unwrap();
-        symlink(outside.join("keep"), inside.join("a/filelink")).unwrap();
-        nix::unistd::mkfifo(
-            &inside.join("fifo"),
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        scratch.write("inside/a/b/c/f", "x");
+        scratch.write("inside/top", "y");
+        scratch.symlink(&outside, "inside/link");
+        scratch.symlink(&outside.join("keep"), "inside/a/filelink");
+        let root = super::super::open_dir_nofollow(&inside).unwrap();
+        rustix::fs::mknodat(
+            &root,
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
         )
         .unwrap();
-        let root = super::super::open_dir_nofollow(&inside).unwrap();
         let device = fstat(&root).unwrap().st_dev;
         let mut clear = Clear {
             device,
@@ -192,18 +193,11 @@ mod tests {
         };
         assert!(clear.dir(&root, 0).is_ok());
         assert_eq!((clear.removed, clear.left), (8, 0));
-        assert_eq!(std::fs::read_dir(&inside).unwrap().count(), 0);
-        assert_eq!(
-            std::fs::read_to_string(outside.join("keep")).unwrap(),
-            "kept"
-        );
+        assert_eq!(scratch.count_entries("inside"), 0);
+        assert_eq!(scratch.read("outside/keep"), "kept");
 
         // Deeper than the limit: refused, not a descriptor per level without end.
-        let mut deep = inside.clone();
-        for _ in 0..=MAX_DEPTH + 1 {
-            deep.push("d");
-        }
-        std::fs::create_dir_all(&deep).unwrap();
+        scratch.make_dirs(&format!("inside{}", "/d".repeat(MAX_DEPTH + 2)));
         assert!(matches!(clear.dir(&root, 0), Err(Stop::TooDeep)));
         // A directory of another device is a mount inside the channel: refused, not crossed.
         let mut other = Clear {
@@ -216,10 +210,10 @@ mod tests {
 
     #[test]
     fn what_is_not_a_mount_is_not_emptied() {
-        let scratch = crate::test_scratch::Scratch::new("clear-unmounted");
-        std::fs::write(scratch.0.join("f"), "x").unwrap();
+        let scratch = Scratch::new("clear-unmounted");
+        scratch.write("f", "x");
         let refused = empty_mount(&scratch.0).unwrap_err().to_string();
         assert!(refused.contains("nothing is mounted there"), "{refused}");
-        assert!(scratch.0.join("f").exists());
+        assert_eq!(scratch.read("f"), "x");
     }
 }

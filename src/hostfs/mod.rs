@@ -431,6 +431,33 @@ pub fn open_dir_nofollow(path: &Path) -> rustix::io::Result<OwnedFd> {
     )
 }
 
+/// `dir`, opened without following symlinks, if only root (hostchan's user) can add, remove or
+/// rename entries in it: for what hostchan makes there by name (the metrics socket), which no
+/// one else may then swap.
+pub fn open_dir_only_root_changes(dir: &Path) -> Result<OwnedFd> {
+    let fd = open_dir_nofollow(dir).map_err(|e| {
+        Error::io(
+            format!("cannot open {} without following symlinks", dir.display()),
+            e,
+        )
+    })?;
+    match trust_of(&fd, dir, dir) {
+        Ok(Trust::OnlyRoot) => Ok(fd),
+        _ => {
+            let stat = fstat(&fd).with_context(|| format!("cannot look at {}", dir.display()))?;
+            Err(Error::invalid(
+                "directory",
+                dir.display().to_string(),
+                format!(
+                    "others can change it (uid {}, mode {:04o}); choose a directory only root can write",
+                    stat.st_uid,
+                    stat.st_mode & 0o7777
+                ),
+            ))
+        }
+    }
+}
+
 /// `mkdir` of `path` from its parent's descriptor, reached without symlinks, with exactly
 /// `mode` (the umask does not count); an existing directory is left as it is.
 pub fn make_dir_nofollow(path: &Path, mode: u32) -> rustix::io::Result<()> {

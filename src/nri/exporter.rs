@@ -53,48 +53,92 @@ const REQUEST_WITHIN: Duration = Duration::from_secs(5);
 /// Requests longer than this are not HTTP requests a scraper sends.
 const MAX_REQUEST: usize = 8192;
 
-/// Listens at `address` and answers each connection, until the process ends.
-pub async fn serve(address: Address, handler: Arc<Handler>) -> Result<()> {
+/// Where the plugin listens for scrapers, bound before it asks the runtime for anything, so that
+/// an address it cannot use fails its start.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Binds `address`. A unix socket's directory must be one only root can change (else another
+/// user could swap what is at the path between the checks and the bind); the socket is made
+/// 0600 by the bind itself, from the directory's descriptor, and a socket an earlier run left
+/// there is removed first.
+pub async fn listen(address: &Address) -> Result<Listener> {
     match address {
         Address::Tcp(at) => {
             let listener = tokio::net::TcpListener::bind(at)
                 .await
                 .with_context(|| format!("cannot listen for metrics on {at}"))?;
             tracing::info!("serving metrics on http://{at}/metrics");
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(answer(stream, handler.clone()));
-            }
+            Ok(Listener::Tcp(listener))
         }
         Address::Unix(path) => {
-            remove_stale_socket(&path)?;
-            // Made 0600 by bind itself, never changed by path afterwards (where a swapped path
-            // would have the mode land on whatever it points to). The plugin does nothing
-            // else yet, and everything else it makes sets its own mode.
+            let cannot = |e: std::io::Error| {
+                Error::runtime(format!(
+                    "cannot listen for metrics on {}: {e}",
+                    path.display()
+                ))
+            };
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                return Err(Error::invalid(
+                    "metrics address",
+                    path.display().to_string(),
+                    "must name a socket in a directory",
+                ));
+            };
+            let dir = crate::hostfs::open_dir_only_root_changes(parent)?;
+            remove_stale_socket(&dir, name, path)?;
+            // bind() takes a path: the directory's descriptor's, so that it is the directory
+            // checked. The umask is process-wide: nothing else runs yet at the plugin's start,
+            // and everything it makes later sets its own mode.
+            let at = Path::new("/proc/self/fd")
+                .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+                .join(name);
             let umask = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
-            let bound = tokio::net::UnixListener::bind(&path);
+            let bound = tokio::net::UnixListener::bind(&at);
             rustix::process::umask(umask);
-            let listener = bound
-                .with_context(|| format!("cannot listen for metrics on {}", path.display()))?;
+            let listener = bound.map_err(cannot)?;
             tracing::info!("serving metrics on unix:{} (/metrics)", path.display());
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(answer(stream, handler.clone()));
+            Ok(Listener::Unix(listener))
+        }
+    }
+}
+
+/// Answers each connection to `listener`, until the process ends.
+pub async fn serve(listener: Listener, handler: Arc<Handler>) {
+    loop {
+        match &listener {
+            Listener::Tcp(listener) => {
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(answer(stream, handler.clone()));
+                }
+            }
+            Listener::Unix(listener) => {
+                if let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(answer(stream, handler.clone()));
+                }
             }
         }
     }
 }
 
-/// A socket left by an earlier run is removed; anything else at the path is not touched.
-fn remove_stale_socket(path: &Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove the old socket {}", path.display())),
+/// A socket left by an earlier run is removed; anything else at the name is not touched.
+fn remove_stale_socket(
+    dir: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    path: &Path,
+) -> Result<()> {
+    use rustix::fs::{statat, unlinkat, AtFlags, FileType};
+    match statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Socket => {
+            unlinkat(dir, name, AtFlags::empty()).map_err(|e| {
+                Error::io(
+                    format!("cannot remove the old socket {}", path.display()),
+                    e,
+                )
+            })
+        }
         Ok(_) => Err(Error::invalid(
             "metrics address",
             path.display().to_string(),
@@ -238,26 +282,60 @@ mod tests {
     #[test]
     fn the_textfile_is_replaced_whole_and_never_through_a_link() {
         let scratch = crate::test_scratch::Scratch::new("textfile");
-        let target = scratch.0.join("elsewhere");
-        std::fs::write(&target, "not ours").unwrap();
+        let target = scratch.write("elsewhere", "not ours");
         // A link planted where the new file is staged, and another at the file's own name.
-        std::os::unix::fs::symlink(
-            &target,
-            scratch
-                .0
-                .join(format!(".hostchan.prom.{}", std::process::id())),
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(&target, scratch.0.join("hostchan.prom")).unwrap();
+        scratch.symlink(&target, &format!(".hostchan.prom.{}", std::process::id()));
+        scratch.symlink(&target, "hostchan.prom");
         replace_file(&scratch.0.join("hostchan.prom"), b"m 1\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "not ours");
-        assert_eq!(
-            std::fs::read_to_string(scratch.0.join("hostchan.prom")).unwrap(),
-            "m 1\n"
+        assert_eq!(scratch.read("elsewhere"), "not ours");
+        // Read without following a link: it is the new file, not a link.
+        assert_eq!(scratch.read("hostchan.prom"), "m 1\n");
+    }
+
+    /// The socket is bound in a directory only root can change, 0600 from the start; an old
+    /// socket goes, anything else at the name stays; a directory others can write, or one
+    /// reached through a symlink, is refused.
+    #[test]
+    fn the_socket_is_bound_only_where_no_one_else_can_swap_it() {
+        let scratch = crate::test_scratch::Scratch::new("metrics-socket");
+        let dir = scratch.make_dirs("run");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listen = |path: &Path| runtime.block_on(listen(&Address::Unix(path.to_owned())));
+        let socket = dir.join("m.sock");
+        let first = listen(&socket).unwrap();
+        let mode = |path: &Path| {
+            let stat = rustix::fs::lstat(path).unwrap();
+            (
+                rustix::fs::FileType::from_raw_mode(stat.st_mode),
+                stat.st_mode & 0o777,
+            )
+        };
+        assert_eq!(mode(&socket), (rustix::fs::FileType::Socket, 0o600));
+        drop(first);
+        // Left by the earlier run: replaced.
+        let again = listen(&socket).unwrap();
+        assert_eq!(mode(&socket), (rustix::fs::FileType::Socket, 0o600));
+        drop(again);
+
+        scratch.write("run/file", "kept");
+        let refused = listen(&dir.join("file")).err().unwrap().to_string();
+        assert!(
+            refused.contains("something other than a socket"),
+            "{refused}"
         );
-        assert!(!std::fs::symlink_metadata(scratch.0.join("hostchan.prom"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        assert_eq!(scratch.read("run/file"), "kept");
+
+        let open = scratch.make_dirs("open");
+        let fd = crate::hostfs::open_dir_nofollow(&open).unwrap();
+        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o777)).unwrap();
+        let refused = listen(&open.join("m.sock")).err().unwrap().to_string();
+        assert!(refused.contains("others can change it"), "{refused}");
+
+        scratch.symlink(&dir, "link");
+        assert!(listen(&scratch.0.join("link/m2.sock")).is_err());
+        assert_eq!(scratch.count_entries("run"), 2);
     }
 }

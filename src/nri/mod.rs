@@ -87,15 +87,8 @@ pub fn run(
         .context("cannot start the NRI plugin's runtime")?;
     runtime.block_on(async {
         if let Some(address) = &args.metrics_listen {
-            let (address, handler) = (address.clone(), handler.clone());
-            // Bound before the runtime is asked: an address that cannot be used fails the start.
-            let serving = tokio::spawn(exporter::serve(address, handler));
-            tokio::task::yield_now().await;
-            if serving.is_finished() {
-                return serving
-                    .await
-                    .unwrap_or_else(|e| Err(Error::runtime(e.to_string())));
-            }
+            let listener = exporter::listen(address).await?;
+            tokio::spawn(exporter::serve(listener, handler.clone()));
         }
         if let Some(path) = &args.metrics_textfile {
             tokio::spawn(exporter::write_textfile(path.clone(), handler.clone()));

@@ -7,9 +7,12 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use zbus::zvariant::{OwnedObjectPath, Type, Value};
 
+mod errors;
 mod jobs;
 mod ops;
 
+pub use errors::dbus_errors;
+use errors::METHOD_TIMEOUT;
 pub use jobs::{Job, JobOutcome};
 use jobs::{JobKind, JobWatch};
 pub use ops::SystemdOps;
@@ -548,13 +551,6 @@ fn value_of(value: &PropertyValue) -> Value<'_> {
     }
 }
 
-/// A D-Bus failure in hostchan's error kinds, keeping systemd's own words.
-impl From<zbus::Error> for Error {
-    fn from(err: zbus::Error) -> Error {
-        dbus_error(err)
-    }
-}
-
 thread_local! {
     static WAITED: std::cell::Cell<std::time::Duration> =
         const { std::cell::Cell::new(std::time::Duration::ZERO) };
@@ -577,92 +573,3 @@ fn waited<T>(call: impl FnOnce() -> T) -> T {
 /// How long a stopped unit may keep its name after its stop job's end (PID 1 unloads it in
 /// its next pass, well within a millisecond when idle).
 const COLLECTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// sd-bus's default for a call: one systemd never answers fails rather than hangs the engine.
-const METHOD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(25);
-
-/// D-Bus calls to systemd that failed in this process, but for the answers that are part of
-/// the work (no such unit, a name still taken): for the plugin's metrics.
-static DBUS_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// How many D-Bus calls to systemd failed in this process (see [`DBUS_ERRORS`]).
-pub fn dbus_errors() -> u64 {
-    DBUS_ERRORS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-fn dbus_error(err: zbus::Error) -> Error {
-    let error = dbus_error_of(err);
-    if error.kind() == Kind::Systemd {
-        DBUS_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    error
-}
-
-fn dbus_error_of(err: zbus::Error) -> Error {
-    if let zbus::Error::MethodError(name, detail, _) = &err {
-        return method_error(name.as_str(), detail.as_deref().unwrap_or_default());
-    }
-    if let zbus::Error::InputOutput(io) = &err {
-        if io.kind() == std::io::ErrorKind::TimedOut {
-            return Error::systemd(format!(
-                "systemd did not answer within {} s (is PID 1 busy or hung?)",
-                crate::fail_point::method_timeout(METHOD_TIMEOUT).as_secs_f64()
-            ));
-        }
-    }
-    Error::systemd("D-Bus error talking to systemd").caused_by(err)
-}
-
-/// An error reply from systemd (or the bus) in hostchan's kinds, with systemd's own words.
-fn method_error(name: &str, detail: &str) -> Error {
-    match name {
-        "org.freedesktop.systemd1.NoSuchUnit" => Error::not_found(detail),
-        "org.freedesktop.systemd1.UnitExists" => Error::already_exists(detail),
-        "org.freedesktop.DBus.Error.AccessDenied"
-        | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => Error::systemd(format!(
-            "permission denied by systemd ({detail}); run hostchan as root"
-        )),
-        _ => Error::systemd(format!("systemd refused: {detail} ({name})")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn systemd_replies_map_to_kinds() {
-        let cases = [
-            (
-                "org.freedesktop.systemd1.NoSuchUnit",
-                Kind::NotFound,
-                "Unit x not loaded.",
-            ),
-            (
-                "org.freedesktop.systemd1.UnitExists",
-                Kind::AlreadyExists,
-                "Unit x already exists.",
-            ),
-            (
-                "org.freedesktop.DBus.Error.AccessDenied",
-                Kind::Systemd,
-                "permission denied by systemd (Access denied); run hostchan as root",
-            ),
-            (
-                "org.freedesktop.DBus.Error.InvalidArgs",
-                Kind::Systemd,
-                "systemd refused: Bad (org.freedesktop.DBus.Error.InvalidArgs)",
-            ),
-        ];
-        for (name, kind, expected) in cases {
-            let detail = match kind {
-                Kind::NotFound => "Unit x not loaded.",
-                Kind::AlreadyExists => "Unit x already exists.",
-                _ if name.ends_with("AccessDenied") => "Access denied",
-                _ => "Bad",
-            };
-            let error = method_error(name, detail);
-            assert_eq!(error.kind(), kind, "{name}");
-            assert_eq!(error.to_string(), expected, "{name}");
-        }
-    }
-}

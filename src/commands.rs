@@ -162,14 +162,9 @@ fn run(command: Command, config: &ConfigSource) -> Result<Report> {
                 node_budget: node_budget(config),
             })
         }),
-        Command::Metrics => channels.list().map(|listed| {
-            let mut usage = crate::hostfs::Usage::default();
-            Report::Metrics(crate::metrics::render(
-                &listed,
-                &mut |path| usage.of(path),
-                node_budget(config),
-            ))
-        }),
+        Command::Metrics => {
+            crate::metrics::of_node(&channels, node_budget(config)).map(Report::Metrics)
+        }
         Command::Status { channel } => channels
             .status(&Target::parse(&channel)?)
             .map(Report::Status),

@@ -5,8 +5,17 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
-use crate::channel::ChannelInfo;
+use crate::channel::{ChannelInfo, Channels};
+use crate::error::Result;
 use crate::hostfs::FsUsage;
+
+/// The metrics of the node's channels now (`hostchan metrics`, and the first part of what the
+/// NRI plugin serves), against the node's budget in bytes when known.
+pub fn of_node(channels: &Channels, node_budget: Option<u64>) -> Result<String> {
+    let listed = channels.list()?;
+    let mut usage = crate::hostfs::Usage::default();
+    Ok(render(&listed, &mut |path| usage.of(path), node_budget))
+}
 
 /// The metrics of `channels`: how many there are by state and lifetime, each one's size and
 /// what its tmpfs has in use (`usage`, asked only of mounted channels), and the node's total

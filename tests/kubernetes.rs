@@ -507,6 +507,27 @@ fn the_plugin_serves_metrics_and_health_while_pods_come_and_go() {
         .sh(&format!("promtool check metrics < {textfile}"));
     assert_eq!(checked.code, 0, "{checked:#?}");
 
+    // An orphan: a container removed while the plugin was down, its channel removed when the
+    // plugin is back and synchronizes (the counters start again with the new process).
+    let orphan = node.create_container(&pod, "orphan", 0).unwrap();
+    let orphan_path = "/run/hostchan/team-a/scraped/orphan";
+    node.sandbox.wait_for(
+        || node.sandbox.mount_options(orphan_path).is_some(),
+        "the orphan's channel to be mounted",
+    );
+    node.stop_plugin();
+    node.remove_created_container(&orphan);
+    node.start_plugin();
+    assert_eq!(node.sandbox.mount_options(orphan_path), None);
+    assert_eq!(get("/metrics"), "200");
+    let scraped = node.host("cat /run/scraped");
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l == "hostchan_nri_orphans_removed_total 1"),
+        "{scraped}"
+    );
+
     node.remove_container(&container);
     node.remove_pod(&pod);
     node.remove_pod(&bad);

@@ -222,13 +222,11 @@ impl Handler {
 
     /// `hostchan metrics` for the node's channels, then the plugin's own counters.
     pub fn metrics_text(&self) -> Result<String> {
-        let listed = self.channels().list()?;
         let budget = self
             .config()
             .ok()
             .map(|config| config.node.effective_max_total_size);
-        let mut usage = crate::hostfs::Usage::default();
-        let mut text = crate::metrics::render(&listed, &mut |path| usage.of(path), budget);
+        let mut text = crate::metrics::of_node(&self.channels(), budget)?;
         text.push_str(&self.stats.render());
         Ok(text)
     }

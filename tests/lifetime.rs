@@ -150,20 +150,10 @@ fn on_restart_clear_empties_the_channel_at_the_next_start() {
         .mount_options("/run/hostchan/k3/c")
         .expect("still mounted");
     assert!(options.contains("size=4096k"), "{options}");
-    let journal = sb
-        .run(&[
-            "journalctl",
-            "--no-pager",
-            "-o",
-            "cat",
-            "-u",
-            "run-hostchan-k3-c.mount",
-        ])
-        .stdout;
-    assert!(
-        journal
-            .contains("emptied /run/hostchan/k3/c for the container's restart (5 entries removed)"),
-        "{journal}"
+    // journald stores a line a moment after it is written: waited for, as elsewhere.
+    sb.journal_with(
+        "run-hostchan-k3-c.mount",
+        &["emptied /run/hostchan/k3/c for the container's restart (5 entries removed)"],
     );
     // A second hook in the same start (hooks.d and CDI) is no restart: nothing is emptied.
     sb.runc_exec("k3", "echo second > /chan/s").ok();

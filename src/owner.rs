@@ -9,9 +9,12 @@ use crate::systemd::SystemdOps;
 /// What the caller asked for as the owner, before it is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AskedOwner {
-    /// A unit named: `--scope UNIT`, or the pod's unit the NRI plugin finds in the runtime's
-    /// cgroups path.
+    /// A unit named: `--scope UNIT`.
     Unit(String),
+    /// The systemd cgroup path of the container's unit as its runtime gave it (the NRI
+    /// plugin: the pod's `SLICE:PREFIX:NAME`, spelled out as `/a.slice/a-b.slice/PREFIX-NAME.scope`);
+    /// decided by the same table as a process's cgroup path, with no look-up at systemd.
+    CgroupPath(String),
     /// `--unbound`.
     Unbound,
     /// `--pid PID`, or the container's pid in the OCI state.
@@ -160,6 +163,13 @@ pub fn resolve(request: &AskedOwner, config: &Config, asked_by: &AskedBy) -> Res
                 }),
             }
         }
+        AskedOwner::CgroupPath(path) => match owner_of_cgroup(path) {
+            PathOwner::Container(unit) => Ok(Owner::Unit(unit)),
+            PathOwner::Refused { unit, reason } => Err(Error::owner(format!(
+                "the container's unit {unit} (cgroup {path}) {reason}; its runtime's cgroup parent must be a container slice"
+            ))),
+            PathOwner::NoUnit => default_owner(config, asked_by),
+        },
         AskedOwner::Default => default_owner(config, asked_by),
     }
 }
@@ -188,7 +198,7 @@ pub fn for_lifetime(
             }
             // The owner policy holds for every lifetime: a container it would refuse a
             // stop-lifetime channel (no unit, or not an engine's) gets no keeper either.
-            if let AskedOwner::Pid(_) = request {
+            if let AskedOwner::Pid(_) | AskedOwner::CgroupPath(_) = request {
                 resolve(request, config, asked_by)?;
             }
             Ok(Owner::Unit(crate::unit_name::keeper_unit_name(container)))

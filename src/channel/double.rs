@@ -33,6 +33,8 @@ struct Double {
     refuse_start: HashSet<String>,
     /// Queued jobs: their unit and whether they start it.
     jobs: RefCell<HashMap<String, (String, bool)>>,
+    /// The calls PID 1 would have answered, in order, by the D-Bus methods they take.
+    calls: RefCell<Vec<&'static str>>,
 }
 
 impl Double {
@@ -74,6 +76,7 @@ impl SystemdOps for Rc<Double> {
         Ok((Vec::new(), false))
     }
     fn unit_states(&self, names: &[&str]) -> Result<HashMap<String, UnitStatus>> {
+        self.calls.borrow_mut().push("ListUnitsByNames");
         Ok(names
             .iter()
             .map(|name| {
@@ -97,6 +100,7 @@ impl SystemdOps for Rc<Double> {
         Ok(None)
     }
     fn memory(&self, _: &str) -> Result<Memory> {
+        self.calls.borrow_mut().extend(["GetUnit", "GetAll"]);
         Ok(Memory {
             max: u64::MAX,
             limit: u64::MAX,
@@ -104,6 +108,7 @@ impl SystemdOps for Rc<Double> {
         })
     }
     fn control_group(&self, unit: &str) -> Result<String> {
+        self.calls.borrow_mut().extend(["GetUnit", "GetAll"]);
         Ok(format!("/system.slice/{unit}"))
     }
     fn set_memory_limit(&self, _: &str, _: &'static str, _: u64) -> Result<()> {
@@ -120,6 +125,7 @@ impl SystemdOps for Rc<Double> {
         Ok(units
             .iter()
             .map(|(main, _)| {
+                self.calls.borrow_mut().push("StartTransientUnit");
                 if self.refuse_start.contains(&main.name) {
                     return Err(Error::systemd(format!("refused to start {}", main.name)));
                 }
@@ -460,4 +466,80 @@ fn a_create_refused_for_one_channel_takes_back_every_channel() {
         !root.join("ns").exists(),
         "the parent made for them was left"
     );
+}
+
+/// The pod's unit, found from the runtime's cgroup path (the NRI plugin), is not looked up at
+/// systemd before the start beyond its state: two calls to PID 1 before the container can be
+/// answered, where a unit named on the command line costs four (its cgroup is asked too, to
+/// refuse a user's). One under user.slice is refused with no call at all.
+#[test]
+fn the_pods_unit_costs_one_call_before_the_start() {
+    use super::{Ask, CreateOptions, Given};
+    use crate::config::{Config, Machine};
+    use crate::model::AskedBy;
+    use crate::owner::AskedOwner;
+    use crate::spec::{Access, ChannelSpec};
+
+    let scratch = Scratch::new("double-calls");
+    let root = scratch.0.join("host");
+    crate::hostfs::make_dir_nofollow(&root, 0o755).expect("the scratch host root");
+    let config = Config::builtin(&Machine {
+        mem_total: 8 << 30,
+        page_size: 4096,
+    });
+    let calls_before_start = |name: &str, owner: AskedOwner| -> Result<Vec<&'static str>> {
+        let double = Rc::new(Double::with_active(&["cri-containerd-pod1.scope"]));
+        let (channels, _) = channels(&scratch, &double);
+        let spec = ChannelSpec {
+            host_path: root.join(name),
+            container_path: "/chan".into(),
+            access: Access::Rw,
+            size: 1 << 20,
+        };
+        let ask = Ask {
+            owner,
+            container: Some("c1".into()),
+            pod: Some("pod1".into()),
+            lifetime: Some(Lifetime::Container),
+            given: Given::by(AskedBy::Cli),
+        };
+        let options = CreateOptions::new(&config, spec, ask)?;
+        channels
+            .create_all(&config, &[options])
+            .map_err(|failed| failed.error)?;
+        let calls = double.calls.borrow();
+        let start = calls
+            .iter()
+            .position(|call| *call == "StartTransientUnit")
+            .expect("a start");
+        Ok(calls[..=start].to_vec())
+    };
+    let found = calls_before_start(
+        "found",
+        AskedOwner::CgroupPath(
+            "/kubepods.slice/kubepods-pod1.slice/cri-containerd-pod1.scope".into(),
+        ),
+    )
+    .expect("a channel for the pod's unit");
+    assert_eq!(found, ["ListUnitsByNames", "StartTransientUnit"]);
+    let named = calls_before_start(
+        "named",
+        AskedOwner::Unit("cri-containerd-pod1.scope".into()),
+    )
+    .expect("a channel for the unit named");
+    assert_eq!(
+        named,
+        [
+            "ListUnitsByNames",
+            "GetUnit",
+            "GetAll",
+            "StartTransientUnit"
+        ]
+    );
+    let refused = calls_before_start(
+        "user",
+        AskedOwner::CgroupPath("/user.slice/user-1000.slice/cri-containerd-pod1.scope".into()),
+    )
+    .expect_err("a unit under user.slice");
+    assert!(refused.to_string().contains("user.slice"), "{refused}");
 }

@@ -106,8 +106,10 @@ impl Handler {
         let config = self.config()?;
         let id = validate_container_id(&container.id)?;
         let sandbox = validate_container_id(&pod.id)?;
-        let owner = match unit_of_cgroups_path(pod.linux.cgroups_path.as_str()) {
-            Some(unit) => AskedOwner::Unit(unit),
+        // Found from the runtime's path as from a process's cgroup, so that the owner is not
+        // looked up at systemd before the start: one call fewer per container.
+        let owner = match cgroup_of_cgroups_path(pod.linux.cgroups_path.as_str()) {
+            Some(cgroup) => AskedOwner::CgroupPath(cgroup),
             // The cgroupfs driver: no unit to bind to; the configuration decides.
             None => AskedOwner::Default,
         };
@@ -460,6 +462,14 @@ fn own_annotations(pod: &api::PodSandbox, container: &api::Container) -> BTreeMa
 /// (runc's and crun's form of cgroupsPath) is `PREFIX-NAME.scope`. `None` for the cgroupfs
 /// driver's paths.
 pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
+    cgroup_of_cgroups_path(path).and_then(|cgroup| cgroup.rsplit('/').next().map(str::to_owned))
+}
+
+/// The systemd cgroup path `SLICE:PREFIX:NAME` stands for: the slice where systemd puts it
+/// (a slice is named after its parents: `a-b.slice` is in `a.slice`; runc and crun put a scope
+/// without one in `system.slice`), then `PREFIX-NAME.scope`. `None` for the cgroupfs driver's
+/// paths.
+pub fn cgroup_of_cgroups_path(path: &str) -> Option<String> {
     let mut parts = path.split(':');
     let (Some(slice), Some(prefix), Some(name), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -472,10 +482,31 @@ pub fn unit_of_cgroups_path(path: &str) -> Option<String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
     };
-    if !(slice.is_empty() || slice.ends_with(".slice")) || !plain(prefix) || !plain(name) {
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    let stem = slice.strip_suffix(".slice")?;
+    if !plain(slice) || !plain(prefix) || !plain(name) {
         return None;
     }
-    Some(format!("{prefix}-{name}.scope"))
+    let mut cgroup = String::new();
+    // `-.slice` is the root slice: the scope sits at the top.
+    if stem != "-" {
+        let mut parent = String::new();
+        for part in stem.split('-') {
+            if part.is_empty() {
+                return None;
+            }
+            if !parent.is_empty() {
+                parent.push('-');
+            }
+            parent.push_str(part);
+            cgroup.push_str(&format!("/{parent}.slice"));
+        }
+    }
+    Some(format!("{cgroup}/{prefix}-{name}.scope"))
 }
 
 /// The bind mounts to answer before the channels are mounted: only when every channel is
@@ -543,6 +574,22 @@ mod tests {
             unit_of_cgroups_path(":cri-containerd:abc").as_deref(),
             Some("cri-containerd-abc.scope")
         );
+        assert_eq!(
+            cgroup_of_cgroups_path("kubepods-besteffort-pod1.slice:cri-containerd:abc").as_deref(),
+            Some("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope")
+        );
+        assert_eq!(
+            cgroup_of_cgroups_path(":crio:abc").as_deref(),
+            Some("/system.slice/crio-abc.scope")
+        );
+        assert_eq!(
+            cgroup_of_cgroups_path("-.slice:crio:abc").as_deref(),
+            Some("/crio-abc.scope")
+        );
+        assert_eq!(
+            cgroup_of_cgroups_path("user-1000.slice:cri-containerd:abc").as_deref(),
+            Some("/user.slice/user-1000.slice/cri-containerd-abc.scope")
+        );
         for not_systemd in [
             "",
             "/kubepods/besteffort/pod1/abc",
@@ -551,6 +598,9 @@ mod tests {
             "a.slice:cri/o:x",
             "a.slice::x",
             "a:cri:x",
+            "a--b.slice:cri:x",
+            "-a.slice:cri:x",
+            "a/b.slice:cri:x",
         ] {
             assert_eq!(unit_of_cgroups_path(not_systemd), None, "{not_systemd}");
         }

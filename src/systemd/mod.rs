@@ -205,7 +205,10 @@ impl Systemd {
             )))
             }
         };
-        let properties = waited(|| self.properties_of(self.manager.get_unit(unit)?))?;
+        // The unit's object path is its name escaped: no GetUnit round trip to PID 1 first.
+        let path = OwnedObjectPath::try_from(unit_object_path(unit))
+            .map_err(|e| Error::systemd(format!("no object path for {unit}: {e}")))?;
+        let properties = waited(|| self.properties_of(path))?;
         let interface = zbus::names::InterfaceName::from_static_str_unchecked(interface);
         Ok(properties
             .get_all(interface)
@@ -500,6 +503,23 @@ impl Systemd {
     }
 }
 
+/// A unit's D-Bus object path, as systemd makes it (`bus_label_escape`): every byte but a
+/// letter, or a digit after the first, is `_` and two lowercase hex digits.
+fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    if unit.is_empty() {
+        path.push('_');
+    }
+    for (at, byte) in unit.bytes().enumerate() {
+        if byte.is_ascii_alphabetic() || (at > 0 && byte.is_ascii_digit()) {
+            path.push(char::from(byte));
+        } else {
+            path.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    path
+}
+
 /// The arguments of `StartTransientUnit` (`ssa(sv)a(sa(sv))`): `main` with job mode `fail`, and
 /// `aux` loaded beside it.
 #[allow(clippy::type_complexity)]
@@ -573,3 +593,29 @@ fn waited<T>(call: impl FnOnce() -> T) -> T {
 /// How long a stopped unit may keep its name after its stop job's end (PID 1 unloads it in
 /// its next pass, well within a millisecond when idle).
 const COLLECTED_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::unit_object_path;
+
+    /// systemd's own examples (org.freedesktop.systemd1(5): avahi-daemon.service), the root
+    /// mount, and a leading digit, which D-Bus does not allow to start a path element.
+    #[test]
+    fn unit_object_paths_are_systemds() {
+        for (unit, path) in [
+            ("avahi-daemon.service", "avahi_2ddaemon_2eservice"),
+            ("-.mount", "_2d_2emount"),
+            ("1x.scope", "_31x_2escope"),
+            (
+                "cri-containerd-ab12.scope",
+                "cri_2dcontainerd_2dab12_2escope",
+            ),
+            ("", "_"),
+        ] {
+            assert_eq!(
+                unit_object_path(unit),
+                format!("/org/freedesktop/systemd1/unit/{path}")
+            );
+        }
+    }
+}

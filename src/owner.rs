@@ -4,7 +4,7 @@
 use crate::config::{Config, DefaultOwner};
 use crate::error::{Error, Result};
 use crate::model::{AskedBy, Lifetime, Owner};
-use crate::systemd::SystemdOps;
+use crate::systemd::{Memory, SystemdOps};
 
 /// What the caller asked for as the owner, before it is decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,33 +276,31 @@ pub fn systemd_cgroup(text: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// That the owner unit runs. A unit named by the caller (`named`) is also looked up where it
-/// runs, since only its name was checked; an owner found from a process's cgroup path was
-/// checked against the same table already, and costs no further round trips.
-pub fn check_owner_active(systemd: &dyn SystemdOps, owner: &str, named: bool) -> Result<()> {
-    let states = systemd.unit_states(&[owner])?;
-    match states.get(owner) {
-        Some(status) if status.is_active() => {
-            let cgroup = if named && is_unit_with_processes(owner) {
-                systemd.control_group(owner)?
-            } else {
-                String::new()
-            };
-            if cgroup.split('/').any(|c| c == "user.slice") {
-                return Err(Error::owner(format!(
-                    "owner unit {owner} runs under user.slice ({cgroup}), a user's own units, never a container's owner"
-                )));
-            }
-            Ok(())
+/// That the owner unit runs, and not under `user.slice` (a user's own units, never a
+/// container's owner; a unit named by the caller has only had its name checked). One call to
+/// systemd, which also brings the owner's memory figures: returned, for the channel's
+/// memory check.
+pub fn check_owner_active(systemd: &dyn SystemdOps, owner: &str) -> Result<Memory> {
+    let facts = systemd.owner_facts(owner)?;
+    let status = &facts.status;
+    if status.is_active() {
+        if facts.control_group.split('/').any(|c| c == "user.slice") {
+            return Err(Error::owner(format!(
+                "owner unit {owner} runs under user.slice ({}), a user's own units, never a container's owner",
+                facts.control_group
+            )));
         }
-        Some(status) if status.exists() => Err(Error::owner(format!(
+        return Ok(facts.memory);
+    }
+    if status.exists() {
+        return Err(Error::owner(format!(
             "owner unit {owner} is {} ({}); a channel can only be bound to a running unit",
             status.active_state, status.sub_state
-        ))),
-        _ => Err(Error::owner(format!(
-            "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
-        ))),
+        )));
     }
+    Err(Error::owner(format!(
+        "owner unit {owner} does not exist; give the container's running scope (systemctl list-units --type=scope) or --unbound"
+    )))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `create`: check, record, make the directories, start every channel's units at once, attach
 //! them in their container; all or none.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -62,6 +62,8 @@ pub(super) struct Pending<'a> {
     units: ChannelUnits,
     /// Names the directories this create made and the parents other channels made above it.
     pub(super) record: Record,
+    /// The owner's memory figures, read with its state before the start.
+    owner_memory: Option<Memory>,
     /// Held until the channel is up, so that a concurrent `gc` does not take it for a leftover.
     _creating: StoreLock,
     /// Held until the channel is up or taken back, so that a later create knows whether this
@@ -107,7 +109,7 @@ impl Channels {
     ) -> std::result::Result<Vec<Created>, CreateFailed> {
         let mut done: Vec<(usize, Created)> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
-        let mut active_owners = HashSet::new();
+        let mut active_owners = HashMap::new();
         for (index, options) in requests.iter().map(AsRef::as_ref).enumerate() {
             match self.prepare(config, options, index, &mut active_owners) {
                 Ok(Prepared::Done(created)) => done.push((index, created)),
@@ -134,7 +136,7 @@ impl Channels {
         config: &Config,
         options: &'a CreateOptions,
         index: usize,
-        active_owners: &mut HashSet<String>,
+        active_owners: &mut HashMap<String, Memory>,
     ) -> Result<Prepared<'a>> {
         let spec = options.spec.clone();
         config.check_host_path(&spec.host_path, &options.given.asked_by)?;
@@ -193,12 +195,17 @@ impl Channels {
             (Lifetime::Delete, Owner::Unit(keeper), Some(container)) => Some((keeper, container)),
             _ => None,
         };
-        if let (None, Owner::Unit(owner)) = (keeper, &options.owner) {
-            if !active_owners.contains(owner) {
-                owner::check_owner_active(systemd, owner, options.owner_named)?;
-                active_owners.insert(owner.clone());
-            }
-        }
+        let owner_memory = match (keeper, &options.owner) {
+            (None, Owner::Unit(owner)) => Some(match active_owners.get(owner) {
+                Some(memory) => *memory,
+                None => {
+                    let memory = owner::check_owner_active(systemd, owner)?;
+                    active_owners.insert(owner.clone(), memory);
+                    memory
+                }
+            }),
+            _ => None,
+        };
         let creating = self.store.lock(false)?;
         let creator = self.store.creator_lock(&id, &systemd.bus_name())?;
         // The record first, naming the directories about to be made, so that a crash at any
@@ -263,6 +270,7 @@ impl Channels {
             spec,
             units,
             record,
+            owner_memory,
             _creating: creating,
             _creator: creator,
         })))
@@ -363,6 +371,7 @@ impl Channels {
         for at in order {
             let one = &mut pending[at];
             let memory = match &one.options.owner {
+                _ if one.owner_memory.is_some() => one.owner_memory,
                 Owner::Unit(owner) if several => *owner_memory
                     .entry(owner.clone())
                     .or_insert_with(|| systemd.memory(owner).ok()),

@@ -15,7 +15,7 @@ use super::Channels;
 use crate::error::{Error, Result};
 use crate::model::{tests::channel, Channel, Lifetime};
 use crate::record::{Record, Store};
-use crate::systemd::{Job, JobOutcome, Memory, SystemdOps, UnitStatus};
+use crate::systemd::{Job, JobOutcome, Memory, OwnerFacts, SystemdOps, UnitStatus};
 use crate::test_scratch::Scratch;
 use crate::units::{PropertyValue, TransientUnit};
 
@@ -54,6 +54,18 @@ impl Double {
         job
     }
 
+    fn status(&self, name: &str) -> UnitStatus {
+        let active = self.active.borrow().contains(name);
+        UnitStatus {
+            name: name.to_owned(),
+            load_state: if active { "loaded" } else { "not-found" }.to_owned(),
+            active_state: if active { "active" } else { "inactive" }.to_owned(),
+            sub_state: if active { "mounted" } else { "dead" }.to_owned(),
+            job_id: 0,
+            job_type: String::new(),
+        }
+    }
+
     fn end(&self, unit: &str, start: bool) -> JobOutcome {
         if start {
             self.active.borrow_mut().insert(unit.to_owned());
@@ -79,18 +91,7 @@ impl SystemdOps for Rc<Double> {
         self.calls.borrow_mut().push("ListUnitsByNames");
         Ok(names
             .iter()
-            .map(|name| {
-                let active = self.active.borrow().contains(*name);
-                let status = UnitStatus {
-                    name: (*name).to_owned(),
-                    load_state: if active { "loaded" } else { "not-found" }.to_owned(),
-                    active_state: if active { "active" } else { "inactive" }.to_owned(),
-                    sub_state: if active { "mounted" } else { "dead" }.to_owned(),
-                    job_id: 0,
-                    job_type: String::new(),
-                };
-                ((*name).to_owned(), status)
-            })
+            .map(|name| ((*name).to_owned(), self.status(name)))
             .collect())
     }
     fn is_active(&self, unit: &str) -> Result<bool> {
@@ -107,9 +108,17 @@ impl SystemdOps for Rc<Double> {
             current: 0,
         })
     }
-    fn control_group(&self, unit: &str) -> Result<String> {
-        self.calls.borrow_mut().extend(["GetUnit", "GetAll"]);
-        Ok(format!("/system.slice/{unit}"))
+    fn owner_facts(&self, unit: &str) -> Result<OwnerFacts> {
+        self.calls.borrow_mut().push("GetAll");
+        Ok(OwnerFacts {
+            status: self.status(unit),
+            control_group: format!("/system.slice/{unit}"),
+            memory: Memory {
+                max: u64::MAX,
+                limit: u64::MAX,
+                current: 0,
+            },
+        })
     }
     fn set_memory_limit(&self, _: &str, _: &'static str, _: u64) -> Result<()> {
         Ok(())
@@ -468,12 +477,12 @@ fn a_create_refused_for_one_channel_takes_back_every_channel() {
     );
 }
 
-/// The pod's unit, found from the runtime's cgroup path (the NRI plugin), is not looked up at
-/// systemd before the start beyond its state: two calls to PID 1 before the container can be
-/// answered, where a unit named on the command line costs four (its cgroup is asked too, to
-/// refuse a user's). One under user.slice is refused with no call at all.
+/// An owner costs PID 1 one call before the channel's start, its state, cgroup and memory
+/// together, and none after it: two calls in all for a channel, whether the owner was named
+/// (`--scope`) or found from the runtime's cgroup path (the NRI plugin). One found under
+/// user.slice is refused with no call at all.
 #[test]
-fn the_pods_unit_costs_one_call_before_the_start() {
+fn an_owner_costs_one_call_before_the_start_and_none_after() {
     use super::{Ask, CreateOptions, Given};
     use crate::config::{Config, Machine};
     use crate::model::AskedBy;
@@ -487,7 +496,7 @@ fn the_pods_unit_costs_one_call_before_the_start() {
         mem_total: 8 << 30,
         page_size: 4096,
     });
-    let calls_before_start = |name: &str, owner: AskedOwner| -> Result<Vec<&'static str>> {
+    let calls = |name: &str, owner: AskedOwner| -> Result<Vec<&'static str>> {
         let double = Rc::new(Double::with_active(&["cri-containerd-pod1.scope"]));
         let (channels, _) = channels(&scratch, &double);
         let spec = ChannelSpec {
@@ -507,36 +516,24 @@ fn the_pods_unit_costs_one_call_before_the_start() {
         channels
             .create_all(&config, &[options])
             .map_err(|failed| failed.error)?;
-        let calls = double.calls.borrow();
-        let start = calls
-            .iter()
-            .position(|call| *call == "StartTransientUnit")
-            .expect("a start");
-        Ok(calls[..=start].to_vec())
+        let calls = double.calls.borrow().clone();
+        Ok(calls)
     };
-    let found = calls_before_start(
+    let found = calls(
         "found",
         AskedOwner::CgroupPath(
             "/kubepods.slice/kubepods-pod1.slice/cri-containerd-pod1.scope".into(),
         ),
     )
     .expect("a channel for the pod's unit");
-    assert_eq!(found, ["ListUnitsByNames", "StartTransientUnit"]);
-    let named = calls_before_start(
+    assert_eq!(found, ["GetAll", "StartTransientUnit"]);
+    let named = calls(
         "named",
         AskedOwner::Unit("cri-containerd-pod1.scope".into()),
     )
     .expect("a channel for the unit named");
-    assert_eq!(
-        named,
-        [
-            "ListUnitsByNames",
-            "GetUnit",
-            "GetAll",
-            "StartTransientUnit"
-        ]
-    );
-    let refused = calls_before_start(
+    assert_eq!(named, ["GetAll", "StartTransientUnit"]);
+    let refused = calls(
         "user",
         AskedOwner::CgroupPath("/user.slice/user-1000.slice/cri-containerd-pod1.scope".into()),
     )

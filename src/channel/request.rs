@@ -21,8 +21,6 @@ pub struct CreateOptions {
     /// The pod sandbox the NRI plugin asks for the channel for.
     pub pod: Option<String>,
     pub lifetime: Lifetime,
-    /// The owner unit was named by the caller (`--scope`), not found from a process's cgroup.
-    pub owner_named: bool,
     pub given: Given,
 }
 
@@ -108,7 +106,6 @@ impl CreateOptions {
         )?;
         Ok(CreateOptions {
             spec,
-            owner_named: matches!(ask.owner, AskedOwner::Unit(_)),
             owner,
             container,
             pod,

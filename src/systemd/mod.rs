@@ -93,6 +93,16 @@ impl UnitStatus {
     }
 }
 
+/// What is asked of a channel's owner before the channel is bound to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerFacts {
+    /// Its state; `job_type` is left empty (only `job_id` comes with the properties).
+    pub status: UnitStatus,
+    /// Its cgroup path (`/machine.slice/libpod-x.scope`); empty while it has none.
+    pub control_group: String,
+    pub memory: Memory,
+}
+
 /// Memory figures of a unit's cgroup, in bytes; `u64::MAX` means none or unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Memory {
@@ -159,6 +169,56 @@ impl Systemd {
                 (row.name.to_owned(), status)
             })
             .collect())
+    }
+
+    /// An owner's state, cgroup and memory in one round trip: every property of the unit at its
+    /// object path (`GetAll` with the empty interface name, which systemd answers with all its
+    /// interfaces'), where a state, a `GetUnit` and the type's properties took three. A unit
+    /// systemd has not loaded comes back `not-found`.
+    pub fn owner_facts(&self, unit: &str) -> Result<OwnerFacts> {
+        let path = OwnedObjectPath::try_from(unit_object_path(unit))
+            .map_err(|e| Error::systemd(format!("no object path for {unit}: {e}")))?;
+        let reply = waited(|| {
+            self.manager.inner().connection().call_method(
+                Some("org.freedesktop.systemd1"),
+                &path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &("",),
+            )
+        })?;
+        let body = reply.body();
+        let all: HashMap<String, zbus::zvariant::OwnedValue> = body.deserialize()?;
+        let text = |name: &str| -> String {
+            all.get(name)
+                .and_then(|v| String::try_from(v.clone()).ok())
+                .unwrap_or_default()
+        };
+        let number = |name: &str| -> u64 {
+            all.get(name)
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(u64::MAX)
+        };
+        let job_id = all
+            .get("Job")
+            .and_then(|v| <(u32, OwnedObjectPath)>::try_from(v.clone()).ok())
+            .map_or(0, |(id, _)| id);
+        Ok(OwnerFacts {
+            status: UnitStatus {
+                name: unit.to_owned(),
+                load_state: text("LoadState"),
+                active_state: text("ActiveState"),
+                sub_state: text("SubState"),
+                job_id,
+                job_type: String::new(),
+            },
+            control_group: text("ControlGroup"),
+            memory: Memory {
+                max: number("MemoryMax"),
+                limit: number("MemoryLimit"),
+                current: number("MemoryCurrent"),
+            },
+        })
     }
 
     /// hostchan's channel mounts on their way out, found by the description hostchan gives
@@ -307,15 +367,6 @@ impl Systemd {
             limit: read("MemoryLimit"),
             current: read("MemoryCurrent"),
         })
-    }
-
-    /// A unit's cgroup path (`/machine.slice/libpod-x.scope`); empty while it has none.
-    pub fn control_group(&self, unit: &str) -> Result<String> {
-        let all = self.type_properties(unit)?;
-        Ok(all
-            .get("ControlGroup")
-            .and_then(|v| String::try_from(v.clone()).ok())
-            .unwrap_or_default())
     }
 
     /// Sets a unit's memory limit at runtime (a drop-in under /run/systemd/transient or

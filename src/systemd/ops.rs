@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{Job, JobOutcome, Memory, Systemd, UnitStatus};
+use super::{Job, JobOutcome, Memory, OwnerFacts, Systemd, UnitStatus};
 use crate::error::Result;
 use crate::units::TransientUnit;
 
@@ -18,7 +18,7 @@ pub trait SystemdOps {
     fn is_active(&self, unit: &str) -> Result<bool>;
     fn mount_where(&self, unit: &str) -> Result<Option<String>>;
     fn memory(&self, unit: &str) -> Result<Memory>;
-    fn control_group(&self, unit: &str) -> Result<String>;
+    fn owner_facts(&self, unit: &str) -> Result<OwnerFacts>;
     fn set_memory_limit(&self, unit: &str, property: &'static str, bytes: u64) -> Result<()>;
     fn start_transient(&self, main: &TransientUnit, aux: &[&TransientUnit]) -> Result<JobOutcome>;
     fn queue_start_transient_all(
@@ -52,8 +52,8 @@ impl SystemdOps for Systemd {
     fn memory(&self, unit: &str) -> Result<Memory> {
         Systemd::memory(self, unit)
     }
-    fn control_group(&self, unit: &str) -> Result<String> {
-        Systemd::control_group(self, unit)
+    fn owner_facts(&self, unit: &str) -> Result<OwnerFacts> {
+        Systemd::owner_facts(self, unit)
     }
     fn set_memory_limit(&self, unit: &str, property: &'static str, bytes: u64) -> Result<()> {
         Systemd::set_memory_limit(self, unit, property, bytes)

@@ -23,7 +23,11 @@ pub fn dbus_errors() -> u64 {
 }
 
 fn dbus_error(err: zbus::Error) -> Error {
-    let error = dbus_error_of(err);
+    counted(dbus_error_of(err))
+}
+
+/// Counts `error` in [`DBUS_ERRORS`] unless it is an answer that is part of the work.
+fn counted(error: Error) -> Error {
     if error.kind() == Kind::Systemd {
         DBUS_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
@@ -96,5 +100,29 @@ mod tests {
             assert_eq!(error.kind(), kind, "{name}");
             assert_eq!(error.to_string(), expected, "{name}");
         }
+    }
+
+    /// What the plugin's `hostchan_dbus_errors_total` counts: a call that failed (PID 1 did not
+    /// answer in time, the bus broke), not an answer that is part of the work.
+    #[test]
+    fn failed_calls_are_counted_and_answers_are_not() {
+        let before = dbus_errors();
+        let timed_out = Error::from(zbus::Error::InputOutput(std::sync::Arc::new(
+            std::io::Error::from(std::io::ErrorKind::TimedOut),
+        )));
+        assert_eq!(timed_out.kind(), Kind::Systemd);
+        assert!(
+            timed_out.to_string().contains("did not answer"),
+            "{timed_out}"
+        );
+        let broken = Error::from(zbus::Error::Failure("the bus went away".into()));
+        assert_eq!(broken.kind(), Kind::Systemd);
+        assert_eq!(dbus_errors() - before, 2);
+        let answer = counted(method_error(
+            "org.freedesktop.systemd1.NoSuchUnit",
+            "Unit x not loaded.",
+        ));
+        assert_eq!(answer.kind(), Kind::NotFound);
+        assert_eq!(dbus_errors() - before, 2);
     }
 }

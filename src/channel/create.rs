@@ -250,7 +250,7 @@ impl Channels {
         }
         // hostchan makes the directories itself, so that systemd's mount finds them and never
         // follows a symlink someone put on the way.
-        let made = match hostfs::make_host_path(&spec.host_path) {
+        let made = match hostfs::make_host_path(&spec.host_path, &record.made) {
             Ok(made) => made,
             Err(e) => {
                 let _ = self.store.remove(record.unit(), &id);

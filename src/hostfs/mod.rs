@@ -106,7 +106,16 @@ fn trust_of(fd: &OwnedFd, shown: &Path, host_path: &Path) -> Result<Trust> {
 /// Walks `path` from `/`, component by component, checking what exists; with `make`, creates
 /// what is missing (mode 0755, whatever the umask) and adds it to `made`, the path itself last.
 /// Without `make` it only checks, and adds what it would make as planned.
-fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
+/// With `make`: `planned` is what this channel's plan said was missing (its record, written
+/// before); a directory of it found made meanwhile, or one whose mkdir finds it made, is
+/// claimed (see [`make_host_path`]), and its path put in `claimed`.
+fn walk(
+    path: &Path,
+    make: bool,
+    planned: &[MadeDir],
+    made: &mut Vec<MadeDir>,
+    claimed: &mut Vec<PathBuf>,
+) -> Result<()> {
     let invalid = |reason: String| Error::invalid("host path", path.display().to_string(), reason);
     let names: Vec<&std::ffi::OsStr> = path
         .components()
@@ -172,6 +181,9 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
                 )));
             }
             parent_trust = trust_of(&fd, &shown, path)?;
+            if make && planned.iter().any(|p| p.is_planned() && p.path == shown) {
+                claim(&fd, &shown, made, claimed)?;
+            }
             parent = fd;
             continue;
         }
@@ -188,6 +200,21 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
         }
         match mkdirat(&parent, *name, Mode::from_raw_mode(0o755)) {
             Ok(()) => {}
+            // Made since we looked, where only root can add entries: by root, another create
+            // making the same new parent at the same moment. Checked as a directory that was
+            // there would be, and claimed.
+            Err(Errno::EXIST) if !last && parent_trust == Trust::OnlyRoot => {
+                let fd = open_beneath(&parent, name).map_err(|e| {
+                    invalid(format!(
+                        "{} appeared while hostchan was making the path and cannot be opened as a directory ({e})",
+                        shown.display()
+                    ))
+                })?;
+                parent_trust = trust_of(&fd, &shown, path)?;
+                claim(&fd, &shown, made, claimed)?;
+                parent = fd;
+                continue;
+            }
             // Made by someone else since we looked: not ours, and maybe not safe.
             Err(Errno::EXIST) => {
                 return Err(invalid(format!(
@@ -212,6 +239,26 @@ fn walk(path: &Path, make: bool, made: &mut Vec<MadeDir>) -> Result<()> {
         parent_trust = Trust::OnlyRoot;
         parent = fd;
     }
+    Ok(())
+}
+
+/// Names a directory another create made on this channel's path since its plan (it appeared
+/// where only root can add entries) in what this walk made, with its identity: shared with
+/// that create's channel, whose record may have been written before this one's and so not
+/// know this channel, it then goes with whichever channel goes last, and only while empty.
+fn claim(
+    fd: &OwnedFd,
+    shown: &Path,
+    made: &mut Vec<MadeDir>,
+    claimed: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let stat = fstat(fd).with_context(|| format!("cannot look at {}", shown.display()))?;
+    made.push(MadeDir {
+        path: shown.to_path_buf(),
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+    });
+    claimed.push(shown.to_path_buf());
     Ok(())
 }
 
@@ -270,18 +317,23 @@ pub fn check_free(path: &Path) -> Result<()> {
 /// [`check_free`].
 pub fn plan_host_path(path: &Path) -> Result<Vec<MadeDir>> {
     let mut planned = Vec::new();
-    walk(path, false, &mut planned)?;
+    walk(path, false, &[], &mut planned, &mut Vec::new())?;
     Ok(planned)
 }
 
 /// Makes `path` and its missing parents safely; returns what it made, the path itself last.
-/// On failure, whatever it made is removed again.
-pub fn make_host_path(path: &Path) -> Result<Vec<MadeDir>> {
+/// A directory `planned` (the channel's plan, in its record) that another create made since,
+/// as `hostchan create`s run in parallel under one new parent do, is claimed and returned
+/// with what it made: shared, it goes with the last channel that names it, only while empty.
+/// On failure, whatever it made is removed again (what it claimed is the other create's).
+pub fn make_host_path(path: &Path, planned: &[MadeDir]) -> Result<Vec<MadeDir>> {
     let mut made = Vec::new();
-    match walk(path, true, &mut made) {
+    let mut claimed = Vec::new();
+    match walk(path, true, planned, &mut made, &mut claimed) {
         Ok(()) => Ok(made),
         Err(e) => {
             // The walk stops at its first failure; what it made before is ours to remove.
+            made.retain(|dir| !claimed.contains(&dir.path));
             if let Err(undo) = remove_made(&made) {
                 tracing::warn!("{undo}");
             }
@@ -663,11 +715,68 @@ mod tests {
         assert!(err.contains("has a symlink as ancestor"), "{err}");
     }
 
+    /// `hostchan create` run in parallel for two paths below one new parent, both planned
+    /// before either makes anything: whichever comes second to a parent (its look or its
+    /// mkdir) finds the other's directory and claims it, and whichever channel goes last
+    /// takes the parents with it. Both ways round, 40 rounds.
+    #[test]
+    fn a_new_parent_made_by_two_creates_at_once_goes_with_the_last() {
+        let scratch = Scratch::new("hostfs-race");
+        for round in 0..40 {
+            let top = scratch.0.join(format!("r{round}"));
+            let barrier = std::sync::Barrier::new(2);
+            // Both planned (their records written) before either makes anything.
+            let plans: Vec<(PathBuf, Vec<MadeDir>)> = ["a", "b"]
+                .iter()
+                .map(|leaf| {
+                    let path = top.join("shared").join(leaf);
+                    let plan = plan_host_path(&path).expect("a plan");
+                    (path, plan)
+                })
+                .collect();
+            let made: Vec<Vec<MadeDir>> = std::thread::scope(|s| {
+                let walks: Vec<_> = plans
+                    .iter()
+                    .map(|(path, plan)| {
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            barrier.wait();
+                            make_host_path(path, plan)
+                        })
+                    })
+                    .collect();
+                walks
+                    .into_iter()
+                    .map(|walk| match walk.join() {
+                        Ok(Ok(made)) => made,
+                        Ok(Err(e)) => panic!("round {round}: {e}"),
+                        Err(_) => panic!("round {round}: a walk panicked"),
+                    })
+                    .collect()
+            });
+            for one in &made {
+                let paths: Vec<&Path> = one.iter().map(|d| d.path.as_path()).collect();
+                assert!(
+                    paths.contains(&top.as_path()) && paths.contains(&top.join("shared").as_path()),
+                    "round {round}: {paths:?}"
+                );
+            }
+            let (first, last) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
+            remove_made(&made[first]).expect("the first removed");
+            assert!(
+                top.join("shared").exists(),
+                "round {round}: the parent went too early"
+            );
+            remove_made(&made[last]).expect("the last removed");
+            assert!(!top.exists(), "round {round}: the parents stayed");
+        }
+    }
+
     #[test]
     fn made_dirs_are_removed_only_while_they_are_what_was_made() {
         let scratch = Scratch::new("hostfs-made");
         let dir = &scratch.0;
-        let made = make_host_path(&dir.join("a/b/c")).unwrap();
+        let made = make_host_path(&dir.join("a/b/c"), &[]).unwrap();
         let paths: Vec<&Path> = made.iter().map(|d| d.path.as_path()).collect();
         assert_eq!(paths, [dir.join("a"), dir.join("a/b"), dir.join("a/b/c")]);
         for d in &made {
@@ -684,7 +793,7 @@ mod tests {
 
         // Swapped for another directory of the same name: left alone and reported. (The old
         // one is kept, so that the new one cannot get its inode number.)
-        let made = make_host_path(&dir.join("x/y")).unwrap();
+        let made = make_host_path(&dir.join("x/y"), &[]).unwrap();
         std::fs::rename(dir.join("x/y"), dir.join("y-old")).unwrap();
         std::fs::create_dir(dir.join("x/y")).unwrap();
         let err = error(remove_made(&made));
@@ -719,11 +828,11 @@ mod tests {
     fn a_parent_made_again_belongs_to_its_new_maker() {
         let scratch = Scratch::new("hostfs-again");
         let dir = &scratch.0;
-        let old = make_host_path(&dir.join("r/old")).unwrap();
+        let old = make_host_path(&dir.join("r/old"), &[]).unwrap();
         std::fs::remove_dir(dir.join("r/old")).unwrap();
         // Moved away rather than removed, so that the new parent cannot get its inode number.
         std::fs::rename(dir.join("r"), dir.join("r-gone")).unwrap();
-        let new = make_host_path(&dir.join("r/new")).unwrap();
+        let new = make_host_path(&dir.join("r/new"), &[]).unwrap();
         assert_ne!(old[0], new[0]);
         // The old record goes, leaving the parent to the new channel.
         assert!(remove_made(&old).unwrap().removed_directory);
@@ -748,12 +857,12 @@ mod tests {
     fn a_parent_shared_then_made_again_goes_with_the_channel() {
         let scratch = Scratch::new("hostfs-shared-again");
         let dir = &scratch.0;
-        let first = make_host_path(&dir.join("s/first")).unwrap();
+        let first = make_host_path(&dir.join("s/first"), &[]).unwrap();
         let shared = still_made(vec![first[0].clone()]);
         assert_eq!(shared, [first[0].clone()]);
         // The first channel goes, and its parent with it, before the second makes its own.
         std::fs::rename(dir.join("s"), dir.join("s-gone")).unwrap();
-        let made = make_host_path(&dir.join("s/second")).unwrap();
+        let made = make_host_path(&dir.join("s/second"), &[]).unwrap();
         assert_ne!(made[0], first[0]);
         let recorded = [shared, made].concat();
         assert!(remove_made(&recorded).unwrap().removed_directory);
@@ -802,7 +911,7 @@ mod tests {
         std::fs::create_dir(dir.join("sticky")).unwrap();
         std::fs::set_permissions(dir.join("sticky"), std::fs::Permissions::from_mode(0o1777))
             .unwrap();
-        let made = make_host_path(&dir.join("sticky/mine/c")).unwrap();
+        let made = make_host_path(&dir.join("sticky/mine/c"), &[]).unwrap();
         assert_eq!(made.len(), 2);
         std::fs::create_dir(dir.join("sticky/theirs")).unwrap();
         let err = error(check_free(&dir.join("sticky/theirs/c")));

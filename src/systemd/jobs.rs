@@ -1,6 +1,6 @@
-//! Waiting for systemd's jobs: subscribed to `JobRemoved` before the first job is queued, each
-//! job's end counted only from the peer that queued it, and a look at the units when a report
-//! does not come.
+//! Waiting for systemd's jobs: subscribed to `JobRemoved` of a job's unit before the job is
+//! queued, each job's end counted only from the peer that queued it, and a look at the units
+//! when a report does not come.
 
 use std::collections::HashMap;
 
@@ -71,6 +71,9 @@ pub(super) struct JobWatch {
     /// `JobRemoved` signals, passed on by a thread that reads them, so that a wait can stop
     /// listening now and then and look at the units instead.
     removed: std::sync::mpsc::Receiver<zbus::Result<zbus::Message>>,
+    /// The units whose `JobRemoved` the bus passes to this process, each with the number of
+    /// its jobs queued or about to be.
+    units: HashMap<String, usize>,
     /// Jobs queued and not yet ended.
     queued: HashMap<OwnedObjectPath, QueuedJob>,
     /// Jobs that ended before anyone waited for them.
@@ -98,10 +101,9 @@ pub(super) enum JobKind {
 /// the job, and a wait that only listened would never end.
 const LOOK_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// `JobRemoved` signals held for a wait. The signals of other clients' jobs arrive too where
-/// something subscribed to all of systemd's signals; a full queue stops the connection from
-/// reading (zbus), so it is generous for a short-lived process.
-const QUEUED_SIGNALS: usize = 4096;
+/// Messages held for the thread that passes `JobRemoved` on: it reads every message the
+/// connection gets, and keeps up, so this only absorbs a burst.
+const QUEUED_MESSAGES: usize = 4096;
 
 impl Systemd {
     pub(super) fn ensure_watch(&self) -> Result<()> {
@@ -110,6 +112,38 @@ impl Systemd {
             *jobs = Some(self.watch_jobs()?);
         }
         Ok(())
+    }
+
+    /// Has the bus pass this process the `JobRemoved` signals of `unit` (its third argument),
+    /// before a call queues a job for it: only those. A match on every `JobRemoved` had the
+    /// bus hand each of 64 creates at once the ends of all 64 jobs, 4096 signals, each create's
+    /// end queued behind the others'.
+    pub(super) fn watch_unit(&self, unit: &str) -> Result<()> {
+        self.ensure_watch()?;
+        let mut jobs = self.jobs.borrow_mut();
+        let watch = jobs
+            .as_mut()
+            .ok_or_else(|| Error::systemd("JobRemoved is not watched"))?;
+        if let Some(count) = watch.units.get_mut(unit) {
+            *count += 1;
+            return Ok(());
+        }
+        let rule = job_removed_rule(unit)?;
+        zbus::blocking::fdo::DBusProxy::new(self.manager.inner().connection())?
+            .add_match_rule(rule)
+            .map_err(zbus::Error::from)?;
+        watch.units.insert(unit.to_owned(), 1);
+        Ok(())
+    }
+
+    /// The end of [`Systemd::watch_unit`] for one job of `unit` (ended, or never queued): the
+    /// bus stops passing its signals once no job of it is left. Not waited for.
+    pub(super) fn unwatch_unit(&self, unit: &str) {
+        let mut jobs = self.jobs.borrow_mut();
+        let Some(watch) = jobs.as_mut() else {
+            return;
+        };
+        unwatch(watch, self.manager.inner().connection(), unit);
     }
 
     /// Records the job a reply names, with the reply's sender: systemd's unique name.
@@ -137,23 +171,21 @@ impl Systemd {
     }
 
     fn watch_jobs(&self) -> Result<JobWatch> {
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .path("/org/freedesktop/systemd1")
-            .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
-            .and_then(|b| b.member("JobRemoved"))?
-            .build();
-        let signals = zbus::blocking::MessageIterator::for_match_rule(
-            rule,
-            self.manager.inner().connection(),
-            Some(QUEUED_SIGNALS),
-        )?;
+        // Every message the connection gets; the bus sends it the signals of the units
+        // watched (`watch_unit`), which this thread picks out.
+        let connection = self.manager.inner().connection();
+        connection.clone().set_max_queued(QUEUED_MESSAGES);
+        let messages = zbus::blocking::MessageIterator::from(connection);
         let (pass_on, removed) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("job-signals".into())
             .spawn(move || {
-                for signal in signals {
-                    if pass_on.send(signal).is_err() {
+                for message in messages {
+                    let wanted = match &message {
+                        Ok(message) => is_job_removed(message),
+                        Err(_) => true,
+                    };
+                    if wanted && pass_on.send(message).is_err() {
                         break;
                     }
                 }
@@ -161,6 +193,7 @@ impl Systemd {
             .map_err(|e| Error::io("cannot start a thread", e))?;
         Ok(JobWatch {
             removed,
+            units: HashMap::new(),
             queued: HashMap::new(),
             ended: HashMap::new(),
         })
@@ -211,7 +244,9 @@ impl Systemd {
                 _ => false,
             };
             if from_systemd {
-                watch.queued.remove(&path);
+                if let Some(queued) = watch.queued.remove(&path) {
+                    unwatch(watch, self.manager.inner().connection(), &queued.unit);
+                }
                 watch.ended.insert(path, JobOutcome { unit, result });
             }
         }
@@ -248,6 +283,7 @@ impl Systemd {
             .collect();
         for path in ended {
             if let Some(queued) = watch.queued.remove(&path) {
+                unwatch(watch, self.manager.inner().connection(), &queued.unit);
                 let status = states.get(&queued.unit);
                 let result = judged_result(queued.kind, status);
                 tracing::debug!(
@@ -265,6 +301,54 @@ impl Systemd {
             }
         }
         Ok(())
+    }
+}
+
+/// systemd's `JobRemoved` of `unit`: `(u id, o job, s unit, s result)`.
+fn job_removed_rule(unit: &str) -> zbus::Result<zbus::MatchRule<'_>> {
+    Ok(zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .path("/org/freedesktop/systemd1")?
+        .interface("org.freedesktop.systemd1.Manager")?
+        .member("JobRemoved")?
+        .arg(2, unit)?
+        .build())
+}
+
+fn is_job_removed(message: &zbus::Message) -> bool {
+    let header = message.header();
+    message.message_type() == zbus::message::Type::Signal
+        && header.member().is_some_and(|m| m.as_str() == "JobRemoved")
+        && header
+            .interface()
+            .is_some_and(|i| i.as_str() == "org.freedesktop.systemd1.Manager")
+        && header
+            .path()
+            .is_some_and(|p| p.as_str() == "/org/freedesktop/systemd1")
+}
+
+/// One job of `unit` fewer; at none, the bus is asked to stop passing its signals, without
+/// waiting for its answer (`NoReplyExpected`): a process with no job left needs none, and a
+/// long-lived one (the NRI plugin) must not pile up rules, which the bus limits per connection.
+fn unwatch(watch: &mut JobWatch, connection: &zbus::blocking::Connection, unit: &str) {
+    let Some(count) = watch.units.get_mut(unit) else {
+        return;
+    };
+    *count = count.saturating_sub(1);
+    if *count > 0 {
+        return;
+    }
+    watch.units.remove(unit);
+    let Ok(rule) = job_removed_rule(unit) else {
+        return;
+    };
+    let message = zbus::Message::method_call("/org/freedesktop/DBus", "RemoveMatch")
+        .and_then(|m| m.destination("org.freedesktop.DBus"))
+        .and_then(|m| m.interface("org.freedesktop.DBus"))
+        .and_then(|m| m.with_flags(zbus::message::Flags::NoReplyExpected))
+        .and_then(|m| m.build(&(rule.to_string(),)));
+    if let Ok(message) = message {
+        let _ = connection.send(&message);
     }
 }
 

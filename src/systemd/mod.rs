@@ -500,9 +500,14 @@ impl Systemd {
         unit: &str,
         kind: JobKind,
     ) -> Result<Job> {
-        self.ensure_watch()?;
-        let reply = waited(|| self.manager.inner().call_method(method, body))?;
-        self.register(&reply, unit, kind)
+        self.watch_unit(unit)?;
+        let registered = waited(|| self.manager.inner().call_method(method, body))
+            .map_err(Error::from)
+            .and_then(|reply| self.register(&reply, unit, kind));
+        if registered.is_err() {
+            self.unwatch_unit(unit);
+        }
+        registered
     }
 
     /// Queues the start of every channel's units, the calls made at once (one thread each),
@@ -517,7 +522,14 @@ impl Systemd {
         if let [(main, aux)] = units {
             return Ok(vec![self.queue_start_transient(main, aux)]);
         }
-        self.ensure_watch()?;
+        for (at, (main, _)) in units.iter().enumerate() {
+            if let Err(e) = self.watch_unit(&main.name) {
+                for (main, _) in &units[..at] {
+                    self.unwatch_unit(&main.name);
+                }
+                return Err(e);
+            }
+        }
         let manager = &self.manager;
         let replies: Vec<zbus::Result<zbus::Message>> = waited(|| {
             std::thread::scope(|scope| {
@@ -548,6 +560,9 @@ impl Systemd {
                 let started = reply
                     .map_err(Error::from)
                     .and_then(|reply| self.register(&reply, &main.name, JobKind::Start));
+                if started.is_err() {
+                    self.unwatch_unit(&main.name);
+                }
                 self.again_once_collected(started, main, aux)
             })
             .collect())

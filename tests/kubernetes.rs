@@ -234,6 +234,56 @@ fn a_pod_gets_its_channel_through_nri_and_loses_it_with_the_container() {
     node.remove_pod(&pod);
 }
 
+/// The plugin connects to the system bus for each request that asks systemd anything, and
+/// each connection goes with its request: 6 pods with a channel made and removed leave it with
+/// the bus connections it had. (Left open, they reached the bus's limit of connections for
+/// root after a few hundred requests of the bench: "LimitsExceeded", every pod refused.)
+#[test]
+fn the_plugin_keeps_no_bus_connection_per_request() {
+    let node = Node::start();
+    let connections = || -> usize {
+        let pid = node.host("systemctl show -P MainPID hostchan-nri.service");
+        let pid = pid.trim();
+        node.host("busctl list --unique --no-legend --no-pager")
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1) == Some(pid))
+            .count()
+    };
+    let cycle = |name: &str| {
+        let pod = node.run_pod(
+            "team-a",
+            name,
+            &[(
+                "io.hostchan.channel",
+                "/run/hostchan/{pod_namespace}/{pod_name}/d:/d:rw:1M",
+            )],
+        );
+        let container = node.run_container(&pod, "app", 0);
+        node.remove_container(&container);
+        node.remove_pod(&pod);
+        node.sandbox
+            .assert_no_trace(&format!("/run/hostchan/team-a/{name}/d"));
+    };
+    cycle("warm");
+    let before = connections();
+    for i in 0..6 {
+        cycle(&format!("p{i}"));
+    }
+    // Its bus connections close a moment after each request's end.
+    let mut after = connections();
+    for _ in 0..50 {
+        if after <= before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after = connections();
+    }
+    assert!(
+        after <= before,
+        "the plugin had {before} bus connections, and {after} after 6 pods"
+    );
+}
+
 #[test]
 fn a_pod_lifetime_channel_outlives_a_container_restart_and_goes_with_the_pod() {
     let node = Node::start();

@@ -128,10 +128,14 @@ impl Systemd {
             *count += 1;
             return Ok(());
         }
-        let rule = job_removed_rule(unit)?;
-        zbus::blocking::fdo::DBusProxy::new(self.manager.inner().connection())?
-            .add_match_rule(rule)
-            .map_err(zbus::Error::from)?;
+        let rule = job_removed_rule(unit)?.to_string();
+        self.manager.inner().connection().call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "AddMatch",
+            &(rule,),
+        )?;
         watch.units.insert(unit.to_owned(), 1);
         Ok(())
     }

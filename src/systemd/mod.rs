@@ -115,9 +115,21 @@ pub struct Memory {
 
 pub struct Systemd {
     manager: ManagerProxy<'static>,
-    /// Subscribed to before the first job is queued, and kept: one `AddMatch` per process, and
-    /// the ends of several jobs in flight together are all seen.
+    /// Made before the first job is queued, and kept: the thread that reads the connection's
+    /// messages, and the jobs in flight.
     jobs: RefCell<Option<JobWatch>>,
+}
+
+impl Drop for Systemd {
+    /// The thread that reads the connection's messages holds the connection too, and hears
+    /// nothing more once this process stops asking: closed here, it ends, and the connection
+    /// with it. Left open, the NRI plugin, which connects once per request, reached the bus's
+    /// limit of connections for root after a few hundred.
+    fn drop(&mut self) {
+        if self.jobs.get_mut().is_some() {
+            let _ = self.manager.inner().connection().clone().close();
+        }
+    }
 }
 impl Systemd {
     // Not systemd's private socket (/run/systemd/private), which systemctl uses as root:

@@ -128,14 +128,11 @@ impl Systemd {
             *count += 1;
             return Ok(());
         }
-        let rule = job_removed_rule(unit)?.to_string();
-        self.manager.inner().connection().call_method(
-            Some("org.freedesktop.DBus"),
-            "/org/freedesktop/DBus",
-            Some("org.freedesktop.DBus"),
-            "AddMatch",
-            &(rule,),
-        )?;
+        // Not waited for: the bus handles a connection's messages in order, so the rule is in
+        // place before the call that queues the job reaches systemd, and a round trip to the
+        // bus stays off each create's path. Were it refused, the wait would look at the unit
+        // after half a second instead.
+        send_to_bus(self.manager.inner().connection(), "AddMatch", unit)?;
         watch.units.insert(unit.to_owned(), 1);
         Ok(())
     }
@@ -331,9 +328,9 @@ fn is_job_removed(message: &zbus::Message) -> bool {
             .is_some_and(|p| p.as_str() == "/org/freedesktop/systemd1")
 }
 
-/// One job of `unit` fewer; at none, the bus is asked to stop passing its signals, without
-/// waiting for its answer (`NoReplyExpected`): a process with no job left needs none, and a
-/// long-lived one (the NRI plugin) must not pile up rules, which the bus limits per connection.
+/// One job of `unit` fewer; at none, the bus is asked to stop passing its signals: a
+/// long-lived process (the NRI plugin) must not pile up rules, which the bus limits per
+/// connection.
 fn unwatch(watch: &mut JobWatch, connection: &zbus::blocking::Connection, unit: &str) {
     let Some(count) = watch.units.get_mut(unit) else {
         return;
@@ -343,17 +340,23 @@ fn unwatch(watch: &mut JobWatch, connection: &zbus::blocking::Connection, unit: 
         return;
     }
     watch.units.remove(unit);
-    let Ok(rule) = job_removed_rule(unit) else {
-        return;
-    };
-    let message = zbus::Message::method_call("/org/freedesktop/DBus", "RemoveMatch")
-        .and_then(|m| m.destination("org.freedesktop.DBus"))
-        .and_then(|m| m.interface("org.freedesktop.DBus"))
-        .and_then(|m| m.with_flags(zbus::message::Flags::NoReplyExpected))
-        .and_then(|m| m.build(&(rule.to_string(),)));
-    if let Ok(message) = message {
-        let _ = connection.send(&message);
-    }
+    let _ = send_to_bus(connection, "RemoveMatch", unit);
+}
+
+/// `AddMatch` or `RemoveMatch` of `unit`'s `JobRemoved`, sent to the bus without waiting for
+/// its answer (`NoReplyExpected`).
+fn send_to_bus(
+    connection: &zbus::blocking::Connection,
+    method: &'static str,
+    unit: &str,
+) -> zbus::Result<()> {
+    let rule = job_removed_rule(unit)?.to_string();
+    let message = zbus::Message::method_call("/org/freedesktop/DBus", method)?
+        .destination("org.freedesktop.DBus")?
+        .interface("org.freedesktop.DBus")?
+        .with_flags(zbus::message::Flags::NoReplyExpected)?
+        .build(&(rule,))?;
+    connection.send(&message)
 }
 
 /// The number at the end of a job's object path (`/org/freedesktop/systemd1/job/42`).

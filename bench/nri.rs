@@ -217,8 +217,18 @@ fn pid1_answers_while<T>(work: impl FnOnce() -> T) -> (T, Vec<Duration>) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        let result = work();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Set also when `work` panics: the scope waits for the asking thread before it passes
+        // the panic on, and a bench that failed once hung there, its sandbox left running.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let result = {
+            let _done = Done(&done);
+            work()
+        };
         (result, asking.join().expect("the asking thread"))
     })
 }
